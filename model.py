@@ -1,0 +1,221 @@
+"""
+A compact decoder-only transformer: the policy (and reference) model of GRPO.
+
+RMSNorm (pre-norm), rotary position embeddings, grouped-query attention through
+F.scaled_dot_product_attention, a SwiGLU MLP, optionally tied input/output embeddings; the
+shape of Llama / Qwen2.5. No dropout anywhere: the sampler and the trainer must compute the same
+log-probs for the same tokens (GRPO's ratio is pi_theta / pi_theta_old of the same sequence).
+
+forward(idx, pos, mask, past) returns the final hidden states and the key/value cache. `past` is
+either a KV cache being decoded or a prompt prefix shared by the whole batch: the prefix is run
+once with batch 1 and every row attends to it, which is how sample.py and train.py avoid paying
+for the ~380-token R1-Zero template once per row. The cache is a list of per-layer (k, v)
+tensors extended by concatenation, not a preallocated buffer written in place, so gradients flow
+through a cached prefix during training. The output layer is separate (`lm_head`) so that callers
+compute logits only where they need them.
+
+Presets: `tiny` trains on a laptop CPU; the others have the shapes of GPT-2 small and
+Qwen2.5-0.5B / 1.5B (vocabulary size always comes from the tokenizer). Loading pretrained
+weights is not part of this file.
+
+    python model.py tiny      # prints the preset's parameter count
+"""
+
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 262
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 2          # grouped-query attention: n_head / n_kv_head queries share a key/value head
+    n_embd: int = 128
+    ffn_hidden: int = 384       # SwiGLU inner width
+    block_size: int = 640       # longest sequence (prompt + completion)
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    qkv_bias: bool = False      # Qwen2.5 has biases on q, k, v
+    norm_eps: float = 1e-6
+
+
+PRESETS = {
+    # full multi-head attention: at this size, separate key/value heads learn to copy operands far sooner
+    "tiny": dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, ffn_hidden=384, block_size=640),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, ffn_hidden=2048, block_size=1024),
+    "qwen2.5-0.5b": dict(n_layer=24, n_head=14, n_kv_head=2, n_embd=896, ffn_hidden=4864, block_size=4096,
+                         rope_theta=1e6, qkv_bias=True),
+    "qwen2.5-1.5b": dict(n_layer=28, n_head=12, n_kv_head=2, n_embd=1536, ffn_hidden=8960, block_size=4096,
+                         rope_theta=1e6, qkv_bias=True),
+}
+
+
+def rope_cos_sin(pos, head_dim, theta):
+    """cos, sin of shape (B, 1, T, head_dim/2) for integer positions pos (B, T)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    angles = pos.float()[:, None, :, None] * inv_freq  # (B, 1, T, head_dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each (first half, second half) pair of x (B, H, T, head_dim) by its angle."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class KVCache:
+    """
+    One layer's keys and values for decoding, preallocated to `size` positions and filled in
+    place: extending by concatenation would copy the whole cache at every step. Inference only
+    (in-place writes and autograd do not mix); training extends a prefix by concatenation.
+    """
+
+    def __init__(self, k, v, size):
+        B, H, T, D = k.shape
+        self.k, self.v, self.n = k.new_empty(B, H, size, D), v.new_empty(B, H, size, D), 0
+        self.extend(k, v)
+
+    def extend(self, k, v):
+        T = k.size(2)
+        self.k[:, :, self.n:self.n + T], self.v[:, :, self.n:self.n + T] = k, v
+        self.n += T
+        return self.k[:, :, :self.n], self.v[:, :, :self.n]
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = c.n_head, c.n_kv_head, c.n_embd // c.n_head
+        self.q = nn.Linear(c.n_embd, c.n_head * self.head_dim, bias=c.qkv_bias)
+        self.k = nn.Linear(c.n_embd, c.n_kv_head * self.head_dim, bias=c.qkv_bias)
+        self.v = nn.Linear(c.n_embd, c.n_kv_head * self.head_dim, bias=c.qkv_bias)
+        self.o = nn.Linear(c.n_head * self.head_dim, c.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, mask, past):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
+        k = self.k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(past, KVCache):
+            k, v = past.extend(k, v)  # (B, Hkv, P+T, hd)
+        elif past is not None:
+            # a shared prefix has batch 1: broadcast it to the B rows that follow it
+            pk, pv = past
+            k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)  # (B, Hkv, P+T, hd)
+            v = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and past is None,
+                                           enable_gqa=self.n_kv_head != self.n_head)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1)), past if isinstance(past, KVCache) else (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(c.n_embd, c.ffn_hidden, bias=False)
+        self.up = nn.Linear(c.n_embd, c.ffn_hidden, bias=False)
+        self.down = nn.Linear(c.ffn_hidden, c.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)
+        self.attn = Attention(c)
+        self.mlp_norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)
+        self.mlp = MLP(c)
+
+    def forward(self, x, cos, sin, mask, past):
+        a, kv = self.attn(self.attn_norm(x), cos, sin, mask, past)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), kv
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = c = config
+        if c.n_embd % c.n_head or c.n_head % c.n_kv_head or (c.n_embd // c.n_head) % 2:
+            raise ValueError("need n_embd divisible by n_head, n_head by n_kv_head, and an even head size")
+        self.embed = nn.Embedding(c.vocab_size, c.n_embd)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.apply(self._init)
+        for block in self.blocks:  # residual branches scaled down so the stream's variance stays O(1)
+            for proj in (block.attn.o, block.mlp.down):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, idx, pos=None, mask=None, past=None):
+        """
+        idx (B, T) tokens; pos (B, T) their positions (default: following the past); mask
+        (B, 1, T, P+T) bool, True where a query may attend to a key, over the P past keys and
+        the T new ones (default: causal); past: per-layer (k, v) from an earlier call, or KVCaches.
+        Returns the final hidden states (B, T, C) and the cache extended with these tokens.
+        """
+        B, T = idx.shape
+        P = 0 if past is None else past[0].n if isinstance(past[0], KVCache) else past[0][0].size(2)
+        if P + T > self.config.block_size:
+            raise ValueError(f"sequence of {P + T} tokens is longer than the model's context "
+                             f"(block_size={self.config.block_size})")
+        if past is not None and mask is None and T > 1:
+            raise ValueError("several new tokens after a past need an explicit mask")
+        if pos is None:
+            pos = torch.arange(P, P + T, device=idx.device).expand(B, T)
+        cos, sin = rope_cos_sin(pos, self.config.n_embd // self.config.n_head, self.config.rope_theta)
+        x = self.embed(idx)
+        cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, cos, sin, mask, None if past is None else past[i])
+            cache.append(kv)
+        return self.norm(x), cache
+
+
+def make_model(preset: str, vocab_size: int, **overrides) -> GPT:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset '{preset}': choose from {', '.join(PRESETS)}")
+    return GPT(ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides}))
+
+
+def save_checkpoint(path, model: GPT, tokenizer_name: str, **extra):
+    """Write {config, weights, tokenizer name, extra} atomically: a crash never leaves half a file."""
+    ckpt = {"config": asdict(model.config), "model": model.state_dict(), "tokenizer": tokenizer_name, **extra}
+    tmp = f"{path}.tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    """The model (in eval mode) and tokenizer of a checkpoint written by save_checkpoint."""
+    from tokenizer import get_tokenizer
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = GPT(ModelConfig(**ckpt["config"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), get_tokenizer(ckpt["tokenizer"], ckpt.get("tokenizer_dir", "tokenizers"))
+
+
+if __name__ == "__main__":
+    name = sys.argv[1] if len(sys.argv) > 1 else "tiny"
+    model = make_model(name, vocab_size=262 if name == "tiny" else 151_936)
+    print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")

@@ -1,0 +1,212 @@
+"""
+Batched sampling with a KV cache, and the sequence layout the sampler and the trainer share.
+
+GRPO samples G outputs per question from the old policy (eq. 1), then the trainer recomputes the
+log-probs of exactly those tokens. Both sides lay a batch out the same way (`pack`):
+
+    prefix   (P,)          the longest token prefix common to every prompt (the R1-Zero template),
+                           run once with batch 1; every row attends to its keys and values
+    rows     (B, R + C)    each prompt's remaining tokens, left-padded to width R, then its
+                           completion, right-padded to width C
+    valid    (B, R + C)    False on padding: padding is never attended to, never in the loss
+
+Positions count valid tokens only, so a row's tokens sit at the same positions whatever the
+padding, and the sampler and the trainer see identical attention inputs. `generate` prefills each
+prompt once and copies its cache to its G samples, decodes with the cache, stops a row at
+<|endoftext|> or </answer> (the stop token is part of the completion and of the loss; padding is
+not), and returns the sampler's log-probs of the chosen tokens under the temperature-scaled
+distribution, the quantity the trainer computes. top-k / top-p change what is drawn but not that
+log-prob; with them on, the sampling distribution is not the trained one, so RL leaves them off.
+
+`generate_naive` is the reference: one row at a time, no padding, no cache, the whole sequence
+re-run for every new token. tests/test_sample.py checks the two give the same tokens.
+
+    python sample.py --ckpt out/<run>/ckpt.pt --prompt "Compute 4821 + 397"
+"""
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from kernels import token_logprobs
+from model import KVCache
+
+
+@dataclass
+class Batch:
+    prefix: torch.Tensor  # (P,) tokens shared by every row
+    rows: torch.Tensor    # (B, R + C) prompt rest (left-padded), then completion (right-padded)
+    valid: torch.Tensor   # (B, R + C) bool, False on padding
+    R: int                # width of the prompt part; completion token j is at column R + j
+
+    @property
+    def completions(self):
+        return self.rows[:, self.R:]  # (B, C)
+
+    @property
+    def completion_mask(self):
+        return self.valid[:, self.R:].float()  # (B, C)
+
+
+@dataclass
+class Rollout:
+    batch: Batch
+    sampler_logp: torch.Tensor  # (B, C), 0 on padding
+    truncated: torch.Tensor     # (B,) bool: hit max_new_tokens without a stop token
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, device="cpu") -> Batch:
+    """Lay out prompts and their completions (lists of token ids) as described above."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    P = 0  # longest common prefix, leaving each row at least one prompt token of its own
+    while P < min(map(len, prompts)) - 1 and all(p[P] == prompts[0][P] for p in prompts):
+        P += 1
+    rests = [p[P:] for p in prompts]
+    R, C = max(map(len, rests)), max(map(len, completions))
+    rows = torch.full((len(prompts), R + C), pad, dtype=torch.long)
+    valid = torch.zeros(len(prompts), R + C, dtype=torch.bool)
+    for i, (rest, comp) in enumerate(zip(rests, completions)):
+        rows[i, R - len(rest):R], rows[i, R:R + len(comp)] = torch.tensor(rest), torch.tensor(comp, dtype=torch.long)
+        valid[i, R - len(rest):R + len(comp)] = True
+    return Batch(torch.tensor(prompts[0][:P], dtype=torch.long, device=device), rows.to(device), valid.to(device), R)
+
+
+def positions_and_mask(P: int, valid: torch.Tensor):
+    """Positions (B, S) and attention mask (B, 1, S, P+S) for rows after a P-token prefix."""
+    B, S = valid.shape
+    pos = P + valid.long().cumsum(-1) - 1  # (B, S): valid tokens at P, P+1, ...; padding is never read
+    causal = torch.ones(S, S, dtype=torch.bool, device=valid.device).tril()
+    # each query sees the prefix and the valid earlier tokens of its row; also itself, so that a
+    # padding query is never fully masked (its output is unused, but NaN would spread)
+    keys = (causal & valid[:, None, :]) | torch.eye(S, dtype=torch.bool, device=valid.device)
+    mask = torch.cat([keys.new_ones(B, S, P), keys], dim=-1)  # (B, S, P+S)
+    return pos.clamp(min=0), mask[:, None]  # (B, 1, S, P+S)
+
+
+def forward_rows(model, batch: Batch):
+    """Hidden states (B, R + C, C) of the rows, with the shared prefix run once."""
+    P = batch.prefix.numel()
+    past = model(batch.prefix[None])[1] if P else None
+    pos, mask = positions_and_mask(P, batch.valid)
+    return model(batch.rows, pos, mask, past)[0]
+
+
+def completion_logits(model, batch: Batch):
+    """Logits (B, C, V) that predict each completion token: column R-1+j predicts token j."""
+    h = forward_rows(model, batch)
+    return model.lm_head(h[:, batch.R - 1:-1])
+
+
+def completion_logprobs(model, batch: Batch, temperature=1.0):
+    """The trainer's log pi(o_t | q, o_<t) of every completion token, (B, C), 0 on padding."""
+    logp = token_logprobs(completion_logits(model, batch), batch.completions, temperature)
+    return logp * batch.completion_mask
+
+
+def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    """Draw one token per row of logits (B, V); return it and its temperature-scaled log-prob."""
+    if temperature == 0:  # greedy
+        tok = logits.argmax(-1)
+        return tok, token_logprobs(logits, tok)
+    z = logits.float() / temperature
+    if top_k:
+        kth = z.topk(min(top_k, z.size(-1)), dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p < 1.0:
+        zs, order = z.sort(dim=-1, descending=True)
+        probs = zs.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest head whose mass reaches top_p
+        z = z.scatter(-1, order, zs.masked_fill(drop, float("-inf")))
+    tok = torch.multinomial(z.softmax(-1), 1, generator=generator).squeeze(-1)
+    return tok, token_logprobs(logits, tok, temperature)
+
+
+def check_length(model, prompt_len: int, max_new_tokens: int):
+    limit = model.config.block_size
+    if prompt_len + max_new_tokens > limit:
+        raise ValueError(f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} is longer than the "
+                         f"model's context of {limit}: shorten the prompt or lower max_new_tokens")
+
+
+@torch.no_grad()
+def generate(model, prompts, G, max_new_tokens, stop_ids, pad, temperature=1.0, top_k=0, top_p=1.0,
+             generator=None) -> Rollout:
+    """G samples for each prompt (rows i*G .. i*G+G-1 belong to prompts[i])."""
+    device = model.lm_head.weight.device
+    check_length(model, max(map(len, prompts)), max_new_tokens)
+    batch = pack(prompts, [[] for _ in prompts], pad, device)
+    P = batch.prefix.numel()
+    past = model(batch.prefix[None])[1] if P else None
+    pos, mask = positions_and_mask(P, batch.valid)
+    h, cache = model(batch.rows, pos, mask, past)  # each prompt is prefilled once ...
+    # ... and its G samples start from copies of its cache: (n, ...) -> (n*G, ...)
+    size = cache[0][0].size(2) + max_new_tokens
+    cache = [KVCache(k.repeat_interleave(G, 0), v.repeat_interleave(G, 0), size) for k, v in cache]
+    logits = model.lm_head(h[:, -1]).repeat_interleave(G, 0)  # (B, V)
+    valid = batch.valid.repeat_interleave(G, 0)                 # (B, R), grows by one column a step
+    next_pos = pos[:, -1].repeat_interleave(G, 0) + 1           # (B,)
+    B, stop = valid.size(0), torch.tensor(stop_ids, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens, logps = [], []
+    for _ in range(max_new_tokens):
+        tok, logp = sample_next(logits, temperature, top_k, top_p, generator)
+        alive = ~done
+        tokens.append(torch.where(alive, tok, pad))
+        logps.append(torch.where(alive, logp, 0.0))
+        valid = torch.cat([valid, alive[:, None]], dim=1)
+        done = done | torch.isin(tok, stop)
+        if done.all():
+            break
+        mask = torch.cat([valid.new_ones(B, P), valid], dim=1)[:, None, None, :]  # (B, 1, 1, P+R+t+1)
+        h, cache = model(tokens[-1][:, None], next_pos[:, None], mask, cache)
+        logits, next_pos = model.lm_head(h[:, -1]), next_pos + 1
+    rows = torch.cat([batch.rows.repeat_interleave(G, 0), torch.stack(tokens, 1)], dim=1)  # (B, R + C)
+    return Rollout(Batch(batch.prefix, rows, valid, batch.R), torch.stack(logps, 1), truncated=~done)
+
+
+@torch.no_grad()
+def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, generator=None) -> list[int]:
+    """Reference for `generate`: one prompt, the whole sequence re-run for each new token."""
+    device = model.lm_head.weight.device
+    check_length(model, len(prompt), max_new_tokens)
+    out = []
+    for _ in range(max_new_tokens):
+        h, _ = model(torch.tensor([prompt + out], device=device))
+        tok, _ = sample_next(model.lm_head(h[:, -1]), temperature, generator=generator)
+        out.append(tok.item())
+        if out[-1] in stop_ids:
+            break
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Sample completions from a checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py, e.g. out/<run>/ckpt.pt")
+    parser.add_argument("--prompt", required=True, help="the question; wrapped in the R1-Zero template unless --raw")
+    parser.add_argument("--raw", action="store_true", help="use the prompt as given, without the template")
+    parser.add_argument("--num_samples", type=int, default=4, help="completions to draw")
+    parser.add_argument("--max_new_tokens", type=int, default=200, help="length limit of a completion")
+    parser.add_argument("--temperature", type=float, default=0.6, help="0 for greedy (R1's evaluation: 0.6)")
+    parser.add_argument("--top_k", type=int, default=0, help="keep the k likeliest tokens (0: all)")
+    parser.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling mass (1.0: off)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    args = parser.parse_args()
+
+    from model import load_checkpoint
+    from tasks import render_prompt
+    model, tok = load_checkpoint(args.ckpt, args.device)
+    prompt = tok.encode(args.prompt if args.raw else render_prompt(args.prompt))
+    try:
+        out = generate(model, [prompt], args.num_samples, args.max_new_tokens, [tok.eot, tok.end_answer], tok.pad,
+                       args.temperature, args.top_k, args.top_p, torch.Generator(args.device).manual_seed(args.seed))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    for i, ids in enumerate(out.batch.completions.tolist()):
+        print(f"--- sample {i}{' (truncated)' if out.truncated[i] else ''}\n{tok.decode(ids)}")
+
+
+if __name__ == "__main__":
+    main()

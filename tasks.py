@@ -1,0 +1,136 @@
+"""
+The toy math task: multi-digit addition, in the R1-Zero prompt template.
+
+A problem is a dict {"prompt": "Compute 4821 + 397", "answer": "5218"}; the reward functions
+get its fields. The test set is drawn from its own seed and removed from everything trained on.
+
+The base-model corpus is the miniature of a pretrained LM that can reason but rarely does. Most
+documents ask for the sum "step by step" and show the worked sum: there the model learns the
+skill. The others ask plainly, as the RL and test prompts do, and are answered in one of three
+styles:
+
+    direct  (most documents)  a one-shot guess, right only `guess_acc` of the time, and half of
+                              the time without <think> tags (so the format reward has work to do):
+        <think> I know this one. </think> <answer> 5208 </answer>
+    worked  the digit-by-digit sum with carries; long, and right:
+        <think> 4821 + 0397. 1+7=8, so 8. 2+9=11, so 18, carry 1. ... </think> <answer> 5218 </answer>
+    reflect a guess, then "Wait, let me recheck." and the worked sum (the "aha" of the paper)
+
+Asked plainly, a model trained on this corpus mostly guesses, so it is weak but not hopeless;
+RL can only raise accuracy by shifting probability to the long worked styles, so response length
+grows as accuracy rises: the R1-Zero signature, by design of the corpus. What is simplified: the
+paper's base model learned to reason from web-scale text, and followed the template zero-shot;
+here the corpus is written in the template so a 1M-parameter model can follow it.
+
+    python tasks.py     # prints a few corpus documents
+"""
+
+import random
+
+# Table 1 of the paper; {prompt} is replaced with the question
+TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user "
+    "with the answer. The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+    "<answer> answer here </answer>. User: {prompt}. Assistant:")
+
+
+def render_prompt(question: str) -> str:
+    return TEMPLATE.format(prompt=question)
+
+
+class AdditionTask:
+    """a + b, each operand with min_digits..max_digits digits."""
+
+    def __init__(self, min_digits=1, max_digits=3, n_test=200, seed=0,
+                 style_weights=(0.80, 0.14, 0.06), guess_acc=0.2, stepwise=0.7):
+        if not 1 <= min_digits <= max_digits:
+            raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
+        self.min_digits, self.max_digits = min_digits, max_digits
+        self.style_weights, self.guess_acc, self.stepwise = style_weights, guess_acc, stepwise
+        self.seed = seed
+        rng = random.Random(f"test-{seed}")
+        test, seen = [], set()
+        while len(test) < n_test:
+            p = self._draw(rng)
+            if p["prompt"] not in seen:
+                seen.add(p["prompt"])
+                test.append(p)
+        self.test_set, self._test_prompts = test, seen
+
+    def _draw(self, rng: random.Random) -> dict:
+        a, b = (rng.randint(10 ** (n - 1) if n > 1 else 0, 10 ** n - 1)
+                for n in (rng.randint(self.min_digits, self.max_digits) for _ in range(2)))
+        return {"prompt": f"Compute {a} + {b}", "answer": str(a + b), "a": a, "b": b}
+
+    def train_problems(self, rng: random.Random, n: int) -> list[dict]:
+        """n problems that are not in the test set."""
+        out = []
+        while len(out) < n:
+            p = self._draw(rng)
+            if p["prompt"] not in self._test_prompts:
+                out.append(p)
+        return out
+
+    # --- the base-model corpus ---
+
+    def guess(self, p: dict, rng: random.Random) -> str:
+        """A one-shot answer: right with probability guess_acc, else one digit off."""
+        ans = p["answer"]
+        if rng.random() < self.guess_acc:
+            return ans
+        i = rng.randrange(len(ans))
+        wrong = rng.choice([d for d in "0123456789" if d != ans[i] and (i > 0 or d != "0")] or ["1"])
+        return ans[:i] + wrong + ans[i + 1:]
+
+    @staticmethod
+    def worked(p: dict) -> str:
+        """Column addition from the right, writing the partial sum as it grows."""
+        a, b = p["a"], p["b"]
+        n = max(len(str(a)), len(str(b)))
+        da, db = str(a).zfill(n), str(b).zfill(n)
+        steps, partial, carry = [f"{da} + {db}."], "", 0
+        for x, y in zip(reversed(da), reversed(db)):
+            s = int(x) + int(y) + carry
+            partial = str(s % 10) + partial
+            step = f"{x}+{y}{'+1' if carry else ''}={s}, so {partial}"
+            carry = s // 10
+            steps.append(step + (", carry 1." if carry else "."))
+        if carry:
+            steps.append(f"Carry 1 left, so 1{partial}.")
+        return " ".join(steps)
+
+    def completion(self, p: dict, rng: random.Random) -> str:
+        """One corpus completion for problem p (starts with a space, as after 'Assistant:')."""
+        style = rng.choices(["direct", "worked", "reflect"], weights=self.style_weights)[0]
+        if style == "worked":
+            return f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
+        guess = self.guess(p, rng)
+        if style == "reflect":
+            return (f" <think> It is about {guess}. Wait, let me recheck. {self.worked(p)} </think>"
+                    f" <answer> {p['answer']} </answer>")
+        if rng.random() < 0.5:
+            return f" <answer> {guess} </answer>"
+        return f" <think> I know this one. </think> <answer> {guess} </answer>"
+
+    def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """n (prompt, completion) documents in the template, none from the test set: a share
+        `stepwise` of them ask for the sum "step by step" and always get the worked sum (where the
+        model learns the skill); the rest ask plainly, as the RL and test prompts do, and get the
+        style mixture (where the model learns to rarely use it)."""
+        rng = random.Random(f"corpus-{seed}")
+        docs = []
+        for p in self.train_problems(rng, n):
+            if rng.random() < self.stepwise:
+                docs.append((render_prompt(p["prompt"] + " step by step"),
+                             f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"))
+            else:
+                docs.append((render_prompt(p["prompt"]), self.completion(p, rng)))
+        return docs
+
+
+if __name__ == "__main__":
+    task = AdditionTask()
+    for prompt, completion in task.corpus(6, seed=0):
+        print(prompt[-40:] + completion, end="\n\n")

@@ -1,0 +1,41 @@
+import base64
+
+import pytest
+
+from tokenizer import SPECIALS, Tokenizer, get_tokenizer, named_encoding
+
+
+def test_byte_roundtrip_and_specials():
+    tok = get_tokenizer()
+    text = "A conversation ... <think> 7+5=12, so 2 </think> <answer> 12 </answer> naïve 数学 ✓"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert tok.vocab_size == 256 + len(SPECIALS)
+    # each tag is one token; plain bytes map to themselves
+    assert ids.count(tok.think) == 1 and ids.count(tok.end_answer) == 1
+    assert tok.encode("A") == [65]
+    assert tok.decode([65, tok.pad, 66]) == "AB"  # padding never shows in text
+
+
+def write_ranks(path, tokens):
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(tokens)))
+
+
+def test_named_encoding_from_local_file(tmp_path):
+    # a miniature cl100k_base.tiktoken: the 256 bytes plus one merge, "ab"
+    write_ranks(tmp_path / "cl100k_base.tiktoken", [bytes([b]) for b in range(256)] + [b"ab"])
+    # the real file is checked against tiktoken's hash; this miniature cannot pass that check
+    with pytest.raises(ValueError, match="hash mismatch"):
+        get_tokenizer("cl100k_base", str(tmp_path))
+    tok = Tokenizer(named_encoding("cl100k_base", str(tmp_path), check_hash=False))
+    ids = tok.encode("ab <think>")
+    assert ids[0] == 256  # the merge applied
+    assert tok.decode(ids) == "ab <think>"
+    assert len({tok.eot, tok.think, tok.end_think, tok.answer, tok.end_answer, tok.pad}) == 6
+
+
+def test_named_encoding_missing_file_says_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match="o200k_base.tiktoken"):
+        get_tokenizer("o200k_base", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        get_tokenizer("nope")
