@@ -21,7 +21,7 @@ log-prob; with them on, the sampling distribution is not the trained one, so RL 
 `generate_naive` is the reference: one row at a time, no padding, no cache, the whole sequence
 re-run for every new token. tests/test_sample.py checks the two give the same tokens.
 
-    python sample.py --ckpt out/<run>/ckpt.pt --prompt "Compute 4821 + 397"
+    python sample.py --ckpt out/<run>/ckpt.pt --prompt "Compute 821 + 97"
 """
 
 import argparse

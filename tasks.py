@@ -1,19 +1,19 @@
 """
 The toy math task: multi-digit addition, in the R1-Zero prompt template.
 
-A problem is a dict {"prompt": "Compute 4821 + 397", "answer": "5218"}; the reward functions
+A problem is a dict {"prompt": "Compute 821 + 97", "answer": "918"}; the reward functions
 get its fields. The test set is drawn from its own seed and removed from everything trained on.
 
-The base-model corpus is the miniature of a pretrained LM that can reason but rarely does. Most
-documents ask for the sum "step by step" and show the worked sum: there the model learns the
-skill. The others ask plainly, as the RL and test prompts do, and are answered in one of three
-styles:
+The base-model corpus is the miniature of a pretrained LM that can reason but rarely does. The
+textbook documents, and part of the templated ones, ask for the sum "step by step" and show the
+worked sum: there the model learns the skill. The other templated documents ask plainly, as the
+RL and test prompts do, and are answered in one of three styles:
 
     direct  (most documents)  a one-shot guess, right only `guess_acc` of the time, and half of
                               the time without <think> tags (so the format reward has work to do):
-        <think> I know this one. </think> <answer> 5208 </answer>
+        <think> I know this one. </think> <answer> 928 </answer>
     worked  the digit-by-digit sum with carries; long, and right:
-        <think> 4821 + 0397. 1+7=8, so 8. 2+9=11, so 18, carry 1. ... </think> <answer> 5218 </answer>
+        <think> Compute 821 + 97 in columns. 1+7=8, so 8. 2+9=11, so 18, carry 1. ... </think> <answer> 918 </answer>
     reflect a guess, then "Wait, let me recheck." and the worked sum (the "aha" of the paper)
 
 Asked plainly, a model trained on this corpus mostly guesses, so it is weak but not hopeless;
@@ -41,10 +41,10 @@ def render_prompt(question: str) -> str:
 
 
 class AdditionTask:
-    """a + b, each operand with min_digits..max_digits digits."""
+    """a + b, each operand with min_digits..max_digits digits (1-digit operands include 0)."""
 
     def __init__(self, min_digits=1, max_digits=3, n_test=200, seed=0,
-                 style_weights=(0.80, 0.14, 0.06), guess_acc=0.2, stepwise=0.7):
+                 style_weights=(0.80, 0.14, 0.06), guess_acc=0.2, stepwise=0.5):
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         self.min_digits, self.max_digits = min_digits, max_digits
@@ -86,11 +86,14 @@ class AdditionTask:
 
     @staticmethod
     def worked(p: dict) -> str:
-        """Column addition from the right, writing the partial sum as it grows."""
+        """Column addition from the right, writing the partial sum as it grows. It opens by restating
+        the question word for word: a copy that even a tiny model learns quickly (zero-padding
+        the operands, or starting the copy right after <think>, which the template also uses, made
+        it fail to learn the copy in our runs)."""
         a, b = p["a"], p["b"]
         n = max(len(str(a)), len(str(b)))
-        da, db = str(a).zfill(n), str(b).zfill(n)
-        steps, partial, carry = [f"{da} + {db}."], "", 0
+        da, db = str(a).zfill(n), str(b).zfill(n)  # a missing digit is written as 0
+        steps, partial, carry = [f"Compute {a} + {b} in columns."], "", 0
         for x, y in zip(reversed(da), reversed(db)):
             s = int(x) + int(y) + carry
             partial = str(s % 10) + partial
@@ -123,11 +126,22 @@ class AdditionTask:
         docs = []
         for p in self.train_problems(rng, n):
             if rng.random() < self.stepwise:
-                docs.append((render_prompt(p["prompt"] + " step by step"),
-                             f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"))
+                docs.append(self.stepwise_doc(p))
             else:
                 docs.append((render_prompt(p["prompt"]), self.completion(p, rng)))
         return docs
+
+    def stepwise_doc(self, p: dict, template=True) -> tuple[str, str]:
+        question = p["prompt"] + " step by step"
+        prompt = render_prompt(question) if template else f"User: {question}. Assistant:"
+        return prompt, f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
+
+    def textbook(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """n step-by-step documents without the template, none from the test set. Short documents
+        are where a tiny model learns the skill quickly: behind the ~380-token template, attention
+        starts spread over every template token, and the copy the worked sum needs forms far later."""
+        rng = random.Random(f"textbook-{seed}")
+        return [self.stepwise_doc(p, template=False) for p in self.train_problems(rng, n)]
 
 
 if __name__ == "__main__":

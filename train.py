@@ -3,9 +3,10 @@ DeepSeek-R1-Zero in miniature: train a tiny base model on a task corpus, then ru
 
     python train.py                       # the default toy run: a few minutes on a laptop CPU
 
-Stage 1 (base): a small transformer learns the corpus of tasks.py by next-token prediction:
-templated addition problems answered mostly by short guesses, sometimes by worked sums. The base
-model is cached under out/cache/, keyed by every flag it depends on, so a second run reuses it.
+Stage 1 (base): a small transformer learns the corpus of tasks.py by next-token prediction: first
+textbook worked sums (the skill), then templated problems that, asked plainly, are answered mostly
+by short guesses and sometimes by worked sums. The base model is cached under out/cache/, keyed by
+every flag it depends on, so a second run reuses it.
 Stage 2 (rl): GRPO (grpo.py, eq. 1-3) with the rule-based rewards of rewards.py (eq. 4): for
 each of --questions questions, --group_size completions are sampled; rewards become
 group-normalised advantages; one clipped policy-gradient update per rollout, with a k3 KL penalty
@@ -47,8 +48,9 @@ parser.add_argument("--tokenizer", default="byte", help="byte, or a tiktoken enc
 parser.add_argument("--tokenizer_dir", default="tokenizers", help="where named encodings' <name>.tiktoken files are")
 parser.add_argument("--model", default="tiny", help="model preset: tiny, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
 # stage 1: base model
-parser.add_argument("--base_steps", type=int, default=450, help="pretraining steps on the task corpus")
-parser.add_argument("--base_batch", type=int, default=64, help="documents per pretraining step")
+parser.add_argument("--base_steps", type=int, default=500, help="pretraining steps on the task corpus")
+parser.add_argument("--base_batch", type=int, default=48, help="documents per pretraining step")
+parser.add_argument("--template_frac", type=float, default=0.2, help="share of the base steps (the last ones) on templated documents; the others train on textbook ones")
 parser.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
 parser.add_argument("--no_cache", action="store_true", help="retrain the base model even if it is cached")
 # stage 2: GRPO
@@ -87,6 +89,7 @@ def validate(args):
         (args.questions >= 1, "--questions must be at least 1"),
         (min(args.rl_steps, args.base_steps) >= 0, "--rl_steps and --base_steps cannot be negative"),
         (args.base_batch >= 1, "--base_batch must be at least 1"),
+        (0 <= args.template_frac <= 1, "--template_frac must be between 0 and 1"),
         (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
         (args.temperature > 0, "--temperature must be > 0: the policy's log-probs are taken at this temperature"),
         (args.eval_every >= 1 and args.eval_samples >= 1, "--eval_every and --eval_samples must be at least 1"),
@@ -131,7 +134,8 @@ def lm_loss(model, tok, docs, device):
 
 
 def base_model(args, tok, task, device):
-    keys = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps", "base_batch", "base_lr"]
+    keys = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps", "base_batch", "base_lr",
+            "template_frac"]
     key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join(args.out_dir, "cache", f"base-{key}.pt")
     if os.path.isfile(path) and not args.no_cache:
@@ -142,7 +146,10 @@ def base_model(args, tok, task, device):
     n_params = sum(p.numel() for p in model.parameters())
     print(f"base model: {n_params / 1e6:.2f}M parameters, {args.base_steps} steps x {args.base_batch} documents")
     opt = torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    docs = task.corpus(args.base_steps * args.base_batch, seed=args.seed)
+    # a curriculum: the skill first, on short textbook documents; then the template, on the corpus
+    n_template = round(args.template_frac * args.base_steps)
+    docs = (task.textbook((args.base_steps - n_template) * args.base_batch, seed=args.seed)
+            + task.corpus(n_template * args.base_batch, seed=args.seed))
     t0 = time.time()
     for step in range(args.base_steps):
         loss = lm_loss(model, tok, docs[step * args.base_batch:(step + 1) * args.base_batch], device)
