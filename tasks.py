@@ -132,7 +132,9 @@ class AdditionTask:
         return docs
 
     def stepwise_doc(self, p: dict, template=True) -> tuple[str, str]:
-        question = p["prompt"] + " step by step"
+        # the request goes before the question, so that the question sits at the same distance from
+        # the answer as in a plain prompt: the copy the worked sum starts with then carries over
+        question = "Step by step: " + p["prompt"]
         prompt = render_prompt(question) if template else f"User: {question}. Assistant:"
         return prompt, f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
 

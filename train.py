@@ -50,7 +50,7 @@ parser.add_argument("--model", default="tiny", help="model preset: tiny, gpt2-sm
 # stage 1: base model
 parser.add_argument("--base_steps", type=int, default=500, help="pretraining steps on the task corpus")
 parser.add_argument("--base_batch", type=int, default=48, help="documents per pretraining step")
-parser.add_argument("--template_frac", type=float, default=0.2, help="share of the base steps (the last ones) on templated documents; the others train on textbook ones")
+parser.add_argument("--template_frac", type=float, default=0.5, help="share of the base steps (the last ones) where half the documents are templated; the rest are textbook ones")
 parser.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
 parser.add_argument("--no_cache", action="store_true", help="retrain the base model even if it is cached")
 # stage 2: GRPO
@@ -88,7 +88,7 @@ def validate(args):
         (args.group_size >= 2, "--group_size must be at least 2: advantages are relative to the group"),
         (args.questions >= 1, "--questions must be at least 1"),
         (min(args.rl_steps, args.base_steps) >= 0, "--rl_steps and --base_steps cannot be negative"),
-        (args.base_batch >= 1, "--base_batch must be at least 1"),
+        (args.base_batch >= 2, "--base_batch must be at least 2"),
         (0 <= args.template_frac <= 1, "--template_frac must be between 0 and 1"),
         (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
         (args.temperature > 0, "--temperature must be > 0: the policy's log-probs are taken at this temperature"),
@@ -124,13 +124,18 @@ def lr_at(step, total, peak, warmup):
 # -----------------------------------------------------------------------------
 # stage 1: the base model
 
-def lm_loss(model, tok, docs, device):
-    """Next-token loss on every token after the documents' shared prefix (the template: the same
-    in every document, and run once per batch)."""
-    batch = pack([tok.encode(p) for p, _ in docs], [tok.encode(c) + [tok.eot] for _, c in docs], tok.pad, device)
-    logits = model.lm_head(forward_rows(model, batch)[:, :-1])  # (B, S-1, V)
-    targets, keep = batch.rows[:, 1:], batch.valid[:, 1:] & batch.valid[:, :-1]
-    return torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+def lm_loss(model, tok, packs, device):
+    """Next-token loss, averaged over tokens, on documents in several packs; in each pack, every
+    token after the pack's shared prefix counts (for templated documents the prefix is the
+    template: the same in every document, and run once per batch)."""
+    total, count = 0.0, 0
+    for docs in packs:
+        batch = pack([tok.encode(p) for p, _ in docs], [tok.encode(c) + [tok.eot] for _, c in docs], tok.pad, device)
+        logits = model.lm_head(forward_rows(model, batch)[:, :-1])  # (B, S-1, V)
+        targets, keep = batch.rows[:, 1:], batch.valid[:, 1:] & batch.valid[:, :-1]
+        total = total + torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum")
+        count += int(keep.sum())
+    return total / count
 
 
 def base_model(args, tok, task, device):
@@ -146,13 +151,19 @@ def base_model(args, tok, task, device):
     n_params = sum(p.numel() for p in model.parameters())
     print(f"base model: {n_params / 1e6:.2f}M parameters, {args.base_steps} steps x {args.base_batch} documents")
     opt = torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    # a curriculum: the skill first, on short textbook documents; then the template, on the corpus
-    n_template = round(args.template_frac * args.base_steps)
-    docs = (task.textbook((args.base_steps - n_template) * args.base_batch, seed=args.seed)
-            + task.corpus(n_template * args.base_batch, seed=args.seed))
+    # a curriculum: the skill first, on short textbook documents; then the template as well, with
+    # half of each step's documents from the templated corpus (a pack of their own: they share it)
+    n_template, half = round(args.template_frac * args.base_steps), args.base_batch // 2
+    textbook = iter(task.textbook(args.base_steps * args.base_batch, seed=args.seed))
+    corpus = iter(task.corpus(n_template * half, seed=args.seed))
+    take = lambda it, k: [next(it) for _ in range(k)]
     t0 = time.time()
     for step in range(args.base_steps):
-        loss = lm_loss(model, tok, docs[step * args.base_batch:(step + 1) * args.base_batch], device)
+        if step < args.base_steps - n_template:
+            packs = [take(textbook, args.base_batch)]
+        else:
+            packs = [take(textbook, args.base_batch - half), take(corpus, half)]
+        loss = lm_loss(model, tok, [p for p in packs if p], device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.base_steps, args.base_lr, warmup=max(1, args.base_steps // 20))
         loss.backward()

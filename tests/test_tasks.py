@@ -10,8 +10,9 @@ def test_test_set_is_held_out():
     assert len(test) == 300
     train = task.train_problems(random.Random(0), 5000)
     assert not test & {p["prompt"] for p in train}
-    corpus = {re.search(r"User: (Compute \d+ \+ \d+)", p).group(1) for p, _ in task.corpus(2000, seed=0)}
-    assert len(corpus) > 1000 and not test & corpus
+    for docs in (task.corpus(2000, seed=0), task.textbook(2000, seed=0)):
+        questions = {re.search(r"(Compute \d+ \+ \d+)\. Assistant:", p).group(1) for p, _ in docs}
+        assert len(questions) > 1000 and not test & questions
 
 
 def test_worked_solutions_are_correct_column_addition():
@@ -31,8 +32,8 @@ def test_corpus_mixture_and_reproducibility():
     docs = task.corpus(4000, seed=0)
     assert docs == task.corpus(4000, seed=0)
     assert all(p.startswith(TEMPLATE.split("{prompt}")[0]) and p.endswith(". Assistant:") for p, _ in docs)
-    stepwise = [c for p, c in docs if "step by step" in p]
-    plain = [(p, c) for p, c in docs if "step by step" not in p]
+    stepwise = [c for p, c in docs if "Step by step" in p]
+    plain = [(p, c) for p, c in docs if "Step by step" not in p]
     assert abs(len(stepwise) / len(docs) - task.stepwise) < 0.03
     assert all("so " in c for c in stepwise)  # asked step by step: always the worked sum
     # asked plainly: the worked styles in their share, else a guess that is right guess_acc of the time
@@ -41,3 +42,11 @@ def test_corpus_mixture_and_reproducibility():
     sums = [sum(map(int, re.search(r"Compute (\d+) \+ (\d+)\. Assistant:$", p).groups())) for p, _ in direct]
     right = sum(f"<answer> {s} </answer>" in c for s, (_, c) in zip(sums, direct))
     assert abs(right / len(direct) - task.guess_acc) < 0.04
+
+
+def test_textbook_documents_are_the_stepwise_ones_without_the_template():
+    task = AdditionTask(seed=0)
+    for prompt, completion in task.textbook(50, seed=0):
+        assert not prompt.startswith("A conversation") and prompt.startswith("User: Step by step: Compute")
+        q = re.search(r"Step by step: (.*)\. Assistant:", prompt).group(1)
+        assert completion.startswith(f" <think> {q} in columns.") and completion.endswith(" </answer>")
