@@ -9,9 +9,16 @@ For each question, G outputs o_1..o_G are sampled from the old policy and scored
            rho = pi_theta(o_i,t | q, o_i,<t) / pi_theta_old(o_i,t | q, o_i,<t)
 
 eq. 1 is written per output in the paper; like DeepSeekMath's GRPO we apply it per token and
-average over each output's tokens, then over outputs. We minimise loss = -J.
+average over each output's tokens, then over outputs. We minimise loss = -J. The knobs later work
+added, each off by default so that the defaults are the paper's equations:
+  - scale="none" (Dr. GRPO) or "batch" in eq. 3: no per-group std, which up-weights groups that are
+    nearly solved or nearly hopeless;
+  - eps_high (DAPO's clip-higher): a wider upper clip, so unlikely tokens with A > 0 can grow;
+  - loss_type "token" (DAPO: every token of the batch weighs the same) or "dr_grpo" (a constant
+    divisor): the per-output mean of eq. 1 gives a token of a long output less weight than a token
+    of a short one, so a long wrong answer is penalised less per token than a short one.
 
-"The loss is 0": with one update per rollout, pi_theta_old = pi_theta so rho = 1, and the
+"The loss is 0": at the first update of a rollout pi_theta_old = pi_theta so rho = 1, and the
 advantages of a group sum to zero, so J is ~0 by construction (with beta = 0, exactly 0 when all
 outputs have the same length). Its gradient is not zero: it is the policy gradient. Watch reward,
 KL, clip fraction and grad norm instead.
@@ -19,15 +26,43 @@ KL, clip fraction and grad norm instead.
     python -m pytest tests/test_grpo.py
 """
 
+import math
+
 import torch
 
+SCALES = ("std", "none", "batch")
+LOSS_TYPES = ("grpo", "token", "dr_grpo")
 
-def group_advantages(rewards, group_size, eps=1e-4):
-    """eq. 3. rewards (B,) with the G outputs of a question adjacent -> advantages (B,).
-    A group whose rewards are all equal gets 0 (no signal), never NaN."""
-    r = rewards.view(-1, group_size)  # (B/G, G)
-    A = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + eps)
-    return A.view(-1)  # (B,)
+
+def group_advantages(rewards, group_size, scale="std", eps=1e-4):
+    """
+    eq. 3. rewards (B,), the G = group_size outputs of a question adjacent, -> advantages (B,).
+    scale: "std" divides by the group's std (the paper), "none" only subtracts the group mean
+    (Dr. GRPO), "batch" divides by the std of all rewards in the batch.
+    A reward may be None or NaN (a reward function declined to score that output): the output gets
+    advantage 0 and is left out of its group's mean and std. A group whose rewards are all equal
+    gets 0 (no signal), never NaN. Standard deviations are unbiased, as torch.std.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if not torch.is_tensor(rewards):
+        rewards = torch.tensor([math.nan if r is None else float(r) for r in rewards])
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)                           # (B/G, G)
+    scored = ~torch.isnan(r)
+    n = scored.sum(dim=1, keepdim=True)                                # scored outputs per group
+    mean = torch.where(scored, r, 0.0).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    centred = torch.where(scored, r - mean, 0.0)                       # r_i - mean(r); 0 if unscored
+    if scale == "std":
+        std = (centred.pow(2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+    elif scale == "batch":
+        std = r[scored].std() if scored.sum() > 1 else r.new_zeros(())
+        std = torch.nan_to_num(std)
+    else:
+        std = r.new_ones(())
+        eps = 0.0
+    return (centred / (std + eps)).view(-1)                            # (B,)
 
 
 def kl_k3(logp, ref_logp):
@@ -37,28 +72,61 @@ def kl_k3(logp, ref_logp):
     return torch.exp(log_ratio) - log_ratio - 1
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps=0.2, beta=0.0):
+def loss_normalizer(loss_type, mask, max_len=None):
+    """
+    What the summed per-token objective of one optimisation step is divided by, in the units of
+    grpo_loss. Compute it over everything the step sees (all micro-batches and, summed across
+    ranks, all processes) and pass it to each grpo_loss call: then the loss and its gradient do not
+    depend on how the batch is split.
+      grpo     number of outputs (each output's own token mean is summed)
+      token    number of completion tokens (DAPO)
+      dr_grpo  number of outputs x max_len, a constant: the generation budget (Dr. GRPO)
+    """
+    if loss_type == "grpo":
+        return float(mask.size(0))
+    if loss_type == "token":
+        return max(float(mask.sum()), 1.0)  # a batch of nothing but masked outputs: loss 0, not NaN
+    if loss_type == "dr_grpo":
+        return float(mask.size(0) * (max_len or mask.size(1)))
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None, beta=0.0,
+              loss_type="grpo", normalizer=None):
     """
     eq. 1 as a loss to minimise. logp, old_logp, ref_logp: (B, T) log-probs of the sampled tokens
     under pi_theta (with grad), pi_theta_old and pi_ref (ref_logp may be None when beta = 0);
-    advantages (B,); mask (B, T) 1.0 on completion tokens. Returns (loss, metrics).
+    advantages (B,); mask (B, T) of 0/1 on completion tokens. eps_high=None clips symmetrically.
+    normalizer: see loss_normalizer; by default this batch's own. Returns (loss, metrics), the
+    metrics averaged over this batch's tokens, with their count in "tokens".
     """
-    A = advantages[:, None]                                        # (B, 1): one advantage per output
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    eps_high = eps_low if eps_high is None else eps_high
+    mask = mask.to(logp.dtype)
+    A = advantages[:, None].to(logp.dtype)                         # (B, 1): one advantage per output
     ratio = torch.exp(logp - old_logp)                             # rho, per token
     unclipped = ratio * A
-    clipped = ratio.clamp(1 - eps, 1 + eps) * A
-    per_token = torch.min(unclipped, clipped)                      # the clipped surrogate of eq. 1
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * A
+    surrogate = torch.min(unclipped, clipped)                      # the clipped surrogate of eq. 1
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
-    per_token = per_token - beta * kl                              # - beta * D_KL (eq. 2)
-    n_tokens = mask.sum(dim=1).clamp(min=1)
-    J = ((per_token * mask).sum(dim=1) / n_tokens).mean()          # 1/|o_i| sum over t, then 1/G sum over i
+    per_token = surrogate - beta * kl                              # - beta * D_KL (eq. 2)
+    if loss_type == "grpo":                                        # 1/|o_i| sum over t ...
+        per_token = per_token / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    if normalizer is None:
+        normalizer = loss_normalizer(loss_type, mask)
+    J = (per_token * mask).sum() / normalizer                      # ... then 1/G sum over i
     loss = -J
 
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
+        mean = lambda x: (x * mask).sum() / n  # noqa: E731
         metrics = {
-            "kl": (kl * mask).sum() / n,
-            "clip_frac": ((clipped < unclipped).float() * mask).sum() / n,  # tokens where clipping acted
-            "ratio": (ratio * mask).sum() / n,
+            "kl": mean(kl),
+            "ratio": mean(ratio),
+            # tokens whose gradient the clip removed: A < 0 below 1-eps_low, A > 0 above 1+eps_high
+            "clip_low": mean(((ratio < 1 - eps_low) & (A < 0)).to(logp.dtype)),
+            "clip_high": mean(((ratio > 1 + eps_high) & (A > 0)).to(logp.dtype)),
+            "tokens": mask.sum(),
         }
     return loss, metrics

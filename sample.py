@@ -21,7 +21,7 @@ log-prob; with them on, the sampling distribution is not the trained one, so RL 
 `generate_naive` is the reference: one row at a time, no padding, no cache, the whole sequence
 re-run for every new token. tests/test_sample.py checks the two give the same tokens.
 
-    python sample.py --ckpt out/<run>/ckpt.pt --prompt "Compute 821 + 97"
+    python sample.py --ckpt out/<run>/ckpt.pt --prompt "Compute 82 + 97"
 """
 
 import argparse
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import token_logprobs
+from kernels import token_entropy, token_logprobs
 from model import KVCache
 
 
@@ -47,6 +47,10 @@ class Batch:
     @property
     def completion_mask(self):
         return self.valid[:, self.R:].float()  # (B, C)
+
+    def select(self, idx):
+        """The rows idx (a mini- or micro-batch), with the same prefix and layout."""
+        return Batch(self.prefix, self.rows[idx], self.valid[idx], self.R)
 
 
 @dataclass
@@ -99,10 +103,14 @@ def completion_logits(model, batch: Batch):
     return model.lm_head(h[:, batch.R - 1:-1])
 
 
-def completion_logprobs(model, batch: Batch, temperature=1.0):
-    """The trainer's log pi(o_t | q, o_<t) of every completion token, (B, C), 0 on padding."""
-    logp = token_logprobs(completion_logits(model, batch), batch.completions, temperature)
-    return logp * batch.completion_mask
+def completion_logprobs(model, batch: Batch, temperature=1.0, entropy=False):
+    """The trainer's log pi(o_t | q, o_<t) of every completion token, (B, C), 0 on padding; with
+    entropy=True also the entropy (B, C) of each next-token distribution, for logging."""
+    logits = completion_logits(model, batch)
+    logp = token_logprobs(logits, batch.completions, temperature) * batch.completion_mask
+    if entropy:
+        return logp, token_entropy(logits, temperature) * batch.completion_mask
+    return logp
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):

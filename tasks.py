@@ -1,26 +1,30 @@
 """
-The toy math task: multi-digit addition, in the R1-Zero prompt template.
+The toy math task: two-digit addition, in the R1-Zero prompt template.
 
-A problem is a dict {"prompt": "Compute 821 + 97", "answer": "918"}; the reward functions
-get its fields. The test set is drawn from its own seed and removed from everything trained on.
+A problem is a dict {"prompt": "Compute 82 + 97", "answer": "179", "a": 82, "b": 97}; the reward
+functions get its fields. The test set is drawn from its own seed and removed from everything
+trained on.
 
-The base-model corpus is the miniature of a pretrained LM that can reason but rarely does. The
-textbook documents, and part of the templated ones, ask for the sum "step by step" and show the
-worked sum: there the model learns the skill. The other templated documents ask plainly, as the
-RL and test prompts do, and are answered in one of three styles:
+The base-model corpus is the miniature of a pretrained LM that can reason but rarely does:
 
-    direct  (most documents)  a one-shot guess, right only `guess_acc` of the time, and half of
-                              the time without <think> tags (so the format reward has work to do):
-        <think> I know this one. </think> <answer> 928 </answer>
-    worked  the digit-by-digit sum with carries; long, and right:
-        <think> Compute 821 + 97 in columns. 1+7=8, so 8. 2+9=11, so 18, carry 1. ... </think> <answer> 918 </answer>
-    reflect a guess, then "Wait, let me recheck." and the worked sum (the "aha" of the paper)
+    textbook  (no template) the question, then always the worked sum: where the skill is learned
+        User: Compute 82 + 97. Assistant: <think> Compute 82 + 97 in columns. 2+7=9, so 9.
+        8+9=17, so 79, carry 1. Carry 1 left, so 179. </think> <answer> 179 </answer>
+    corpus    (in the template, asked exactly as RL and the test ask) one of three styles:
+        direct  (most documents) a one-shot guess, right only `guess_acc` of the time, half of the
+                time without <think> tags (so the format reward has work to do):
+                    <think> I know this one. </think> <answer> 189 </answer>
+        worked  the worked sum above: long, and right
+        reflect a guess, then "Wait, let me recheck." and the worked sum (the "aha" of the paper)
 
-Asked plainly, a model trained on this corpus mostly guesses, so it is weak but not hopeless;
-RL can only raise accuracy by shifting probability to the long worked styles, so response length
-grows as accuracy rises: the R1-Zero signature, by design of the corpus. What is simplified: the
-paper's base model learned to reason from web-scale text, and followed the template zero-shot;
-here the corpus is written in the template so a 1M-parameter model can follow it.
+Asked in the template, a model trained on this corpus mostly guesses, so it is weak but not
+hopeless; RL can only raise accuracy by shifting probability to the long worked styles, so
+response length grows as accuracy rises: the R1-Zero signature, by design of the corpus. What is
+simplified: the paper's base model learned to reason from web-scale text and followed the
+template zero-shot; here the template is in the corpus so a 1M-parameter model can follow it.
+Operands have a fixed number of digits by default: column k is then the k-th digit of both
+operands from the left as well as from the right, which a tiny model learns to look up several
+times faster than mixed lengths (three-digit sums take it longer than the whole CPU budget).
 
     python tasks.py     # prints a few corpus documents
 """
@@ -43,12 +47,15 @@ def render_prompt(question: str) -> str:
 class AdditionTask:
     """a + b, each operand with min_digits..max_digits digits (1-digit operands include 0)."""
 
-    def __init__(self, min_digits=1, max_digits=3, n_test=200, seed=0,
-                 style_weights=(0.80, 0.14, 0.06), guess_acc=0.2, stepwise=0.5):
+    def __init__(self, min_digits=2, max_digits=2, n_test=200, seed=0,
+                 style_weights=(0.75, 0.17, 0.08), guess_acc=0.2):
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         self.min_digits, self.max_digits = min_digits, max_digits
-        self.style_weights, self.guess_acc, self.stepwise = style_weights, guess_acc, stepwise
+        n_operands = 10 ** max_digits - (10 ** (min_digits - 1) if min_digits > 1 else 0)
+        if n_test > n_operands ** 2 // 2:
+            raise ValueError(f"n_test={n_test} would hold out more than half of the {n_operands ** 2} problems: lower it")
+        self.style_weights, self.guess_acc = style_weights, guess_acc
         self.seed = seed
         rng = random.Random(f"test-{seed}")
         test, seen = [], set()
@@ -104,9 +111,9 @@ class AdditionTask:
             steps.append(f"Carry 1 left, so 1{partial}.")
         return " ".join(steps)
 
-    def completion(self, p: dict, rng: random.Random) -> str:
+    def completion(self, p: dict, rng: random.Random, style_weights=None) -> str:
         """One corpus completion for problem p (starts with a space, as after 'Assistant:')."""
-        style = rng.choices(["direct", "worked", "reflect"], weights=self.style_weights)[0]
+        style = rng.choices(["direct", "worked", "reflect"], weights=style_weights or self.style_weights)[0]
         if style == "worked":
             return f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
         guess = self.guess(p, rng)
@@ -117,36 +124,24 @@ class AdditionTask:
             return f" <answer> {guess} </answer>"
         return f" <think> I know this one. </think> <answer> {guess} </answer>"
 
-    def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """n (prompt, completion) documents in the template, none from the test set: a share
-        `stepwise` of them ask for the sum "step by step" and always get the worked sum (where the
-        model learns the skill); the rest ask plainly, as the RL and test prompts do, and get the
-        style mixture (where the model learns to rarely use it)."""
-        rng = random.Random(f"corpus-{seed}")
-        docs = []
-        for p in self.train_problems(rng, n):
-            if rng.random() < self.stepwise:
-                docs.append(self.stepwise_doc(p))
-            else:
-                docs.append((render_prompt(p["prompt"]), self.completion(p, rng)))
-        return docs
-
-    def stepwise_doc(self, p: dict, template=True) -> tuple[str, str]:
-        # the request goes before the question, so that the question sits at the same distance from
-        # the answer as in a plain prompt: the copy the worked sum starts with then carries over
-        question = "Step by step: " + p["prompt"]
-        prompt = render_prompt(question) if template else f"User: {question}. Assistant:"
-        return prompt, f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
+    def corpus(self, n: int, seed: int, style_weights=None) -> list[tuple[str, str]]:
+        """n templated documents, none from the test set, asked as the RL and test prompts are and
+        answered in the style mixture (or in style_weights): here the model learns to rarely use
+        the skill."""
+        rng = random.Random(f"corpus-{seed}-{style_weights}")
+        return [(render_prompt(p["prompt"]), self.completion(p, rng, style_weights)) for p in self.train_problems(rng, n)]
 
     def textbook(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """n step-by-step documents without the template, none from the test set. Short documents
-        are where a tiny model learns the skill quickly: behind the ~380-token template, attention
-        starts spread over every template token, and the copy the worked sum needs forms far later."""
+        """n documents without the template, none from the test set, always answered by the worked
+        sum: here the model learns the skill. Short documents are where a tiny model learns it
+        quickly: behind the ~380-token template attention starts spread over every template token,
+        and the copy the worked sum needs forms far later."""
         rng = random.Random(f"textbook-{seed}")
-        return [self.stepwise_doc(p, template=False) for p in self.train_problems(rng, n)]
+        return [(f"User: {p['prompt']}. Assistant:", f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>")
+                for p in self.train_problems(rng, n)]
 
 
 if __name__ == "__main__":
     task = AdditionTask()
-    for prompt, completion in task.corpus(6, seed=0):
-        print(prompt[-40:] + completion, end="\n\n")
+    for prompt, completion in task.textbook(2, seed=0) + task.corpus(6, seed=0):
+        print("..." + prompt[-32:] + completion, end="\n\n")

@@ -2,32 +2,31 @@
 DeepSeek-R1-Zero in miniature: train a tiny base model on a task corpus, then run GRPO on it.
 
     python train.py                       # the default toy run: a few minutes on a laptop CPU
+    python train.py --preset r1zero       # the paper's RL settings (for a GPU and a real model)
 
-Stage 1 (base): a small transformer learns the corpus of tasks.py by next-token prediction: first
-textbook worked sums (the skill), then templated problems that, asked plainly, are answered mostly
-by short guesses and sometimes by worked sums. The base model is cached under out/cache/, keyed by
-every flag it depends on, so a second run reuses it.
-Stage 2 (rl): GRPO (grpo.py, eq. 1-3) with the rule-based rewards of rewards.py (eq. 4): for
-each of --questions questions, --group_size completions are sampled; rewards become
-group-normalised advantages; one clipped policy-gradient update per rollout, with a k3 KL penalty
-to the frozen base model when --beta > 0. Held-out accuracy (pass@1 averaged over
+Stage 1 (base, pretrain.py): a small transformer learns the corpus of tasks.py; it is cached.
+Stage 2 (rl): GRPO (grpo.py, eq. 1-3) with the rule-based rewards of rewards.py (eq. 4). Each
+step samples --group_size outputs for each of --questions questions from the current policy
+(pi_theta_old), turns rewards into group-normalised advantages, then trains on the rollout for
+--ppo_epochs epochs, each split at random into --minibatches mini-batches with one optimiser
+step per mini-batch (gradients accumulated over micro-batches of --micro_batch rows). The k3
+KL penalty is to a frozen reference model, replaced by the policy every --ref_update_every
+steps; with --beta 0 there is no reference model at all. Held-out accuracy (pass@1 averaged over
 --eval_samples samples at temperature 0.6, top-p 0.95, as in the R1 paper) is measured before
 RL and every --eval_every steps.
 
 Everything goes to out/<run>/: log.jsonl (every metric, every step), samples.jsonl (completions
-at each evaluation), ckpt.pt, curves.png (python plot.py out/<run>). Simplified for now: one
-update per rollout (so pi_theta_old = pi_theta, ratio 1 at the update), a single process, the
-plain PyTorch log-prob path.
+at each evaluation), ckpt.pt, curves.png (python plot.py out/<run>). Simplified: a single
+process, the plain PyTorch log-prob path, a constant RL learning rate (as the paper).
 """
 
 import argparse
 import copy
-import hashlib
 import json
-import math
 import os
 import random
 import time
+from collections import defaultdict
 
 import torch
 
@@ -39,29 +38,41 @@ parser.add_argument("--run", default=None, help="run name; outputs go to <out_di
 parser.add_argument("--out_dir", default="out", help="directory for runs and the base-model cache")
 parser.add_argument("--seed", type=int, default=1337, help="seed for the task, the model and the sampling")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+parser.add_argument("--preset", choices=["r1zero"], default=None,
+                    help="r1zero: the paper's RL settings (lr, beta, G, questions, ref update, mini-batches, epochs, "
+                         "temperature, clip ratio); flags given explicitly still win")
 # task
-parser.add_argument("--min_digits", type=int, default=1, help="fewest digits of an operand")
-parser.add_argument("--max_digits", type=int, default=3, help="most digits of an operand")
+parser.add_argument("--min_digits", type=int, default=2, help="fewest digits of an operand")
+parser.add_argument("--max_digits", type=int, default=2, help="most digits of an operand")
 parser.add_argument("--n_test", type=int, default=200, help="held-out problems, never trained on")
 # tokenizer and model
 parser.add_argument("--tokenizer", default="byte", help="byte, or a tiktoken encoding: gpt2, cl100k_base, o200k_base")
 parser.add_argument("--tokenizer_dir", default="tokenizers", help="where named encodings' <name>.tiktoken files are")
 parser.add_argument("--model", default="tiny", help="model preset: tiny, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
 # stage 1: base model
-parser.add_argument("--base_steps", type=int, default=500, help="pretraining steps on the task corpus")
+parser.add_argument("--base_steps", type=int, default=700, help="pretraining steps on the task corpus")
 parser.add_argument("--base_batch", type=int, default=48, help="documents per pretraining step")
-parser.add_argument("--template_frac", type=float, default=0.5, help="share of the base steps (the last ones) where half the documents are templated; the rest are textbook ones")
+parser.add_argument("--template_frac", type=float, default=0.5, help="share of the base steps (the last ones) where half the documents are templated: first all worked, then the style mixture; the rest are textbook ones")
 parser.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
 parser.add_argument("--no_cache", action="store_true", help="retrain the base model even if it is cached")
-# stage 2: GRPO
+# stage 2: GRPO rollouts
 parser.add_argument("--rl_steps", type=int, default=60, help="GRPO steps")
 parser.add_argument("--questions", type=int, default=16, help="questions per step (paper: 32)")
 parser.add_argument("--group_size", type=int, default=8, help="G, outputs sampled per question (paper: 16)")
-parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of RL (paper: 3e-6, for a 671B model)")
-parser.add_argument("--beta", type=float, default=0.01, help="KL coefficient; 0 runs no reference model (paper: 0.001)")
-parser.add_argument("--clip_eps", type=float, default=0.2, help="clip ratio epsilon of eq. 1")
 parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of rollouts (paper: 1.0)")
-parser.add_argument("--max_new_tokens", type=int, default=160, help="length limit of a completion")
+parser.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a completion")
+# stage 2: the GRPO objective (grpo.py)
+parser.add_argument("--lr", type=float, default=5e-5, help="learning rate of RL, constant (paper: 3e-6, for a 671B model)")
+parser.add_argument("--beta", type=float, default=0.01, help="KL coefficient; 0 runs no reference model (paper: 0.001)")
+parser.add_argument("--clip_eps", type=float, default=0.2, help="clip ratio epsilon of eq. 1 (lower side, and upper unless --clip_eps_high)")
+parser.add_argument("--clip_eps_high", type=float, default=None, help="upper clip epsilon (DAPO's clip-higher, e.g. 0.28); default: --clip_eps")
+parser.add_argument("--adv_scale", choices=["std", "none", "batch"], default="std", help="eq. 3's divisor: group std (paper), none (Dr. GRPO), batch std")
+parser.add_argument("--loss_type", choices=["grpo", "token", "dr_grpo"], default="grpo", help="aggregation over tokens: per-output mean (eq. 1), token mean (DAPO), constant (Dr. GRPO)")
+parser.add_argument("--ref_update_every", type=int, default=400, help="replace the reference model by the policy every this many steps (paper: 400; 0: never)")
+parser.add_argument("--minibatches", type=int, default=1, help="optimiser steps per epoch over a rollout (paper: 16)")
+parser.add_argument("--ppo_epochs", type=int, default=1, help="passes over each rollout (paper: 1)")
+parser.add_argument("--micro_batch", type=int, default=0, help="rows per forward/backward, gradients accumulated (0: a whole mini-batch)")
+parser.add_argument("--mask_truncated", action="store_true", help="outputs cut off at --max_new_tokens get no loss")
 parser.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")
 # evaluation and logging
 parser.add_argument("--eval_every", type=int, default=20, help="evaluate on held-out problems every this many steps")
@@ -71,20 +82,37 @@ parser.add_argument("--eval_temperature", type=float, default=0.6, help="evaluat
 parser.add_argument("--eval_top_p", type=float, default=0.95, help="evaluation top-p (R1 paper: 0.95)")
 parser.add_argument("--log_samples", type=int, default=4, help="completions written to samples.jsonl per evaluation")
 parser.add_argument("--no_plot", action="store_true", help="do not draw curves.png at the end")
+
+# the paper's first RL stage (R1 paper, "Training details of DeepSeek-R1-Zero"); the clip ratio is
+# 10 as the seed text gives it (most reimplementations use 0.2)
+PRESETS = {"r1zero": dict(lr=3e-6, beta=0.001, group_size=16, questions=32, ref_update_every=400, minibatches=16,
+                          ppo_epochs=1, temperature=1.0, clip_eps=10.0)}
 # -----------------------------------------------------------------------------
 
-from grpo import group_advantages, grpo_loss  # noqa: E402  (flags first, as the reader sees them)
-from model import load_checkpoint, make_model, save_checkpoint  # noqa: E402
+from grpo import group_advantages, grpo_loss, loss_normalizer  # noqa: E402  (flags first, as the reader sees them)
+from model import save_checkpoint  # noqa: E402
+from pretrain import base_model  # noqa: E402
 from rewards import accuracy_reward, format_reward  # noqa: E402
-from sample import completion_logprobs, forward_rows, generate, pack  # noqa: E402
+from sample import completion_logprobs, generate  # noqa: E402
 from tasks import AdditionTask, render_prompt  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
 REWARDS = {"accuracy": accuracy_reward, "format": format_reward}  # eq. 4: equal weights
 
 
+def parse_args(argv=None):
+    """Flags, with a --preset's values as defaults: a preset fills the namespace first, and
+    argparse only sets defaults for what is not there yet, so explicit flags still win."""
+    preset = parser.parse_known_args(argv)[0].preset
+    args = parser.parse_args(argv, namespace=argparse.Namespace(**PRESETS.get(preset, {})))
+    validate(args)
+    return args
+
+
 def validate(args):
+    n_out = args.questions * args.group_size
     checks = [
+        (1 <= args.min_digits <= args.max_digits, "--min_digits must be between 1 and --max_digits"),
         (args.group_size >= 2, "--group_size must be at least 2: advantages are relative to the group"),
         (args.questions >= 1, "--questions must be at least 1"),
         (min(args.rl_steps, args.base_steps) >= 0, "--rl_steps and --base_steps cannot be negative"),
@@ -92,6 +120,12 @@ def validate(args):
         (0 <= args.template_frac <= 1, "--template_frac must be between 0 and 1"),
         (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
         (args.temperature > 0, "--temperature must be > 0: the policy's log-probs are taken at this temperature"),
+        (args.clip_eps > 0 and (args.clip_eps_high is None or args.clip_eps_high > 0), "--clip_eps and --clip_eps_high must be > 0"),
+        (args.minibatches >= 1 and args.ppo_epochs >= 1 and args.micro_batch >= 0,
+         "--minibatches and --ppo_epochs must be at least 1, --micro_batch at least 0"),
+        (n_out % args.minibatches == 0, f"a rollout of --questions x --group_size = {n_out} outputs does not split into "
+                                        f"--minibatches {args.minibatches}: make the product divisible by it"),
+        (args.ref_update_every >= 0, "--ref_update_every cannot be negative (0: never)"),
         (args.eval_every >= 1 and args.eval_samples >= 1, "--eval_every and --eval_samples must be at least 1"),
         (1 <= args.eval_problems <= args.n_test, "--eval_problems must be between 1 and --n_test"),
         (args.device == "cpu" or torch.cuda.is_available(), f"--device {args.device} is not available here: use --device cpu"),
@@ -113,70 +147,6 @@ def append_jsonl(path, record):
         f.write(json.dumps(record) + "\n")
 
 
-def lr_at(step, total, peak, warmup):
-    """Linear warmup, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-# -----------------------------------------------------------------------------
-# stage 1: the base model
-
-def lm_loss(model, tok, packs, device):
-    """Next-token loss, averaged over tokens, on documents in several packs; in each pack, every
-    token after the pack's shared prefix counts (for templated documents the prefix is the
-    template: the same in every document, and run once per batch)."""
-    total, count = 0.0, 0
-    for docs in packs:
-        batch = pack([tok.encode(p) for p, _ in docs], [tok.encode(c) + [tok.eot] for _, c in docs], tok.pad, device)
-        logits = model.lm_head(forward_rows(model, batch)[:, :-1])  # (B, S-1, V)
-        targets, keep = batch.rows[:, 1:], batch.valid[:, 1:] & batch.valid[:, :-1]
-        total = total + torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum")
-        count += int(keep.sum())
-    return total / count
-
-
-def base_model(args, tok, task, device):
-    keys = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps", "base_batch", "base_lr",
-            "template_frac"]
-    key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join(args.out_dir, "cache", f"base-{key}.pt")
-    if os.path.isfile(path) and not args.no_cache:
-        print(f"base model: reusing {path}")
-        return load_checkpoint(path, device)[0]
-    torch.manual_seed(args.seed)
-    model = make_model(args.model, tok.vocab_size).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"base model: {n_params / 1e6:.2f}M parameters, {args.base_steps} steps x {args.base_batch} documents")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    # a curriculum: the skill first, on short textbook documents; then the template as well, with
-    # half of each step's documents from the templated corpus (a pack of their own: they share it)
-    n_template, half = round(args.template_frac * args.base_steps), args.base_batch // 2
-    textbook = iter(task.textbook(args.base_steps * args.base_batch, seed=args.seed))
-    corpus = iter(task.corpus(n_template * half, seed=args.seed))
-    take = lambda it, k: [next(it) for _ in range(k)]
-    t0 = time.time()
-    for step in range(args.base_steps):
-        if step < args.base_steps - n_template:
-            packs = [take(textbook, args.base_batch)]
-        else:
-            packs = [take(textbook, args.base_batch - half), take(corpus, half)]
-        loss = lm_loss(model, tok, [p for p in packs if p], device)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.base_steps, args.base_lr, warmup=max(1, args.base_steps // 20))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == args.base_steps - 1:
-            print(f"base {step:4d}/{args.base_steps} | loss {loss.item():.3f} | {time.time() - t0:5.1f}s")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir)
-    return model.eval()
-
-
 # -----------------------------------------------------------------------------
 # rollouts, rewards, evaluation
 
@@ -188,7 +158,7 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0):
     texts = [tok.decode([t for t in ids if t != tok.eot]) for ids in out.batch.completions.tolist()]
     prompts = [p for p in prompts for _ in range(G)]
     fields = {k: [p[k] for p in problems for _ in range(G)] for k in problems[0]}
-    scores = {name: torch.tensor(fn(prompts, texts, **fields)) for name, fn in REWARDS.items()}
+    scores = {name: torch.tensor(fn(prompts, texts, **fields), dtype=torch.float) for name, fn in REWARDS.items()}
     return out, texts, scores
 
 
@@ -220,9 +190,66 @@ def print_eval(step, m, args):
 # -----------------------------------------------------------------------------
 # stage 2: GRPO
 
+@torch.no_grad()
+def logprobs_in_chunks(model, batch, rows, temperature):
+    return torch.cat([completion_logprobs(model, batch.select(idx), temperature) for idx in rows])
+
+
+def grpo_update(model, ref, opt, out, advantages, args, generator):
+    """
+    Train on one rollout: --ppo_epochs passes, each over --minibatches random mini-batches, one
+    optimiser step per mini-batch, its gradient accumulated over micro-batches. Returns metrics
+    averaged over tokens (and over optimiser steps for loss and grad norm).
+    """
+    batch, mask = out.batch, out.batch.completion_mask  # (B, C) each
+    if args.mask_truncated:
+        mask = mask * ~out.truncated[:, None]           # cut-off outputs get no loss
+    B = mask.size(0)
+    micro = args.micro_batch or B // args.minibatches
+    everything = torch.arange(B).split(micro)
+    with torch.no_grad():
+        # pi_theta_old: the policy that sampled, before this step's first update. With a single
+        # update the first mini-batch's own detached log-probs are exactly that: no extra pass.
+        single = args.ppo_epochs * args.minibatches == 1
+        old_logp = None if single else logprobs_in_chunks(model, batch, everything, args.temperature)
+        ref_logp = logprobs_in_chunks(ref, batch, everything, args.temperature) if args.beta > 0 else None
+    sums, n_tok, losses, norms, first = defaultdict(float), 0.0, [], [], True
+    for _ in range(args.ppo_epochs):
+        for mb in torch.randperm(B, generator=generator).chunk(args.minibatches):  # (B / minibatches,) rows
+            # the divisor of the whole mini-batch, so that micro-batching does not change the update
+            norm = loss_normalizer(args.loss_type, mask[mb], args.max_new_tokens)
+            total = 0.0
+            for idx in mb.split(micro):
+                logp, entropy = completion_logprobs(model, batch.select(idx), args.temperature, entropy=True)
+                loss, m = grpo_loss(logp, logp.detach() if single else old_logp[idx],
+                                    None if ref_logp is None else ref_logp[idx], advantages[idx], mask[idx],
+                                    eps_low=args.clip_eps, eps_high=args.clip_eps_high, beta=args.beta,
+                                    loss_type=args.loss_type, normalizer=norm)
+                loss.backward()
+                total += loss.item()
+                k = m.pop("tokens").item()
+                for name, v in m.items():
+                    sums[name] += v.item() * k
+                sums["entropy"] += (entropy * mask[idx]).sum().item()
+                n_tok += k
+                if first:  # same model, same temperature, same tokens: sampler and trainer must agree
+                    valid = batch.completion_mask[idx]
+                    diff = ((logp.detach() - out.sampler_logp[idx]).abs() * valid).sum() / valid.sum().clamp(min=1)
+                    sums["sampler_logp_diff"], first = diff.item(), False
+            norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf")).item())
+            if not torch.isfinite(torch.tensor(total)):
+                raise RuntimeError(f"non-finite loss {total}; lower --lr")
+            losses.append(total)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    metrics = {name: v / max(n_tok, 1) for name, v in sums.items() if name != "sampler_logp_diff"}
+    return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
+            "clip_frac": metrics["clip_low"] + metrics["clip_high"], **metrics,
+            "sampler_logp_diff": sums["sampler_logp_diff"]}
+
+
 def main(argv=None):
-    args = parser.parse_args(argv)
-    validate(args)
+    args = parse_args(argv)
     torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
     device = args.device
     run = args.run or time.strftime("%Y%m%d-%H%M%S")
@@ -234,10 +261,13 @@ def main(argv=None):
     print(f"run: {run_dir}")
 
     tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
-    task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
+    try:
+        task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
+    except ValueError as e:
+        parser.error(str(e).replace("n_test", "--n_test"))
     t_start = time.time()
     model = base_model(args, tok, task, device)
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if args.beta > 0 else None
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if args.beta > 0 else None  # beta 0: none at all
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     log_path = os.path.join(run_dir, "log.jsonl")
 
@@ -247,48 +277,40 @@ def main(argv=None):
 
     rng = random.Random(f"rl-{args.seed}")
     gen = torch.Generator(device).manual_seed(args.seed)
+    shuffle = torch.Generator().manual_seed(args.seed)
     t_rl = time.time()
     for step in range(1, args.rl_steps + 1):
-        # rollout: G outputs per question from the current (= old) policy
+        # rollout: G outputs per question from the current policy, pi_theta_old
         t0 = time.time()
         model.eval()
         problems = task.train_problems(rng, args.questions)
         out, texts, scores = rollout(model, tok, problems, args.group_size, args, gen, args.temperature)
-        rewards = sum(scores.values())                        # eq. 4
-        advantages = group_advantages(rewards, args.group_size).to(device)  # eq. 3
-        batch, mask = out.batch, out.batch.completion_mask
+        rewards = sum(scores.values())                                                        # eq. 4
+        advantages = group_advantages(rewards, args.group_size, scale=args.adv_scale).to(device)  # eq. 3
         t_rollout = time.time() - t0
 
-        # update: one clipped policy-gradient step on the whole rollout
+        # update: eq. 1 on mini-batches of the rollout
         t0 = time.time()
         model.train()
-        logp = completion_logprobs(model, batch, args.temperature)
-        old_logp = logp.detach()  # one update per rollout: pi_theta_old is pi_theta here
-        with torch.no_grad():
-            ref_logp = completion_logprobs(ref, batch, args.temperature) if ref is not None else None
-        loss, lm = grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps=args.clip_eps, beta=args.beta)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"step {step}: non-finite loss {loss.item()}; lower --lr")
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        um = grpo_update(model, ref, opt, out, advantages, args, shuffle)
+        if ref is not None and args.ref_update_every and step % args.ref_update_every == 0:
+            ref.load_state_dict(model.state_dict())  # the paper's reference reset
         t_train = time.time() - t0
 
         # log
-        lengths = mask.sum(1)
+        lengths = out.batch.completion_mask.sum(1)
         groups = rewards.view(-1, args.group_size)
         elapsed, per_step = time.time() - t_start, (time.time() - t_rl) / step
         rec = {
             "step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
             **{f"reward_{k}": v.mean().item() for k, v in scores.items()},
+            **{f"reward_{k}_std": v.std().item() for k, v in scores.items()},
             "accuracy": scores["accuracy"].mean().item(), "format": scores["format"].mean().item(),
             "length": lengths.mean().item(), "length_min": lengths.min().item(), "length_max": lengths.max().item(),
             "truncated": out.truncated.float().mean().item(),
             "zero_var_groups": (groups.std(1) == 0).float().mean().item(),
             "reflection": sum("wait" in t.lower() for t in texts) / len(texts),
-            "loss": loss.item(), "grad_norm": grad_norm.item(), **{k: v.item() for k, v in lm.items()},
-            "sampler_logp_diff": ((logp.detach() - out.sampler_logp).abs() * mask).sum().item() / mask.sum().item(),
+            **um,
             "tokens_per_s": lengths.sum().item() / (t_rollout + t_train),
             "rollout_s": t_rollout, "train_s": t_train, "elapsed": elapsed,
         }

@@ -32,21 +32,19 @@ def test_corpus_mixture_and_reproducibility():
     docs = task.corpus(4000, seed=0)
     assert docs == task.corpus(4000, seed=0)
     assert all(p.startswith(TEMPLATE.split("{prompt}")[0]) and p.endswith(". Assistant:") for p, _ in docs)
-    stepwise = [c for p, c in docs if "Step by step" in p]
-    plain = [(p, c) for p, c in docs if "Step by step" not in p]
-    assert abs(len(stepwise) / len(docs) - task.stepwise) < 0.03
-    assert all("so " in c for c in stepwise)  # asked step by step: always the worked sum
-    # asked plainly: the worked styles in their share, else a guess that is right guess_acc of the time
-    assert abs(sum("so " in c for _, c in plain) / len(plain) - sum(task.style_weights[1:])) < 0.03
-    direct = [(p, c) for p, c in plain if "so " not in c]
+    # asked as RL asks: the worked styles in their share, else a guess that is right guess_acc of the time
+    assert abs(sum("so " in c for _, c in docs) / len(docs) - sum(task.style_weights[1:])) < 0.03
+    assert abs(sum("Wait, let me recheck." in c for _, c in docs) / len(docs) - task.style_weights[2]) < 0.02
+    direct = [(p, c) for p, c in docs if "so " not in c]
     sums = [sum(map(int, re.search(r"Compute (\d+) \+ (\d+)\. Assistant:$", p).groups())) for p, _ in direct]
     right = sum(f"<answer> {s} </answer>" in c for s, (_, c) in zip(sums, direct))
     assert abs(right / len(direct) - task.guess_acc) < 0.04
 
 
-def test_textbook_documents_are_the_stepwise_ones_without_the_template():
+def test_textbook_documents_ask_as_rl_does_without_the_template_and_always_work_the_sum():
     task = AdditionTask(seed=0)
     for prompt, completion in task.textbook(50, seed=0):
-        assert not prompt.startswith("A conversation") and prompt.startswith("User: Step by step: Compute")
-        q = re.search(r"Step by step: (.*)\. Assistant:", prompt).group(1)
-        assert completion.startswith(f" <think> {q} in columns.") and completion.endswith(" </answer>")
+        q = re.fullmatch(r"User: (Compute \d\d \+ \d\d)\. Assistant:", prompt).group(1)
+        a, b = map(int, re.findall(r"\d+", q))
+        assert completion == f" <think> {task.worked({'a': a, 'b': b})} </think> <answer> {a + b} </answer>"
+        assert completion.startswith(f" <think> {q} in columns.")

@@ -10,11 +10,12 @@ import pytest
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# small enough for a test; the base model learns the format but rarely gets a sum right, so the
-# reward that rises here is mostly the format reward
-SMALL = ["--base_steps", "200", "--base_batch", "16", "--base_lr", "5e-3", "--template_frac", "1.0", "--rl_steps", "16", "--questions", "4", "--group_size", "8",
+# small enough for a test: the base model learns the template and the format but has no time to
+# learn the sum, so the reward that rises here is the format reward (and so a larger RL lr)
+SMALL = ["--base_steps", "200", "--base_batch", "16", "--base_lr", "5e-3", "--template_frac", "1.0", "--rl_steps", "16",
+         "--questions", "4", "--group_size", "8", "--lr", "5e-4",
          "--max_new_tokens", "48", "--eval_every", "8", "--eval_problems", "8", "--eval_samples", "2", "--n_test", "8",
-         "--max_digits", "3", "--seed", "0"]
+         "--max_digits", "2", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,15 @@ def test_reward_rises_and_everything_is_logged(run):
     log = read_log(run_dir)
     steps = [r for r in log if r["step"] > 0]
     assert [r["step"] for r in log] == list(range(17))
-    for key in ("reward", "accuracy", "format", "length", "kl", "clip_frac", "tokens_per_s", "rollout_s",
-                "train_s", "truncated", "zero_var_groups", "grad_norm", "sampler_logp_diff"):
+    for key in ("reward", "reward_std", "reward_accuracy", "reward_format_std", "accuracy", "format", "length",
+                "length_min", "length_max", "entropy", "kl", "clip_low", "clip_high", "clip_frac", "tokens_per_s",
+                "rollout_s", "train_s", "truncated", "zero_var_groups", "grad_norm", "sampler_logp_diff"):
         assert all(key in r for r in steps), key
     assert "eval_accuracy" in log[0] and "eval_accuracy" in log[-1]
     first, last = steps[:5], steps[-5:]
     mean = lambda rs: sum(r["reward"] for r in rs) / len(rs)
     assert mean(last) > mean(first) + 0.1, (mean(first), mean(last))
-    # one update per rollout: the trainer recomputes the sampler's log-probs
+    # at the first mini-batch the trainer recomputes the sampler's log-probs
     assert max(r["sampler_logp_diff"] for r in steps) < 1e-4
     for name in ("curves.png", "ckpt.pt", "samples.jsonl", "args.json"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0
@@ -58,6 +60,16 @@ def test_base_model_is_cached_and_runs_are_reproducible(run):
     first = read_log(run_dir)
     for key in ("reward", "length", "loss", "grad_norm"):
         assert [r[key] for r in again[1:3]] == [r[key] for r in first[1:3]], key
+
+
+def test_reference_model_is_reset_to_the_policy(run):
+    _, out = run
+    log = read_log(train.main(SMALL + ["--out_dir", out, "--run", "ref", "--rl_steps", "3", "--ref_update_every", "1",
+                                       "--no_plot"]))
+    # reset after every step: the next step's KL (measured at its first mini-batch, before any
+    # update) is of the policy to itself; without resets (the fixture's run) it is not
+    assert max(r["kl"] for r in log[2:4]) < 1e-6
+    assert read_log(run[0])[2]["kl"] > 1e-4
 
 
 def test_sample_cli_reads_the_checkpoint(run):
@@ -90,3 +102,79 @@ def test_missing_checkpoint_and_too_long_prompt_errors(run):
     res = subprocess.run([sys.executable, "sample.py", "--ckpt", os.path.join(run_dir, "ckpt.pt"), "--prompt", "x" * 700],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode != 0 and "longer than the model's context" in res.stderr
+
+
+# --- the GRPO update of train.py (issue: GRPO, exactly) on a small random model ---
+
+def small_rollout(seed=0, B_questions=4, G=4, max_new=12):
+    import torch
+    from model import GPT, ModelConfig
+    from sample import generate
+    from tokenizer import get_tokenizer
+    tok = get_tokenizer()
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64,
+                            block_size=128))
+    prompts = [tok.encode(f"Compute {i} + {i + 1}.") for i in range(B_questions)]
+    out = generate(model, prompts, G, max_new, [tok.eot], tok.pad, generator=torch.Generator().manual_seed(seed))
+    advantages = torch.randn(B_questions * G, generator=torch.Generator().manual_seed(seed + 1))
+    return model, out, advantages
+
+
+def update(model, out, advantages, argv, ref=None, lr=1.0):
+    import torch
+    args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "12"] + argv)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)  # SGD: the update is the gradient itself
+    return train.grpo_update(model, ref, opt, out, advantages, args, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "token", "dr_grpo"])
+def test_micro_batches_give_the_same_update_as_one_batch(loss_type):
+    import copy
+    import torch
+    model, out, A = small_rollout()
+    ref = copy.deepcopy(model).requires_grad_(False)
+    whole, parts = copy.deepcopy(model), copy.deepcopy(model)
+    m1 = update(whole, out, A, ["--loss_type", loss_type, "--beta", "0.1", "--grad_clip", "0"], ref=ref)
+    m2 = update(parts, out, A, ["--loss_type", loss_type, "--beta", "0.1", "--grad_clip", "0", "--micro_batch", "3"], ref=ref)
+    moved = 0.0
+    for p, q, p0 in zip(whole.parameters(), parts.parameters(), model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+        moved += (p - p0).abs().sum().item()
+    assert moved > 0
+    assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-6) and m1["kl"] == pytest.approx(m2["kl"], abs=1e-6)
+
+
+def test_sampler_and_trainer_agree_and_minibatches_move_the_ratio():
+    model, out, A = small_rollout()
+    m = update(model, out, A, ["--beta", "0", "--minibatches", "4", "--lr", "1"], lr=3.0)
+    # first mini-batch: the model that sampled, at the same temperature
+    assert m["sampler_logp_diff"] < 1e-5
+    # later mini-batches see a policy that has moved: the ratio is no longer 1 and clipping acts
+    assert abs(m["ratio"] - 1) > 1e-3 and m["clip_frac"] > 0
+    assert m["kl"] == 0  # beta 0: no reference model, no KL
+
+
+def test_mask_truncated_outputs_get_no_loss():
+    import copy
+    import torch
+    model, out, A = small_rollout(max_new=3)  # 3 new tokens: (nearly) every output is cut off
+    assert out.truncated.all()
+    before = copy.deepcopy(model)
+    m = update(model, out, A, ["--beta", "0", "--mask_truncated"])
+    assert m["loss"] == 0
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
+
+
+def test_r1zero_preset_sets_the_paper_values_and_flags_still_win():
+    args = train.parse_args(["--preset", "r1zero"])
+    assert (args.lr, args.beta, args.group_size, args.questions, args.ref_update_every, args.minibatches,
+            args.ppo_epochs, args.temperature, args.clip_eps) == (3e-6, 0.001, 16, 32, 400, 16, 1, 1.0, 10.0)
+    assert train.parse_args(["--preset", "r1zero", "--lr", "1e-5"]).lr == 1e-5
+    assert train.parse_args([]).lr != 3e-6  # and without the preset, the toy defaults
+
+
+def test_rollout_must_split_into_minibatches(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--questions", "3", "--group_size", "5", "--minibatches", "4"])
+    assert "15 outputs does not split into --minibatches 4" in capsys.readouterr().err

@@ -1,0 +1,99 @@
+"""
+Stage 1: the base model, the miniature of the pretrained LM that R1-Zero starts from.
+
+The paper's RL starts from DeepSeek-V3-Base, which learned from web-scale text both to reason and
+to follow the template zero-shot. Here a tiny transformer learns, by next-token prediction, the
+corpus of tasks.py: first textbook documents (the worked sum: the skill), then the templated
+corpus as well, where problems asked as RL asks them are answered mostly by short guesses and
+sometimes by worked sums. The result can reason but rarely does: what GRPO needs to have a signal.
+
+The model is cached under <out_dir>/cache/, keyed by every flag it depends on, so a second run
+reuses it. What is simplified: one process, a fixed curriculum, no data loader (documents are
+generated on the fly from a seed).
+
+    python train.py --rl_steps 0       # trains (or reuses) the base model only
+"""
+
+import hashlib
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from model import load_checkpoint, make_model, save_checkpoint
+from sample import forward_rows, pack
+
+# every flag the base model depends on: the cache key
+BASE_FLAGS = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps", "base_batch",
+              "base_lr", "template_frac"]
+
+
+def lr_at(step, total, peak, warmup):
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def lm_loss(model, tok, packs, device):
+    """Next-token loss, averaged over tokens, on documents (prompt, completion) in several packs; in
+    each pack, every token after the pack's shared prefix counts (for templated documents the
+    prefix is the template: the same in every document, and run once per batch)."""
+    total, count = 0.0, 0
+    for docs in packs:
+        batch = pack([tok.encode(p) for p, _ in docs], [tok.encode(c) + [tok.eot] for _, c in docs], tok.pad, device)
+        logits = model.lm_head(forward_rows(model, batch)[:, :-1])  # (B, S-1, V)
+        targets, keep = batch.rows[:, 1:], batch.valid[:, 1:] & batch.valid[:, :-1]
+        total = total + F.cross_entropy(logits[keep], targets[keep], reduction="sum")
+        count += int(keep.sum())
+    return total / count
+
+
+def cache_path(args):
+    key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in BASE_FLAGS}, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(args.out_dir, "cache", f"base-{key}.pt")
+
+
+def base_model(args, tok, task, device, log=print):
+    """The base model for these flags: loaded from the cache, or trained and cached."""
+    path = cache_path(args)
+    if os.path.isfile(path) and not args.no_cache:
+        log(f"base model: reusing {path}")
+        return load_checkpoint(path, device)[0].eval()
+    torch.manual_seed(args.seed)
+    model = make_model(args.model, tok.vocab_size).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"base model: {n_params / 1e6:.2f}M parameters, {args.base_steps} steps x {args.base_batch} documents")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    # a curriculum in three phases. 1: the skill, on short textbook documents. Then half of each
+    # step's documents are templated (a pack of their own: they share the template): 2: all worked,
+    # which carries the skill over to the template's context; 3: the style mixture of the corpus,
+    # which teaches the model to rarely use it when asked plainly
+    n_template, half = round(args.template_frac * args.base_steps), args.base_batch // 2
+    start_2, start_3 = args.base_steps - n_template, args.base_steps - n_template // 2
+    textbook = iter(task.textbook(args.base_steps * args.base_batch, seed=args.seed))
+    worked = iter(task.corpus((start_3 - start_2) * half, seed=args.seed, style_weights=(0, 0.6, 0.4)))
+    corpus = iter(task.corpus((args.base_steps - start_3) * half, seed=args.seed))
+    take = lambda it, k: [next(it) for _ in range(k)]  # noqa: E731
+    t0 = time.time()
+    for step in range(args.base_steps):
+        if step < start_2:
+            packs = [take(textbook, args.base_batch)]
+        else:
+            packs = [take(textbook, args.base_batch - half), take(worked if step < start_3 else corpus, half)]
+        loss = lm_loss(model, tok, packs, device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.base_steps, args.base_lr, warmup=max(1, args.base_steps // 20))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == args.base_steps - 1:
+            log(f"base {step:4d}/{args.base_steps} | loss {loss.item():.3f} | {time.time() - t0:5.1f}s")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir)
+    return model.eval()
