@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import token_entropy, token_logprobs
+import kernels
+from kernels import token_logprobs
 from model import KVCache
 
 
@@ -97,20 +98,14 @@ def forward_rows(model, batch: Batch):
     return model(batch.rows, pos, mask, past)[0]
 
 
-def completion_logits(model, batch: Batch):
-    """Logits (B, C, V) that predict each completion token: column R-1+j predicts token j."""
-    h = forward_rows(model, batch)
-    return model.lm_head(h[:, batch.R - 1:-1])
-
-
 def completion_logprobs(model, batch: Batch, temperature=1.0, entropy=False):
     """The trainer's log pi(o_t | q, o_<t) of every completion token, (B, C), 0 on padding; with
-    entropy=True also the entropy (B, C) of each next-token distribution, for logging."""
-    logits = completion_logits(model, batch)
-    logp = token_logprobs(logits, batch.completions, temperature) * batch.completion_mask
-    if entropy:
-        return logp, token_entropy(logits, temperature) * batch.completion_mask
-    return logp
+    entropy=True also the entropy (B, C) of each next-token distribution, for logging. On CUDA the
+    (B, C, V) logits are never materialised (kernels/fused_linear.py)."""
+    h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): the states that predict each token
+    out = kernels.logprobs_from_hidden(h, model.lm_head.weight, batch.completions, temperature, with_entropy=entropy)
+    mask = batch.completion_mask
+    return (out[0] * mask, out[1] * mask) if entropy else out * mask
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):

@@ -16,13 +16,15 @@ steps; with --beta 0 there is no reference model at all. Held-out accuracy (pass
 RL and every --eval_every steps.
 
 Everything goes to out/<run>/: log.jsonl (every metric, every step), samples.jsonl (completions
-at each evaluation), ckpt.pt, curves.png (python plot.py out/<run>). Simplified: a single
-process, the plain PyTorch log-prob path, a constant RL learning rate (as the paper).
+at each evaluation), ckpt.pt, curves.png (python plot.py out/<run>). Log-probs come from the
+Triton kernels of kernels/ on CUDA (--no_kernels: off), from the plain PyTorch reference on a CPU.
+Simplified: a single process, a constant RL learning rate (as the paper).
 """
 
 import argparse
 import copy
 import json
+import math
 import os
 import random
 import time
@@ -38,6 +40,7 @@ parser.add_argument("--run", default=None, help="run name; outputs go to <out_di
 parser.add_argument("--out_dir", default="out", help="directory for runs and the base-model cache")
 parser.add_argument("--seed", type=int, default=1337, help="seed for the task, the model and the sampling")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+parser.add_argument("--no_kernels", action="store_true", help="on CUDA, use the plain PyTorch log-prob path instead of the Triton kernels of kernels/")
 parser.add_argument("--preset", choices=["r1zero"], default=None,
                     help="r1zero: the paper's RL settings (lr, beta, G, questions, ref update, mini-batches, epochs, "
                          "temperature, clip ratio); flags given explicitly still win")
@@ -55,7 +58,10 @@ parser.add_argument("--base_batch", type=int, default=48, help="documents per pr
 parser.add_argument("--template_frac", type=float, default=0.5, help="share of the base steps (the last ones) where half the documents are templated: first all worked, then the style mixture; the rest are textbook ones")
 parser.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
 parser.add_argument("--no_cache", action="store_true", help="retrain the base model even if it is cached")
-# stage 2: GRPO rollouts
+# stage 2: GRPO rewards and rollouts
+parser.add_argument("--rewards", default="accuracy:1,format:1",
+                    help="weighted sum of reward functions, name:weight,...: built-ins accuracy, format, language, "
+                         "or module.function of your own (eq. 4: accuracy:1,format:1)")
 parser.add_argument("--rl_steps", type=int, default=60, help="GRPO steps")
 parser.add_argument("--questions", type=int, default=16, help="questions per step (paper: 32)")
 parser.add_argument("--group_size", type=int, default=8, help="G, outputs sampled per question (paper: 16)")
@@ -89,15 +95,17 @@ PRESETS = {"r1zero": dict(lr=3e-6, beta=0.001, group_size=16, questions=32, ref_
                           ppo_epochs=1, temperature=1.0, clip_eps=10.0)}
 # -----------------------------------------------------------------------------
 
-from grpo import group_advantages, grpo_loss, loss_normalizer  # noqa: E402  (flags first, as the reader sees them)
+import kernels  # noqa: E402  (flags first, as the reader sees them)
+from grpo import group_advantages, grpo_loss, loss_normalizer  # noqa: E402
 from model import save_checkpoint  # noqa: E402
 from pretrain import base_model  # noqa: E402
-from rewards import accuracy_reward, format_reward  # noqa: E402
+from rewards import accuracy_reward, format_reward, parse_rewards  # noqa: E402
 from sample import completion_logprobs, generate  # noqa: E402
 from tasks import AdditionTask, render_prompt  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
-REWARDS = {"accuracy": accuracy_reward, "format": format_reward}  # eq. 4: equal weights
+# measured on every rollout and evaluation whatever --rewards trains on
+METRICS = [("accuracy", accuracy_reward), ("format", format_reward)]
 
 
 def parse_args(argv=None):
@@ -133,6 +141,18 @@ def validate(args):
     for ok, msg in checks:
         if not ok:
             parser.error(msg)
+    try:
+        parse_rewards(args.rewards)
+    except ValueError as e:
+        parser.error(f"--rewards: {e}")
+
+
+def nanmean(x):
+    return x[~x.isnan()].mean().item() if (~x.isnan()).any() else math.nan
+
+
+def nanstd(x):
+    return x[~x.isnan()].std().item() if (~x.isnan()).sum() > 1 else math.nan
 
 
 def atomic_write(path, text):
@@ -150,15 +170,22 @@ def append_jsonl(path, record):
 # -----------------------------------------------------------------------------
 # rollouts, rewards, evaluation
 
-def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0):
-    """Sample G completions per problem and score them. Rows i*G..i*G+G-1 answer problems[i]."""
+def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, reward_fns=()):
+    """Sample G completions per problem and score them with reward_fns and METRICS: name -> (B,)
+    tensor, NaN where a function declined to score. Rows i*G..i*G+G-1 answer problems[i]."""
     prompts = [render_prompt(p["prompt"]) for p in problems]
     out = generate(model, [tok.encode(p) for p in prompts], G, args.max_new_tokens, [tok.eot, tok.end_answer],
                    tok.pad, temperature=temperature, top_p=top_p, generator=generator)
     texts = [tok.decode([t for t in ids if t != tok.eot]) for ids in out.batch.completions.tolist()]
     prompts = [p for p in prompts for _ in range(G)]
     fields = {k: [p[k] for p in problems for _ in range(G)] for k in problems[0]}
-    scores = {name: torch.tensor(fn(prompts, texts, **fields), dtype=torch.float) for name, fn in REWARDS.items()}
+    scores = {}
+    for name, fn in [(n, f) for n, f, _ in reward_fns] + METRICS:
+        if name not in scores:
+            r = list(fn(prompts, texts, **fields))
+            if len(r) != len(texts):
+                raise ValueError(f"reward {name} returned {len(r)} values for {len(texts)} completions")
+            scores[name] = torch.tensor([math.nan if x is None else float(x) for x in r])
     return out, texts, scores
 
 
@@ -251,7 +278,12 @@ def grpo_update(model, ref, opt, out, advantages, args, generator):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
+    kernels.ENABLED = not args.no_kernels  # the kernels run on CUDA only; a CPU always takes the reference
     device = args.device
+    try:
+        task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
+    except ValueError as e:
+        parser.error(str(e).replace("n_test", "--n_test"))
     run = args.run or time.strftime("%Y%m%d-%H%M%S")
     run_dir = os.path.join(args.out_dir, run)
     if os.path.exists(os.path.join(run_dir, "log.jsonl")):
@@ -261,10 +293,6 @@ def main(argv=None):
     print(f"run: {run_dir}")
 
     tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
-    try:
-        task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
-    except ValueError as e:
-        parser.error(str(e).replace("n_test", "--n_test"))
     t_start = time.time()
     model = base_model(args, tok, task, device)
     ref = copy.deepcopy(model).eval().requires_grad_(False) if args.beta > 0 else None  # beta 0: none at all
@@ -275,6 +303,7 @@ def main(argv=None):
     print_eval(0, m, args)
     append_jsonl(log_path, {"step": 0, "elapsed": time.time() - t_start, **m})
 
+    reward_fns = parse_rewards(args.rewards)
     rng = random.Random(f"rl-{args.seed}")
     gen = torch.Generator(device).manual_seed(args.seed)
     shuffle = torch.Generator().manual_seed(args.seed)
@@ -284,8 +313,9 @@ def main(argv=None):
         t0 = time.time()
         model.eval()
         problems = task.train_problems(rng, args.questions)
-        out, texts, scores = rollout(model, tok, problems, args.group_size, args, gen, args.temperature)
-        rewards = sum(scores.values())                                                        # eq. 4
+        out, texts, scores = rollout(model, tok, problems, args.group_size, args, gen, args.temperature,
+                                     reward_fns=reward_fns)
+        rewards = sum(w * scores[name] for name, _, w in reward_fns)  # eq. 4; NaN if any declined
         advantages = group_advantages(rewards, args.group_size, scale=args.adv_scale).to(device)  # eq. 3
         t_rollout = time.time() - t0
 
@@ -302,9 +332,10 @@ def main(argv=None):
         groups = rewards.view(-1, args.group_size)
         elapsed, per_step = time.time() - t_start, (time.time() - t_rl) / step
         rec = {
-            "step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
-            **{f"reward_{k}": v.mean().item() for k, v in scores.items()},
-            **{f"reward_{k}_std": v.std().item() for k, v in scores.items()},
+            "step": step, "reward": nanmean(rewards), "reward_std": nanstd(rewards),
+            **{f"reward_{k}": nanmean(v) for k, v in scores.items()},
+            **{f"reward_{k}_std": nanstd(v) for k, v in scores.items()},
+            "unscored": rewards.isnan().float().mean().item(),
             "accuracy": scores["accuracy"].mean().item(), "format": scores["format"].mean().item(),
             "length": lengths.mean().item(), "length_min": lengths.min().item(), "length_max": lengths.max().item(),
             "truncated": out.truncated.float().mean().item(),

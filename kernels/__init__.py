@@ -1,11 +1,52 @@
 """
 Fast paths for the per-token log-prob computation, each beside its plain PyTorch reference.
 
-`token_logprobs` is what sample.py and train.py call. For now it is the reference of
-kernels/logprob.py on every device: the fused Triton kernels (log-prob, GRPO terms and the
-fused output layer) will be added here, with the reference kept beside each as its oracle.
+    logprob.py       log pi(y) (and entropy) from logits: online logsumexp, one read of the logits
+                     forward, one read and one write backward (optionally in place)
+    grpo_loss.py     the GRPO loss of eq. 1-2 fused into that pass (ratio, clipping, k3 KL, masking)
+    fused_linear.py  log-probs from hidden states and the output weight in chunks of tokens: the
+                     (N, V) logits never exist in memory at once
+    bench.py         python -m kernels.bench: eager, torch.compile, these kernels (and Liger-Kernel
+                     when installed), side by side on a GPU
+
+What sample.py and train.py call: `token_logprobs` / `token_entropy` (logits) and
+`completion_logprobs_from_hidden` (hidden states). On CUDA they use the kernels unless
+`kernels.ENABLED` is False (train.py --no_kernels); on a CPU always the references.
 """
 
-from kernels.logprob import token_logprobs_reference as token_logprobs, token_entropy
+from kernels.fused_linear import linear_token_logprobs
+from kernels.grpo_loss import fused_grpo_loss
+from kernels.logprob import token_entropy, token_entropy_triton, token_logprobs_reference, token_logprobs_triton
 
-__all__ = ["token_logprobs", "token_entropy"]
+ENABLED = True
+
+
+def fast(t) -> bool:
+    """Use the kernels for tensors on this device?"""
+    return ENABLED and t.is_cuda
+
+
+def token_logprobs(logits, targets, temperature=1.0):
+    """log pi(targets) (...) in fp32 from logits (..., V), always <= 0."""
+    if fast(logits):
+        return token_logprobs_triton(logits, targets, temperature)
+    return token_logprobs_reference(logits, targets, temperature)
+
+
+def entropy(logits, temperature=1.0):
+    """Entropy (...) of each temperature-scaled distribution, for logging."""
+    return token_entropy_triton(logits, temperature) if fast(logits) else token_entropy(logits, temperature)
+
+
+def logprobs_from_hidden(h, weight, targets, temperature=1.0, with_entropy=False):
+    """log pi(targets) from hidden states h (..., d) and the output weight (V, d): on CUDA without
+    ever holding the (N, V) logits; on a CPU through the logits and the reference."""
+    if fast(h):
+        return linear_token_logprobs(h, weight, targets, temperature, with_entropy=with_entropy)
+    logits = h @ weight.t()
+    logp = token_logprobs_reference(logits, targets, temperature)
+    return (logp, token_entropy(logits, temperature)) if with_entropy else logp
+
+
+__all__ = ["token_logprobs", "entropy", "logprobs_from_hidden", "token_logprobs_reference", "token_entropy",
+           "token_logprobs_triton", "token_entropy_triton", "linear_token_logprobs", "fused_grpo_loss", "ENABLED"]

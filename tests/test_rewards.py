@@ -49,3 +49,42 @@ def test_accuracy_reward(text, answer, acc):
 def test_rule_reward_is_equal_weight_sum():
     texts = [GOOD, "<answer>8</answer>", "<think>x</think> <answer>9</answer>", "junk"]
     assert rule_reward([""] * 4, texts, answer=["8"] * 4) == [2.0, 1.0, 1.0, 0.0]
+
+
+# --- eq. 7 and the reward convention ---
+
+@pytest.mark.parametrize("thought, language, share", [
+    ("Compute 12 + 34 in columns. Wait, let me recheck.", "en", 1.0),
+    ("Le café est prêt", "en", 1.0),                  # Latin script, accents included
+    ("计算 so carry", "en", 2 / 4),                   # each CJK character is a word: 2 of them, 2 Latin words
+    ("计算 so carry", "zh", 2 / 4),
+    ("Считаем so", "en", 1 / 2),                      # Cyrillic is not the target script
+    ("12+34=46, 7*8", "en", None),                    # no word at all: declined, not 0
+])
+def test_language_share(thought, language, share):
+    from rewards import language_share
+    got = language_share(thought, language)
+    assert got == share if share is None else got == pytest.approx(share)
+
+
+def test_language_reward_reads_only_the_chain_of_thought():
+    from rewards import language_reward
+    texts = ["<think> add the units </think> <answer> 计算 </answer>", "<think> 计算 </think> <answer> 7 </answer>",
+             "<answer> 7 </answer>", "<think> 3+4 </think> <answer> 7 </answer>"]
+    assert language_reward(None, texts) == [1.0, 0.0, 0.0, None]
+    assert language_reward(None, texts[:2], language=["zh", "zh"]) == [0.0, 1.0]
+
+
+def test_parse_rewards_builtins_user_functions_and_errors(tmp_path, monkeypatch):
+    from rewards import accuracy_reward, parse_rewards
+    (tmp_path / "my_rewards.py").write_text(
+        "def brevity(prompts, completions, **fields):\n"
+        "    return [None if not c else 1.0 / len(c) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = parse_rewards("accuracy:1, my_rewards.brevity:0.5")
+    assert [(n, w) for n, _, w in spec] == [("accuracy", 1.0), ("my_rewards.brevity", 0.5)]
+    assert spec[0][1] is accuracy_reward and spec[1][1](None, ["ab", ""]) == [0.5, None]
+    for bad, message in (("accuracy", "name:weight"), ("acc:1", "unknown reward 'acc'"),
+                         ("format:heavy", "not a number"), ("no_such_module.f:1", "cannot be loaded")):
+        with pytest.raises(ValueError, match=message):
+            parse_rewards(bad)

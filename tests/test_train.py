@@ -65,7 +65,9 @@ def test_base_model_is_cached_and_runs_are_reproducible(run):
 def test_reference_model_is_reset_to_the_policy(run):
     _, out = run
     log = read_log(train.main(SMALL + ["--out_dir", out, "--run", "ref", "--rl_steps", "3", "--ref_update_every", "1",
-                                       "--no_plot"]))
+                                       "--no_plot", "--rewards", "accuracy:1,format:1,language:0.5"]))
+    # a third reward (eq. 7), logged on its own; it declines outputs whose thought has no word
+    assert all("reward_language" in r and "unscored" in r for r in log[1:])
     # reset after every step: the next step's KL (measured at its first mini-batch, before any
     # update) is of the policy to itself; without resets (the fixture's run) it is not
     assert max(r["kl"] for r in log[2:4]) < 1e-6
@@ -86,6 +88,7 @@ def test_sample_cli_reads_the_checkpoint(run):
     (["--lr", "fast"], "invalid float value"),
     (["--no_such_flag"], "unrecognized arguments"),
     (["--eval_problems", "500"], "--eval_problems must be between 1 and --n_test"),
+    (["--rewards", "accuracy:1,acc:1"], "--rewards: unknown reward 'acc'"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:

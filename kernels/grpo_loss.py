@@ -1,0 +1,116 @@
+"""
+The GRPO loss of eq. 1-2 computed from logits in one fused pass: log-prob, ratio, clipping, k3 KL
+and masking per token, with the gradient of the logits written in one more pass. The reference
+is grpo.grpo_loss applied to kernels.logprob.token_logprobs_reference; tests compare the two,
+gradients included.
+
+Per token t of output i (rho = exp(logp - old_logp), w_t the token's weight in the aggregation:
+mask_t / normalizer, times 1/|o_i| for loss_type "grpo"):
+
+    loss_t = -w_t [ min(rho A_i, clip(rho, 1-eps_low, 1+eps_high) A_i) - beta k3(logp, ref_logp) ]
+
+Its derivative with respect to logp is local to the token, so the forward kernel stores it:
+
+    d loss_t / d logp = -w_t [ rho A_i 1[the unclipped term is the min]  -  beta (1 - exp(ref_logp - logp)) ]
+
+(d rho / d logp = rho; the clipped term is constant in logp wherever it is the min, and
+d k3 / d logp = -exp(ref - logp) + 1). The backward is then the log-prob backward of
+kernels/logprob.py with upstream gradient g * d loss_t / d logp: dz_j = that (1[j = y] - softmax_j) / T.
+
+    TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from grpo import loss_normalizer
+from kernels.logprob import _block_v, logprob_backward
+
+
+@triton.jit
+def _grpo_fwd_kernel(logits_ptr, targets_ptr, old_ptr, ref_ptr, adv_ptr, weight_ptr,
+                     loss_ptr, dlogp_ptr, logp_ptr, lse_ptr, stride_row, V, inv_T, eps_low, eps_high, beta,
+                     BLOCK_V: tl.constexpr, USE_REF: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = logits_ptr + row * stride_row
+    # the online logsumexp of kernels/logprob.py
+    m = tl.full((), -1e30, tl.float32)
+    s = tl.zeros((), tl.float32)
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        z = tl.load(base + cols, mask=cols < V, other=-float("inf")).to(tl.float32) * inv_T
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+        m = m_new
+    y = tl.load(targets_ptr + row)
+    log_s = tl.log(s)
+    logp = (tl.load(base + y).to(tl.float32) * inv_T - m) - log_s
+    # the GRPO terms of this token
+    A = tl.load(adv_ptr + row)
+    w = tl.load(weight_ptr + row)
+    ratio = tl.exp(logp - tl.load(old_ptr + row))
+    unclipped = ratio * A
+    clipped = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high) * A
+    surrogate = tl.minimum(unclipped, clipped)
+    d_surrogate = tl.where(unclipped <= clipped, unclipped, 0.0)
+    kl = tl.zeros((), tl.float32)
+    d_kl = tl.zeros((), tl.float32)
+    if USE_REF:
+        log_r = tl.load(ref_ptr + row) - logp
+        kl = tl.exp(log_r) - log_r - 1.0
+        d_kl = 1.0 - tl.exp(log_r)
+    tl.store(loss_ptr + row, -w * (surrogate - beta * kl))
+    tl.store(dlogp_ptr + row, -w * (d_surrogate - beta * d_kl))
+    tl.store(logp_ptr + row, logp)
+    tl.store(lse_ptr + row, m + log_s)
+
+
+class FusedGRPOLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits2d, targets, old_logp, ref_logp, advantages, weights, temperature, eps_low, eps_high, beta,
+                inplace):
+        N, V = logits2d.shape
+        loss = torch.empty(N, dtype=torch.float32, device=logits2d.device)
+        dlogp, logp, lse = torch.empty_like(loss), torch.empty_like(loss), torch.empty_like(loss)
+        use_ref = ref_logp is not None
+        if N:
+            _grpo_fwd_kernel[(N,)](logits2d, targets, old_logp, ref_logp if use_ref else old_logp, advantages, weights,
+                                   loss, dlogp, logp, lse, logits2d.stride(0), V, 1.0 / temperature,
+                                   eps_low, eps_high, beta, BLOCK_V=_block_v(V), USE_REF=use_ref)
+        ctx.save_for_backward(logits2d, targets, lse, dlogp)
+        ctx.temperature, ctx.inplace = temperature, inplace
+        ctx.mark_non_differentiable(logp)
+        return loss.sum(), logp
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logp):
+        logits2d, targets, lse, dlogp = ctx.saved_tensors
+        out = logits2d if ctx.inplace else None
+        dlogits = logprob_backward(logits2d, targets, lse, dlogp * grad_loss, ctx.temperature, out)
+        return dlogits, *([None] * 10)
+
+
+def fused_grpo_loss(logits, targets, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None, beta=0.0,
+                    loss_type="grpo", normalizer=None, temperature=1.0, inplace=False):
+    """
+    grpo.grpo_loss from logits (B, T, V) instead of log-probs: targets, old_logp, ref_logp, mask
+    (B, T), advantages (B,). Returns (loss, logp (B, T) detached, for metrics). Only the gradient of
+    the logits is computed; with inplace=True it overwrites the logits buffer.
+    """
+    B, T, V = logits.shape
+    mask = mask.float()
+    if normalizer is None:
+        normalizer = loss_normalizer(loss_type, mask)
+    weights = mask / normalizer
+    if loss_type == "grpo":
+        weights = weights / mask.sum(1, keepdim=True).clamp(min=1)  # 1/|o_i|
+    logits2d = logits.reshape(B * T, V)                               # (N, V)
+    if logits2d.stride(-1) != 1:
+        logits2d = logits2d.contiguous()
+    flat = lambda x: x.reshape(-1).float().contiguous()  # noqa: E731
+    loss, logp = FusedGRPOLoss.apply(
+        logits2d, targets.reshape(-1).contiguous(), flat(old_logp), None if ref_logp is None or beta == 0 else flat(ref_logp),
+        flat(advantages[:, None].expand(B, T)), flat(weights), temperature, eps_low,
+        eps_low if eps_high is None else eps_high, beta, inplace)
+    return loss, logp.view(B, T)
