@@ -196,9 +196,11 @@ def make_model(preset: str, vocab_size: int, **overrides) -> GPT:
     return GPT(ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides}))
 
 
-def save_checkpoint(path, model: GPT, tokenizer_name: str, **extra):
-    """Write {config, weights, tokenizer name, extra} atomically: a crash never leaves half a file."""
-    ckpt = {"config": asdict(model.config), "model": model.state_dict(), "tokenizer": tokenizer_name, **extra}
+def save_checkpoint(path, model: GPT, tokenizer_name: str, state_dict=None, **extra):
+    """Write {config, weights, tokenizer name, extra} atomically: a crash never leaves half a file.
+    state_dict: the full weights when the model itself is sharded (dist.full_state_dict)."""
+    weights = model.state_dict() if state_dict is None else state_dict
+    ckpt = {"config": asdict(model.config), "model": weights, "tokenizer": tokenizer_name, **extra}
     tmp = f"{path}.tmp"
     torch.save(ckpt, tmp)
     os.replace(tmp, path)

@@ -135,8 +135,9 @@ def check_length(model, prompt_len: int, max_new_tokens: int):
 
 @torch.no_grad()
 def generate(model, prompts, G, max_new_tokens, stop_ids, pad, temperature=1.0, top_k=0, top_p=1.0,
-             generator=None) -> Rollout:
-    """G samples for each prompt (rows i*G .. i*G+G-1 belong to prompts[i])."""
+             generator=None, all_done=None) -> Rollout:
+    """G samples for each prompt (rows i*G .. i*G+G-1 belong to prompts[i]). all_done(done) decides
+    when decoding stops (default: when every row has stopped; dist.all_done: on every rank)."""
     device = model.lm_head.weight.device
     check_length(model, max(map(len, prompts)), max_new_tokens)
     batch = pack(prompts, [[] for _ in prompts], pad, device)
@@ -160,7 +161,7 @@ def generate(model, prompts, G, max_new_tokens, stop_ids, pad, temperature=1.0, 
         logps.append(torch.where(alive, logp, 0.0))
         valid = torch.cat([valid, alive[:, None]], dim=1)
         done = done | torch.isin(tok, stop)
-        if done.all():
+        if done.all() if all_done is None else all_done(done):
             break
         mask = torch.cat([valid.new_ones(B, P), valid], dim=1)[:, None, None, :]  # (B, 1, 1, P+R+t+1)
         h, cache = model(tokens[-1][:, None], next_pos[:, None], mask, cache)

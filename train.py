@@ -3,6 +3,7 @@ DeepSeek-R1-Zero in miniature: train a tiny base model on a task corpus, then ru
 
     python train.py                       # the default toy run: a few minutes on a laptop CPU
     python train.py --preset r1zero       # the paper's RL settings (for a GPU and a real model)
+    torchrun --standalone --nproc_per_node=2 train.py     # the same, in 2 processes (dist.py)
 
 Stage 1 (base, pretrain.py): a small transformer learns the corpus of tasks.py; it is cached.
 Stage 2 (rl): GRPO (grpo.py, eq. 1-3) with the rule-based rewards of rewards.py (eq. 4). Each
@@ -18,10 +19,12 @@ RL and every --eval_every steps.
 Everything goes to out/<run>/: log.jsonl (every metric, every step), samples.jsonl (completions
 at each evaluation), ckpt.pt, curves.png (python plot.py out/<run>). Log-probs come from the
 Triton kernels of kernels/ on CUDA (--no_kernels: off), from the plain PyTorch reference on a CPU.
-Simplified: a single process, a constant RL learning rate (as the paper).
+Simplified: a constant RL learning rate (as the paper); models start from the toy base stage
+(there is no loader for pretrained weights yet).
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -31,15 +34,17 @@ import time
 from collections import defaultdict
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 # -----------------------------------------------------------------------------
 # flags
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 # run
-parser.add_argument("--run", default=None, help="run name; outputs go to <out_dir>/<run>/ (default: a timestamp)")
+parser.add_argument("--run_name", default=None, help="outputs go to <out_dir>/<run_name>/ (default: a timestamp); not --run, which torchrun would take for its --run-path")
 parser.add_argument("--out_dir", default="out", help="directory for runs and the base-model cache")
 parser.add_argument("--seed", type=int, default=1337, help="seed for the task, the model and the sampling")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+parser.add_argument("--fsdp", action="store_true", help="shard the policy and reference with FSDP2 (under torchrun), for models that do not fit on one device; default: DDP replicas")
 parser.add_argument("--no_kernels", action="store_true", help="on CUDA, use the plain PyTorch log-prob path instead of the Triton kernels of kernels/")
 parser.add_argument("--preset", choices=["r1zero"], default=None,
                     help="r1zero: the paper's RL settings (lr, beta, G, questions, ref update, mini-batches, epochs, "
@@ -95,12 +100,13 @@ PRESETS = {"r1zero": dict(lr=3e-6, beta=0.001, group_size=16, questions=32, ref_
                           ppo_epochs=1, temperature=1.0, clip_eps=10.0)}
 # -----------------------------------------------------------------------------
 
-import kernels  # noqa: E402  (flags first, as the reader sees them)
+import dist  # noqa: E402  (flags first, as the reader sees them)
+import kernels  # noqa: E402
 from grpo import group_advantages, grpo_loss, loss_normalizer  # noqa: E402
 from model import save_checkpoint  # noqa: E402
 from pretrain import base_model  # noqa: E402
 from rewards import accuracy_reward, format_reward, parse_rewards  # noqa: E402
-from sample import completion_logprobs, generate  # noqa: E402
+from sample import generate  # noqa: E402
 from tasks import AdditionTask, render_prompt  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
@@ -118,7 +124,8 @@ def parse_args(argv=None):
 
 
 def validate(args):
-    n_out = args.questions * args.group_size
+    world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
+    n_out = args.questions // world * args.group_size  # outputs per rank and step
     checks = [
         (1 <= args.min_digits <= args.max_digits, "--min_digits must be between 1 and --max_digits"),
         (args.group_size >= 2, "--group_size must be at least 2: advantages are relative to the group"),
@@ -131,8 +138,13 @@ def validate(args):
         (args.clip_eps > 0 and (args.clip_eps_high is None or args.clip_eps_high > 0), "--clip_eps and --clip_eps_high must be > 0"),
         (args.minibatches >= 1 and args.ppo_epochs >= 1 and args.micro_batch >= 0,
          "--minibatches and --ppo_epochs must be at least 1, --micro_batch at least 0"),
-        (n_out % args.minibatches == 0, f"a rollout of --questions x --group_size = {n_out} outputs does not split into "
-                                        f"--minibatches {args.minibatches}: make the product divisible by it"),
+        (args.questions % world == 0, f"--questions {args.questions} does not split across {world} processes: whole "
+                                      f"groups stay on one rank, so make it divisible by the world size"),
+        (args.eval_problems % world == 0, f"--eval_problems {args.eval_problems} does not split across {world} processes: "
+                                          f"make it divisible by the world size"),
+        (n_out % args.minibatches == 0, f"a rollout of --questions / world size x --group_size = {n_out} outputs per "
+                                        f"process does not split into --minibatches {args.minibatches}: make it divisible"),
+        (not args.fsdp or "RANK" in os.environ, "--fsdp needs a distributed launch: torchrun --nproc_per_node=N train.py --fsdp"),
         (args.ref_update_every >= 0, "--ref_update_every cannot be negative (0: never)"),
         (args.eval_every >= 1 and args.eval_samples >= 1, "--eval_every and --eval_samples must be at least 1"),
         (1 <= args.eval_problems <= args.n_test, "--eval_problems must be between 1 and --n_test"),
@@ -170,12 +182,12 @@ def append_jsonl(path, record):
 # -----------------------------------------------------------------------------
 # rollouts, rewards, evaluation
 
-def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, reward_fns=()):
+def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, reward_fns=(), all_done=None):
     """Sample G completions per problem and score them with reward_fns and METRICS: name -> (B,)
     tensor, NaN where a function declined to score. Rows i*G..i*G+G-1 answer problems[i]."""
     prompts = [render_prompt(p["prompt"]) for p in problems]
     out = generate(model, [tok.encode(p) for p in prompts], G, args.max_new_tokens, [tok.eot, tok.end_answer],
-                   tok.pad, temperature=temperature, top_p=top_p, generator=generator)
+                   tok.pad, temperature=temperature, top_p=top_p, generator=generator, all_done=all_done)
     texts = [tok.decode([t for t in ids if t != tok.eot]) for ids in out.batch.completions.tolist()]
     prompts = [p for p in prompts for _ in range(G)]
     fields = {k: [p[k] for p in problems for _ in range(G)] for k in problems[0]}
@@ -191,130 +203,164 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
 
 @torch.no_grad()
 def evaluate(model, tok, task, args, step, run_dir):
-    """pass@1 on held-out problems, averaged over eval_samples samples each."""
+    """pass@1 on held-out problems, averaged over eval_samples samples each; each rank takes an
+    equal block of the problems, and the results are gathered."""
     model.eval()
-    problems = task.test_set[:args.eval_problems]
-    gen = torch.Generator(args.device).manual_seed(args.seed + 1)  # the same draws at every evaluation
+    k = args.eval_problems // dist.world()
+    problems = task.test_set[dist.rank() * k:(dist.rank() + 1) * k]
+    gen = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed + 1 + dist.rank())  # the same draws every time
     acc, fmt, lengths, samples = [], [], [], []
     for i in range(0, len(problems), 25):
         chunk = problems[i:i + 25]
-        out, texts, scores = rollout(model, tok, chunk, args.eval_samples, args, gen, args.eval_temperature, args.eval_top_p)
-        acc.append(scores["accuracy"]), fmt.append(scores["format"]), lengths.append(out.batch.completion_mask.sum(1))
+        out, texts, scores = rollout(model, tok, chunk, args.eval_samples, args, gen, args.eval_temperature, args.eval_top_p,
+                                     all_done=dist.all_done if args.fsdp else None)
+        acc.append(scores["accuracy"]), fmt.append(scores["format"]), lengths.append(out.batch.completion_mask.sum(1).cpu())
         if i == 0:
             samples = [{"step": step, "prompt": p["prompt"], "answer": p["answer"], "completion": texts[j * args.eval_samples],
                         "accuracy": scores["accuracy"][j * args.eval_samples].item()} for j, p in enumerate(chunk[:args.log_samples])]
-    for s in samples:
-        append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
-    return {"eval_accuracy": torch.cat(acc).mean().item(), "eval_format": torch.cat(fmt).mean().item(),
-            "eval_length": torch.cat(lengths).mean().item()}
+    if dist.rank() == 0:
+        for s in samples:
+            append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
+    gathered = [dist.gather_rows(torch.cat(x)) for x in (acc, fmt, lengths)]
+    return {f"eval_{name}": x.mean().item() for name, x in zip(("accuracy", "format", "length"), gathered)}
 
 
 def print_eval(step, m, args):
-    print(f"eval step {step:3d} | held-out pass@1 {m['eval_accuracy']:.3f} (k={args.eval_samples}, "
-          f"T={args.eval_temperature}, top-p={args.eval_top_p}) | format {m['eval_format']:.3f} | length {m['eval_length']:.1f}")
+    dist.print0(f"eval step {step:3d} | held-out pass@1 {m['eval_accuracy']:.3f} (k={args.eval_samples}, "
+                f"T={args.eval_temperature}, top-p={args.eval_top_p}) | format {m['eval_format']:.3f} | length {m['eval_length']:.1f}")
 
 
 # -----------------------------------------------------------------------------
 # stage 2: GRPO
 
 @torch.no_grad()
-def logprobs_in_chunks(model, batch, rows, temperature):
-    return torch.cat([completion_logprobs(model, batch.select(idx), temperature) for idx in rows])
+def logprobs_in_chunks(policy, batch, rows, temperature):
+    return torch.cat([policy(batch.select(idx), temperature) for idx in rows])
 
 
-def grpo_update(model, ref, opt, out, advantages, args, generator):
+def grpo_update(policy, ref, opt, out, advantages, args, generator):
     """
-    Train on one rollout: --ppo_epochs passes, each over --minibatches random mini-batches, one
-    optimiser step per mini-batch, its gradient accumulated over micro-batches. Returns metrics
-    averaged over tokens (and over optimiser steps for loss and grad norm).
+    Train on one rollout (this rank's rows): --ppo_epochs passes, each over --minibatches random
+    mini-batches, one optimiser step per mini-batch, its gradient accumulated over micro-batches.
+    policy and ref are dist.Policy modules (DDP/FSDP-wrapped or not). The loss divisor and every
+    metric are summed over ranks. Returns metrics averaged over all tokens (and over optimiser
+    steps for loss and grad norm).
     """
-    batch, mask = out.batch, out.batch.completion_mask  # (B, C) each
+    batch, mask = out.batch, out.batch.completion_mask  # (B, C) each, this rank's rows
     if args.mask_truncated:
         mask = mask * ~out.truncated[:, None]           # cut-off outputs get no loss
-    B = mask.size(0)
+    B, world = mask.size(0), dist.world()
     micro = args.micro_batch or B // args.minibatches
     everything = torch.arange(B).split(micro)
     with torch.no_grad():
         # pi_theta_old: the policy that sampled, before this step's first update. With a single
         # update the first mini-batch's own detached log-probs are exactly that: no extra pass.
         single = args.ppo_epochs * args.minibatches == 1
-        old_logp = None if single else logprobs_in_chunks(model, batch, everything, args.temperature)
+        old_logp = None if single else logprobs_in_chunks(policy, batch, everything, args.temperature)
         ref_logp = logprobs_in_chunks(ref, batch, everything, args.temperature) if args.beta > 0 else None
-    sums, n_tok, losses, norms, first = defaultdict(float), 0.0, [], [], True
+    sums, losses, norms, first = defaultdict(float), [], [], True
     for _ in range(args.ppo_epochs):
         for mb in torch.randperm(B, generator=generator).chunk(args.minibatches):  # (B / minibatches,) rows
-            # the divisor of the whole mini-batch, so that micro-batching does not change the update
-            norm = loss_normalizer(args.loss_type, mask[mb], args.max_new_tokens)
-            total = 0.0
-            for idx in mb.split(micro):
-                logp, entropy = completion_logprobs(model, batch.select(idx), args.temperature, entropy=True)
-                loss, m = grpo_loss(logp, logp.detach() if single else old_logp[idx],
-                                    None if ref_logp is None else ref_logp[idx], advantages[idx], mask[idx],
-                                    eps_low=args.clip_eps, eps_high=args.clip_eps_high, beta=args.beta,
-                                    loss_type=args.loss_type, normalizer=norm)
-                loss.backward()
+            # the divisor of the whole mini-batch on all ranks: micro-batching and the world size
+            # do not change the update
+            norm = dist.all_sum(loss_normalizer(args.loss_type, mask[mb], args.max_new_tokens))
+            parts, total = mb.split(micro), 0.0
+            for j, idx in enumerate(parts):
+                sync = j == len(parts) - 1 or not hasattr(policy, "no_sync")  # DDP: all-reduce on the last only
+                with contextlib.nullcontext() if sync else policy.no_sync():
+                    logp, entropy = policy(batch.select(idx), args.temperature, entropy=True)
+                    loss, m = grpo_loss(logp, logp.detach() if single else old_logp[idx],
+                                        None if ref_logp is None else ref_logp[idx], advantages[idx], mask[idx],
+                                        eps_low=args.clip_eps, eps_high=args.clip_eps_high, beta=args.beta,
+                                        loss_type=args.loss_type, normalizer=norm)
+                    (loss * world).backward()  # DDP and FSDP average over ranks; the global loss is their sum
                 total += loss.item()
                 k = m.pop("tokens").item()
                 for name, v in m.items():
                     sums[name] += v.item() * k
                 sums["entropy"] += (entropy * mask[idx]).sum().item()
-                n_tok += k
+                sums["tokens"] += k
                 if first:  # same model, same temperature, same tokens: sampler and trainer must agree
                     valid = batch.completion_mask[idx]
                     diff = ((logp.detach() - out.sampler_logp[idx]).abs() * valid).sum() / valid.sum().clamp(min=1)
-                    sums["sampler_logp_diff"], first = diff.item(), False
-            norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf")).item())
-            if not torch.isfinite(torch.tensor(total)):
+                    sums["sampler_logp_diff"], first = diff.item() / world, False
+            total = dist.all_sum(total)
+            if not math.isfinite(total):  # the same sum on every rank: all stop together
                 raise RuntimeError(f"non-finite loss {total}; lower --lr")
+            norms.append(torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf")).item())
             losses.append(total)
             opt.step()
             opt.zero_grad(set_to_none=True)
-    metrics = {name: v / max(n_tok, 1) for name, v in sums.items() if name != "sampler_logp_diff"}
+    sums = {name: dist.all_sum(v) for name, v in sums.items()}
+    n_tok = max(sums.pop("tokens"), 1)
+    diff = sums.pop("sampler_logp_diff")
+    metrics = {name: v / n_tok for name, v in sums.items()}
     return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-            "clip_frac": metrics["clip_low"] + metrics["clip_high"], **metrics,
-            "sampler_logp_diff": sums["sampler_logp_diff"]}
+            "clip_frac": metrics["clip_low"] + metrics["clip_high"], **metrics, "sampler_logp_diff": diff}
 
 
 def main(argv=None):
     args = parse_args(argv)
+    rank, world, device = dist.setup(args.device)
+    run_dir = train(args, rank, world, device)
+    dist.cleanup()  # not on an error: that rank exits and torchrun ends the others
+    return run_dir
+
+
+def train(args, rank, world, device):
     torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
     kernels.ENABLED = not args.no_kernels  # the kernels run on CUDA only; a CPU always takes the reference
-    device = args.device
     try:
         task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
     except ValueError as e:
         parser.error(str(e).replace("n_test", "--n_test"))
-    run = args.run or time.strftime("%Y%m%d-%H%M%S")
+    run = args.run_name or time.strftime("%Y%m%d-%H%M%S")  # under torchrun, give --run_name: ranks' clocks may differ
     run_dir = os.path.join(args.out_dir, run)
     if os.path.exists(os.path.join(run_dir, "log.jsonl")):
-        parser.error(f"{run_dir} already holds a run: pick another --run")
-    os.makedirs(run_dir, exist_ok=True)
-    atomic_write(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=2))
-    print(f"run: {run_dir}")
+        parser.error(f"{run_dir} already holds a run: pick another --run_name")
+    dist.barrier()  # every rank has checked before rank 0 writes
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        atomic_write(os.path.join(run_dir, "args.json"), json.dumps({**vars(args), "world_size": world}, indent=2))
+    dist.print0(f"run: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
 
     tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
     t_start = time.time()
-    model = base_model(args, tok, task, device)
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if args.beta > 0 else None  # beta 0: none at all
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    # the base model: rank 0 trains (or loads) and caches it, then the others load the cache
+    if rank == 0:
+        model = base_model(args, tok, task, device, log=dist.print0)
+    dist.barrier()
+    if rank != 0:
+        model = base_model(argparse.Namespace(**{**vars(args), "no_cache": False}), tok, task, device, log=lambda *a: None)
+    ref = None
+    if args.beta > 0:  # beta 0: no reference model at all; else replicated or sharded as the policy is
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        ref = dist.Policy(dist.shard(ref_model) if args.fsdp else ref_model)
+    policy = dist.wrap(model, args.fsdp)
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     log_path = os.path.join(run_dir, "log.jsonl")
+    # FSDP: every decode step is a collective, so all ranks decode until every rank is done
+    sync = dist.all_done if args.fsdp else None
 
     m = evaluate(model, tok, task, args, 0, run_dir)
     print_eval(0, m, args)
-    append_jsonl(log_path, {"step": 0, "elapsed": time.time() - t_start, **m})
+    if rank == 0:
+        append_jsonl(log_path, {"step": 0, "elapsed": time.time() - t_start, **m})
 
     reward_fns = parse_rewards(args.rewards)
     rng = random.Random(f"rl-{args.seed}")
-    gen = torch.Generator(device).manual_seed(args.seed)
+    gen = torch.Generator(device).manual_seed(args.seed + rank)  # per-rank sampling seeds
     shuffle = torch.Generator().manual_seed(args.seed)
+    q = args.questions // world
     t_rl = time.time()
     for step in range(1, args.rl_steps + 1):
-        # rollout: G outputs per question from the current policy, pi_theta_old
+        # rollout: G outputs per question from the current policy, pi_theta_old; every rank draws
+        # the step's questions alike and samples its own block of them
         t0 = time.time()
         model.eval()
-        problems = task.train_problems(rng, args.questions)
+        problems = task.train_problems(rng, args.questions)[rank * q:(rank + 1) * q]
         out, texts, scores = rollout(model, tok, problems, args.group_size, args, gen, args.temperature,
-                                     reward_fns=reward_fns)
+                                     reward_fns=reward_fns, all_done=sync)
         rewards = sum(w * scores[name] for name, _, w in reward_fns)  # eq. 4; NaN if any declined
         advantages = group_advantages(rewards, args.group_size, scale=args.adv_scale).to(device)  # eq. 3
         t_rollout = time.time() - t0
@@ -322,13 +368,17 @@ def main(argv=None):
         # update: eq. 1 on mini-batches of the rollout
         t0 = time.time()
         model.train()
-        um = grpo_update(model, ref, opt, out, advantages, args, shuffle)
+        um = grpo_update(policy, ref, opt, out, advantages, args, shuffle)
         if ref is not None and args.ref_update_every and step % args.ref_update_every == 0:
-            ref.load_state_dict(model.state_dict())  # the paper's reference reset
+            ref.load_state_dict(policy.module.state_dict() if hasattr(policy, "module") else policy.state_dict())
         t_train = time.time() - t0
 
-        # log
-        lengths = out.batch.completion_mask.sum(1)
+        # log: the whole step's rows, gathered from every rank in rank order
+        lengths = dist.gather_rows(out.batch.completion_mask.sum(1).cpu())
+        rewards = dist.gather_rows(rewards)
+        scores = {k: dist.gather_rows(v) for k, v in scores.items()}
+        truncated = dist.gather_rows(out.truncated.float().cpu())
+        reflection = dist.gather_rows(torch.tensor([float("wait" in t.lower()) for t in texts]))
         groups = rewards.view(-1, args.group_size)
         elapsed, per_step = time.time() - t_start, (time.time() - t_rl) / step
         rec = {
@@ -336,38 +386,46 @@ def main(argv=None):
             **{f"reward_{k}": nanmean(v) for k, v in scores.items()},
             **{f"reward_{k}_std": nanstd(v) for k, v in scores.items()},
             "unscored": rewards.isnan().float().mean().item(),
-            "accuracy": scores["accuracy"].mean().item(), "format": scores["format"].mean().item(),
+            "accuracy": nanmean(scores["accuracy"]), "format": nanmean(scores["format"]),
             "length": lengths.mean().item(), "length_min": lengths.min().item(), "length_max": lengths.max().item(),
-            "truncated": out.truncated.float().mean().item(),
+            "truncated": truncated.mean().item(),
             "zero_var_groups": (groups.std(1) == 0).float().mean().item(),
-            "reflection": sum("wait" in t.lower() for t in texts) / len(texts),
+            "reflection": reflection.mean().item(),
             **um,
             "tokens_per_s": lengths.sum().item() / (t_rollout + t_train),
             "rollout_s": t_rollout, "train_s": t_train, "elapsed": elapsed,
         }
         if step % args.eval_every == 0 or step == args.rl_steps:
             rec.update(evaluate(model, tok, task, args, step, run_dir))
-        append_jsonl(log_path, rec)
         left = per_step * (args.rl_steps - step)
-        print(f"step {step:3d}/{args.rl_steps} | reward {rec['reward']:.3f} | acc {rec['accuracy']:.3f} | "
-              f"format {rec['format']:.3f} | len {rec['length']:5.1f} | kl {rec['kl']:.4f} | clip {rec['clip_frac']:.3f} | "
-              f"{rec['tokens_per_s']:5.0f} tok/s | rollout {t_rollout:.1f}s train {t_train:.1f}s | "
-              f"{elapsed / 60:.1f} min, ~{left / 60:.1f} min left")
+        dist.print0(f"step {step:3d}/{args.rl_steps} | reward {rec['reward']:.3f} | acc {rec['accuracy']:.3f} | "
+                    f"format {rec['format']:.3f} | len {rec['length']:5.1f} | kl {rec['kl']:.4f} | clip {rec['clip_frac']:.3f} | "
+                    f"{rec['tokens_per_s']:5.0f} tok/s | rollout {t_rollout:.1f}s train {t_train:.1f}s | "
+                    f"{elapsed / 60:.1f} min, ~{left / 60:.1f} min left")
         if rec["truncated"] > 0.5:
-            print(f"  warning: {rec['truncated']:.0%} of completions hit --max_new_tokens={args.max_new_tokens} (no reward signal)")
+            dist.print0(f"  warning: {rec['truncated']:.0%} of completions hit --max_new_tokens={args.max_new_tokens} (no reward signal)")
+        if rank == 0:
+            append_jsonl(log_path, rec)
         if "eval_accuracy" in rec:
             print_eval(step, rec, args)
-            save_checkpoint(os.path.join(run_dir, "ckpt.pt"), model, args.tokenizer, tokenizer_dir=args.tokenizer_dir,
-                            step=step, args=vars(args))
+            save(model, args, run_dir, step=step)
 
     if args.rl_steps == 0:
-        save_checkpoint(os.path.join(run_dir, "ckpt.pt"), model, args.tokenizer, tokenizer_dir=args.tokenizer_dir, step=0)
-    if not args.no_plot:
+        save(model, args, run_dir, step=0)
+    if rank == 0 and not args.no_plot:
         from plot import plot_run
         print(f"curves: {plot_run(run_dir)}")
-    print(f"done in {(time.time() - t_start) / 60:.1f} min: {run_dir}")
+    dist.print0(f"done in {(time.time() - t_start) / 60:.1f} min: {run_dir}")
     return run_dir
 
 
+def save(model, args, run_dir, step):
+    """A full (unsharded) checkpoint, written by rank 0: it loads at any world size."""
+    weights = dist.full_state_dict(model)  # a collective under FSDP: every rank takes part
+    if dist.rank() == 0:
+        save_checkpoint(os.path.join(run_dir, "ckpt.pt"), model, args.tokenizer, state_dict=weights,
+                        tokenizer_dir=args.tokenizer_dir, step=step, args=vars(args))
+
+
 if __name__ == "__main__":
-    main()
+    record(main)()  # under torchrun: a crashed rank's traceback is shown, and the job ends

@@ -21,7 +21,7 @@ SMALL = ["--base_steps", "200", "--base_batch", "16", "--base_lr", "5e-3", "--te
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("out"))
-    return train.main(SMALL + ["--out_dir", out, "--run", "e2e"]), out
+    return train.main(SMALL + ["--out_dir", out, "--run_name", "e2e"]), out
 
 
 def read_log(run_dir):
@@ -51,7 +51,7 @@ def test_reward_rises_and_everything_is_logged(run):
 def test_base_model_is_cached_and_runs_are_reproducible(run):
     run_dir, out = run
     assert len(os.listdir(os.path.join(out, "cache"))) == 1
-    second = subprocess.run([sys.executable, "train.py", *SMALL, "--out_dir", out, "--run", "again", "--rl_steps", "3",
+    second = subprocess.run([sys.executable, "train.py", *SMALL, "--out_dir", out, "--run_name", "again", "--rl_steps", "3",
                              "--no_plot"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "base model: reusing" in second.stdout
@@ -64,7 +64,7 @@ def test_base_model_is_cached_and_runs_are_reproducible(run):
 
 def test_reference_model_is_reset_to_the_policy(run):
     _, out = run
-    log = read_log(train.main(SMALL + ["--out_dir", out, "--run", "ref", "--rl_steps", "3", "--ref_update_every", "1",
+    log = read_log(train.main(SMALL + ["--out_dir", out, "--run_name", "ref", "--rl_steps", "3", "--ref_update_every", "1",
                                        "--no_plot", "--rewards", "accuracy:1,format:1,language:0.5"]))
     # a third reward (eq. 7), logged on its own; it declines outputs whose thought has no word
     assert all("reward_language" in r and "unscored" in r for r in log[1:])
@@ -89,6 +89,7 @@ def test_sample_cli_reads_the_checkpoint(run):
     (["--no_such_flag"], "unrecognized arguments"),
     (["--eval_problems", "500"], "--eval_problems must be between 1 and --n_test"),
     (["--rewards", "accuracy:1,acc:1"], "--rewards: unknown reward 'acc'"),
+    (["--fsdp"], "--fsdp needs a distributed launch"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -126,9 +127,11 @@ def small_rollout(seed=0, B_questions=4, G=4, max_new=12):
 
 def update(model, out, advantages, argv, ref=None, lr=1.0):
     import torch
+    from dist import Policy
     args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "12"] + argv)
     opt = torch.optim.SGD(model.parameters(), lr=lr)  # SGD: the update is the gradient itself
-    return train.grpo_update(model, ref, opt, out, advantages, args, torch.Generator().manual_seed(0))
+    return train.grpo_update(Policy(model), ref and Policy(ref), opt, out, advantages, args,
+                             torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "token", "dr_grpo"])
@@ -180,4 +183,4 @@ def test_r1zero_preset_sets_the_paper_values_and_flags_still_win():
 def test_rollout_must_split_into_minibatches(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--questions", "3", "--group_size", "5", "--minibatches", "4"])
-    assert "15 outputs does not split into --minibatches 4" in capsys.readouterr().err
+    assert "15 outputs per process does not split into --minibatches 4" in capsys.readouterr().err
