@@ -10,20 +10,29 @@ function in any module and naming it on the command line:
 
 format_reward   1.0 for `<think> ... </think> <answer> ... </answer>`: each of the four tags
                 exactly once, in that order, a non-empty answer, only whitespace outside them.
-accuracy_reward 1.0 when the single <answer> block equals the reference answer by value
-                (" 042 " == "42", "0.50" == "1/2"); 0.0 for two answer blocks, a repeated tag,
-                or no answer, so that answering twice can never pay.
+accuracy_reward 1.0 when the final answer (the single <answer> block, its last \\boxed{} if any;
+                else the last \\boxed{} outside the thought) equals the reference by value:
+                " 042 " == "42", "0.50" == "1/2" == "\\frac{1}{2}", "1,234" == "1234",
+                "2\\sqrt{2}" == "\\sqrt{8}"; 0.0 for two answer blocks, a repeated tag, or no
+                answer, so that answering twice can never pay. Hand-written: the design keeps
+                to torch, numpy, tiktoken, triton, matplotlib and pytest, so no sympy or
+                math-verify; what it reads is listed in parse_value.
 rule_reward     eq. 4: reward_rule = reward_acc + reward_format.
+countdown_reward 1.0 when the answer is an arithmetic expression that uses each given number
+                exactly once and equals the target; parsed with ast, never eval'd.
+code_reward     the share of test cases the answer's program passes, run by sandbox.py in a
+                separate process with time, memory, output and process limits.
 language_reward eq. 7: the share of the chain of thought's words in the target language
                 (`language=` field, default English: Latin-script words; "zh": CJK characters);
                 None when the chain of thought holds no word at all (only digits and symbols).
 
-What is left out for now: \\boxed{} answers, LaTeX, and the code, Countdown and model-based
-rewards of the paper; digits are ASCII only.
+Model-based rewards (eq. 5, 6, 8) are functions of the same convention that call a reward model;
+none is built in (there is no reward model here). Digits are ASCII only.
 
     python -m pytest tests/test_rewards.py
 """
 
+import ast
 import importlib
 import os
 import re
@@ -45,12 +54,80 @@ def is_formatted(text: str) -> bool:
     return bool(m) and tags_once(text) and m.group(1).strip() != ""
 
 
+def last_boxed(text: str):
+    r"""The content of the last \boxed{...} in text (braces matched), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
 def extract_answer(text: str):
-    """The content of the one <answer> block, stripped; None if there is not exactly one."""
-    if text.count("<answer>") != 1 or text.count("</answer>") != 1:
+    r"""The final answer: the one <answer> block (its last \boxed{} if it has one); with no answer
+    tags at all, the last \boxed{} outside <think>. None if there are several answer blocks or
+    unmatched tags: answering twice never pays, and neither does an answer hidden in the thought."""
+    opens, closes = text.count("<answer>"), text.count("</answer>")
+    if opens == closes == 0:
+        return last_boxed(re.sub(r"<think>.*?</think>", " ", text, flags=re.DOTALL))
+    if opens != 1 or closes != 1:
         return None
     m = ANSWER.search(text)
-    return m.group(1).strip() if m else None
+    if not m:
+        return None
+    inner = m.group(1)
+    boxed = last_boxed(inner)
+    return (boxed if boxed is not None else inner).strip()
+
+
+LATEX_FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+SQRT = re.compile(r"([+-]?[\d./]*)\\sqrt\{(\d+)\}")
+THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?", re.ASCII)
+
+
+def squarefree(n: int):
+    """n = k^2 m with m square-free -> (k, m)."""
+    k, m, f = 1, n, 2
+    while f * f <= m:
+        while m % (f * f) == 0:
+            m //= f * f
+            k *= f
+        f += 1
+    return k, m
+
+
+def parse_value(s: str):
+    r"""A canonical exact value for a simple math answer, or None: (Fraction c, int m) meaning
+    c * sqrt(m), m square-free. Reads integers, decimals, negatives, a/b, thousands separators,
+    $...$, \frac / \dfrac / \tfrac{a}{b} and c\sqrt{n}; ASCII digits only (so 1e999 and unicode
+    digits are not numbers). Anything else is compared as a string."""
+    s = s.strip().strip("$").strip().replace("\\!", "").replace("\\,", "")
+    s = re.sub(r"\s*([{}]|\\[a-z]+)\s*", r"\1", s)  # spaces around LaTeX, not between digits: "4 2" is no number
+    s = s.replace("\\left", "").replace("\\right", "")
+    if len(s) > 100:  # an answer this long is not a number; keep the parsing cheap
+        return None
+    if THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    m = LATEX_FRAC.fullmatch(s) or LATEX_FRAC.fullmatch(s.lstrip("-"))
+    if m:
+        num, den = parse_value(m.group(1)), parse_value(m.group(2))
+        if num is None or den is None or den[0] == 0 or num[1] != 1 or den[1] != 1:
+            return None
+        return (-1 if s.startswith("-") else 1) * num[0] / den[0], 1
+    m = SQRT.fullmatch(s)
+    if m:
+        coef = m.group(1)
+        c = Fraction(1) if coef in ("", "+") else Fraction(-1) if coef == "-" else to_number(coef)
+        if c is None or int(m.group(2)) > 10 ** 12:
+            return None
+        k, rad = squarefree(int(m.group(2)))
+        return (c * k, rad) if rad != 1 and c else (c * k, 1)
+    c = to_number(s)
+    return None if c is None else (c, 1)
 
 
 def to_number(s: str):
@@ -64,8 +141,8 @@ def to_number(s: str):
 def answers_match(given, reference: str) -> bool:
     if given is None or given == "":
         return False
-    a, b = to_number(given), to_number(reference.strip())
-    return a == b if a is not None and b is not None else given == reference.strip()
+    a, b = parse_value(given), parse_value(reference)
+    return a == b if a is not None and b is not None else given.strip() == reference.strip()
 
 
 def format_reward(prompts, completions, **fields) -> list[float]:
@@ -74,6 +151,85 @@ def format_reward(prompts, completions, **fields) -> list[float]:
 
 def accuracy_reward(prompts, completions, answer, **fields) -> list[float]:
     return [float(answers_match(extract_answer(c), a)) for c, a in zip(completions, answer)]
+
+
+def countdown_value(expr: str, numbers) -> Fraction | None:
+    """The exact value of an arithmetic expression that uses each of `numbers` exactly once, with
+    + - * / and parentheses only; None for anything else (a name, a call, a power, unary minus, a
+    number not given or used twice, a division by zero). Model output is parsed, never eval'd."""
+    if len(expr) > 200:
+        return None
+    try:
+        tree = ast.parse(expr.strip(), mode="eval").body
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.Div: lambda a, b: a / b}
+    used = []
+
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            used.append(node.value)
+            return Fraction(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](value(node.left), value(node.right))
+        raise ValueError("not allowed")
+
+    try:
+        result = value(tree)
+    except (ValueError, ZeroDivisionError, RecursionError):
+        return None
+    return result if sorted(used) == sorted(numbers) else None
+
+
+def countdown_reward(prompts, completions, numbers, target, **fields) -> list[float]:
+    """1.0 when the answer is an expression using each given number once that equals the target
+    (the Countdown game of TinyZero and nano-aha-moment)."""
+    out = []
+    for c, nums, t in zip(completions, numbers, target):
+        expr = extract_answer(c)
+        out.append(float(expr is not None and countdown_value(expr, nums) == t))
+    return out
+
+
+CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(text: str):
+    """The program of a completion: the last ```python block of its answer (or the whole answer)."""
+    answer = extract_answer(text)
+    if answer is None:
+        return None
+    blocks = CODE_BLOCK.findall(answer)
+    return blocks[-1] if blocks else answer
+
+
+def same_output(got: str, expected: str) -> bool:
+    strip = lambda s: [line.rstrip() for line in s.strip().splitlines()]  # noqa: E731
+    return strip(got) == strip(expected)
+
+
+def code_reward(prompts, completions, tests, timeout=2.0, workers=4, **fields) -> list[float]:
+    """The share of test cases ({"input": stdin, "output": expected stdout}) that the completion's
+    program passes, each run in sandbox.run_python (own process, time and memory limits). The
+    paper's compiler-checked coding reward, for Python."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sandbox import run_python
+
+    def score(item):
+        text, cases = item
+        code = extract_code(text)
+        if not code or not cases:
+            return 0.0
+        passed = 0
+        for case in cases:
+            r = run_python(code, case.get("input", ""), timeout=timeout)
+            passed += r.returncode == 0 and not r.timed_out and same_output(r.stdout, case["output"])
+        return passed / len(cases)
+
+    with ThreadPoolExecutor(workers) as pool:  # the work is in the child processes
+        return list(pool.map(score, zip(completions, tests)))
 
 
 def rule_reward(prompts, completions, **fields) -> list[float]:
@@ -111,7 +267,8 @@ def language_reward(prompts, completions, language=None, **fields) -> list:
     return out
 
 
-REWARDS = {"accuracy": accuracy_reward, "format": format_reward, "language": language_reward}
+REWARDS = {"accuracy": accuracy_reward, "format": format_reward, "language": language_reward,
+           "countdown": countdown_reward, "code": code_reward}
 
 
 def parse_rewards(spec: str) -> list:

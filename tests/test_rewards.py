@@ -88,3 +88,78 @@ def test_parse_rewards_builtins_user_functions_and_errors(tmp_path, monkeypatch)
                          ("format:heavy", "not a number"), ("no_such_module.f:1", "cannot be loaded")):
         with pytest.raises(ValueError, match=message):
             parse_rewards(bad)
+
+
+# --- math answers: boxed, LaTeX, by value ---
+
+@pytest.mark.parametrize("text, answer, acc", [
+    (r"<think>x</think> <answer> so \boxed{\frac{1}{2}} </answer>", "0.5", 1.0),
+    (r"<think>x</think> <answer> \dfrac{3}{4} </answer>", "3/4", 1.0),
+    (r"<think>x</think> <answer> -\frac{3}{4} </answer>", "-0.75", 1.0),
+    (r"<think>x</think> <answer> $1,234$ </answer>", "1234", 1.0),
+    (r"<think>x</think> <answer> 2\sqrt{2} </answer>", r"\sqrt{8}", 1.0),
+    (r"<think>x</think> <answer> \sqrt{2} </answer>", r"\sqrt{3}", 0.0),
+    (r"the answer is \boxed{7}", "7", 1.0),                         # no tags: the last box
+    (r"<think>\boxed{7}</think> nothing else", "7", 0.0),          # a box hidden in the thought
+    (r"<answer>\boxed{6}</answer> \boxed{7}", "7", 0.0),           # the answer block wins
+    (r"<think>x</think> <answer> \frac{1}{0} </answer>", "1", 0.0),
+    (r"<think>x</think> <answer> \boxed{1e999} </answer>", "1", 0.0),
+    (r"<think>x</think> <answer> 1,23 </answer>", "123", 0.0),     # not a thousands separator
+])
+def test_math_answers_by_value(text, answer, acc):
+    assert accuracy_reward([""], [text], answer=[answer]) == [acc]
+
+
+# --- Countdown ---
+
+@pytest.mark.parametrize("expr, reward", [
+    ("(25 - 5) * 4 + 2", 1.0),
+    ("2 + 4 * (25 - 5)", 1.0),       # any order, any parentheses
+    ("(25 - 5) * 4", 0.0),           # a number unused
+    ("(25 - 5) * 4 + 2 + 2", 0.0),   # a number used twice
+    ("(25 - 5) * 4 + 3", 0.0),       # a number not given
+    ("25 / (5 - 5) + 4 + 2", 0.0),   # division by zero: no crash
+    ("2 ** 4 + 25 - 5", 0.0),        # powers are not allowed
+    ("__import__('os').system('id')", 0.0),
+    ("(25 - 5) * 4 + 2; x", 0.0),
+    ("(" * 500 + "2", 0.0),
+    ("", 0.0),
+])
+def test_countdown_reward(expr, reward):
+    from rewards import countdown_reward
+    text = f"<think>x</think> <answer> {expr} </answer>"
+    assert countdown_reward([""], [text], numbers=[[25, 5, 4, 2]], target=[82]) == [reward]
+
+
+# --- code ---
+
+def test_code_reward_scores_the_share_of_tests_passed():
+    from rewards import code_reward
+    tests = [{"input": "2 3\n", "output": "5\n"}, {"input": "10 -4\n", "output": "6"}, {"input": "1 1\n", "output": "3\n"}]
+    right = "<think>x</think> <answer>\n```python\na, b = map(int, input().split())\nprint(a + b)\n```\n</answer>"
+    loop = "<think>x</think> <answer>\n```python\nwhile True: pass\n```\n</answer>"
+    t0 = __import__("time").time()
+    assert code_reward([""] * 4, [right, loop, "no answer", ""], tests=[tests] * 4, timeout=1.0) == [2 / 3, 0.0, 0.0, 0.0]
+    assert __import__("time").time() - t0 < 10
+
+
+# --- every built-in against what a policy under RL will try ---
+
+HOSTILE = ["", "x" * 100_000, "<answer>1</answer><answer>1</answer>", "<think>x</think> <answer>1</answer></answer>",
+           "<think><answer>1</answer></think>", "<think>x</think> <answer>١</answer>", "<think>x</think> <answer>1e999</answer>",
+           "<think>x</think> <answer>1/0</answer>", "<answer>" * 1000, "\\boxed{" * 1000]
+
+
+@pytest.mark.parametrize("name", ["accuracy", "format", "language", "countdown", "code"])
+def test_every_builtin_gives_a_defined_reward_on_hostile_text(name):
+    import time
+
+    from rewards import REWARDS
+    fields = {"answer": ["1"] * len(HOSTILE), "numbers": [[1, 0]] * len(HOSTILE), "target": [1] * len(HOSTILE),
+              "tests": [[{"input": "", "output": "1"}]] * len(HOSTILE)}
+    t0 = time.time()
+    out = REWARDS[name]([""] * len(HOSTILE), HOSTILE, **fields)
+    assert time.time() - t0 < 20
+    assert len(out) == len(HOSTILE) and all(r is None or 0.0 <= r <= 1.0 for r in out)
+    if name in ("accuracy", "countdown", "code"):
+        assert out[:3] == [0.0, 0.0, 0.0]  # nothing, noise, two answers: never paid
