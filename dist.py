@@ -17,8 +17,9 @@ what DDP expects (one forward per backward) even though the model itself is call
 shared prompt prefix, then the rows). Both wrappers average gradients over ranks; the loss is
 multiplied by the world size so that the result is the gradient of the global loss.
 
-Simplified: no resume from a checkpoint (checkpoints are full, unsharded state dicts, written by
-rank 0, so they load at any world size); evaluation is split across ranks like the rollouts.
+Checkpoints are full, unsharded state dicts (weights, reference weights, optimiser state keyed
+by parameter name), written by rank 0: `--resume` continues a run at any world size, with or
+without FSDP. Evaluation is split across ranks like the rollouts.
 """
 
 import os
@@ -132,6 +133,18 @@ def wrap(model, fsdp: bool):
         return policy
     device_ids = [model.lm_head.weight.device.index] if model.lm_head.weight.is_cuda else None
     return nn.parallel.DistributedDataParallel(policy, device_ids=device_ids)
+
+
+def full_optim_state_dict(model, opt):
+    """The optimiser state keyed by parameter name, unsharded (a collective under FSDP): it loads
+    into a run at any world size, with or without FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optim_state_dict(model, opt, state):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
 def full_state_dict(model):

@@ -42,6 +42,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter
 # run
 parser.add_argument("--run_name", default=None, help="outputs go to <out_dir>/<run_name>/ (default: a timestamp); not --run, which torchrun would take for its --run-path")
 parser.add_argument("--out_dir", default="out", help="directory for runs and the base-model cache")
+parser.add_argument("--resume", action="store_true", help="continue the run <out_dir>/<run_name> from its ckpt.pt (weights, reference, optimiser, step), at any world size")
 parser.add_argument("--seed", type=int, default=1337, help="seed for the task, the model and the sampling")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 parser.add_argument("--fsdp", action="store_true", help="shard the policy and reference with FSDP2 (under torchrun), for models that do not fit on one device; default: DDP replicas")
@@ -105,13 +106,11 @@ import kernels  # noqa: E402
 from grpo import group_advantages, grpo_loss, loss_normalizer  # noqa: E402
 from model import save_checkpoint  # noqa: E402
 from pretrain import base_model  # noqa: E402
-from rewards import accuracy_reward, format_reward, parse_rewards  # noqa: E402
-from sample import generate  # noqa: E402
-from tasks import AdditionTask, render_prompt  # noqa: E402
+from rewards import parse_rewards  # noqa: E402
+from rollout import evaluate, print_eval, rollout  # noqa: E402
+from tasks import AdditionTask  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
-# measured on every rollout and evaluation whatever --rewards trains on
-METRICS = [("accuracy", accuracy_reward), ("format", format_reward)]
 
 
 def parse_args(argv=None):
@@ -177,57 +176,6 @@ def append_jsonl(path, record):
     # one write of one whole line: an interrupted run keeps every earlier line intact
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
-
-
-# -----------------------------------------------------------------------------
-# rollouts, rewards, evaluation
-
-def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, reward_fns=(), all_done=None):
-    """Sample G completions per problem and score them with reward_fns and METRICS: name -> (B,)
-    tensor, NaN where a function declined to score. Rows i*G..i*G+G-1 answer problems[i]."""
-    prompts = [render_prompt(p["prompt"]) for p in problems]
-    out = generate(model, [tok.encode(p) for p in prompts], G, args.max_new_tokens, [tok.eot, tok.end_answer],
-                   tok.pad, temperature=temperature, top_p=top_p, generator=generator, all_done=all_done)
-    texts = [tok.decode([t for t in ids if t != tok.eot]) for ids in out.batch.completions.tolist()]
-    prompts = [p for p in prompts for _ in range(G)]
-    fields = {k: [p[k] for p in problems for _ in range(G)] for k in problems[0]}
-    scores = {}
-    for name, fn in [(n, f) for n, f, _ in reward_fns] + METRICS:
-        if name not in scores:
-            r = list(fn(prompts, texts, **fields))
-            if len(r) != len(texts):
-                raise ValueError(f"reward {name} returned {len(r)} values for {len(texts)} completions")
-            scores[name] = torch.tensor([math.nan if x is None else float(x) for x in r])
-    return out, texts, scores
-
-
-@torch.no_grad()
-def evaluate(model, tok, task, args, step, run_dir):
-    """pass@1 on held-out problems, averaged over eval_samples samples each; each rank takes an
-    equal block of the problems, and the results are gathered."""
-    model.eval()
-    k = args.eval_problems // dist.world()
-    problems = task.test_set[dist.rank() * k:(dist.rank() + 1) * k]
-    gen = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed + 1 + dist.rank())  # the same draws every time
-    acc, fmt, lengths, samples = [], [], [], []
-    for i in range(0, len(problems), 25):
-        chunk = problems[i:i + 25]
-        out, texts, scores = rollout(model, tok, chunk, args.eval_samples, args, gen, args.eval_temperature, args.eval_top_p,
-                                     all_done=dist.all_done if args.fsdp else None)
-        acc.append(scores["accuracy"]), fmt.append(scores["format"]), lengths.append(out.batch.completion_mask.sum(1).cpu())
-        if i == 0:
-            samples = [{"step": step, "prompt": p["prompt"], "answer": p["answer"], "completion": texts[j * args.eval_samples],
-                        "accuracy": scores["accuracy"][j * args.eval_samples].item()} for j, p in enumerate(chunk[:args.log_samples])]
-    if dist.rank() == 0:
-        for s in samples:
-            append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
-    gathered = [dist.gather_rows(torch.cat(x)) for x in (acc, fmt, lengths)]
-    return {f"eval_{name}": x.mean().item() for name, x in zip(("accuracy", "format", "length"), gathered)}
-
-
-def print_eval(step, m, args):
-    dist.print0(f"eval step {step:3d} | held-out pass@1 {m['eval_accuracy']:.3f} (k={args.eval_samples}, "
-                f"T={args.eval_temperature}, top-p={args.eval_top_p}) | format {m['eval_format']:.3f} | length {m['eval_length']:.1f}")
 
 
 # -----------------------------------------------------------------------------
@@ -316,12 +264,23 @@ def train(args, rank, world, device):
         parser.error(str(e).replace("n_test", "--n_test"))
     run = args.run_name or time.strftime("%Y%m%d-%H%M%S")  # under torchrun, give --run_name: ranks' clocks may differ
     run_dir = os.path.join(args.out_dir, run)
-    if os.path.exists(os.path.join(run_dir, "log.jsonl")):
-        parser.error(f"{run_dir} already holds a run: pick another --run_name")
+    ckpt, start = None, 1
+    if args.resume:
+        path = os.path.join(run_dir, "ckpt.pt")
+        if not args.run_name or not os.path.isfile(path):
+            parser.error(f"--resume needs the --run_name of a run with a checkpoint; none at {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        start = ckpt["step"] + 1
+    elif os.path.exists(os.path.join(run_dir, "log.jsonl")):
+        parser.error(f"{run_dir} already holds a run: pick another --run_name, or --resume it")
     dist.barrier()  # every rank has checked before rank 0 writes
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
         atomic_write(os.path.join(run_dir, "args.json"), json.dumps({**vars(args), "world_size": world}, indent=2))
+        if ckpt is not None:  # the log continues from the checkpoint: later lines are dropped
+            with open(os.path.join(run_dir, "log.jsonl")) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] < start]
+            atomic_write(os.path.join(run_dir, "log.jsonl"), "".join(kept))
     dist.print0(f"run: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
 
     tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
@@ -335,25 +294,36 @@ def train(args, rank, world, device):
     ref = None
     if args.beta > 0:  # beta 0: no reference model at all; else replicated or sharded as the policy is
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if ckpt is not None and ckpt.get("ref") is not None:
+            ref_model.load_state_dict(ckpt["ref"])
         ref = dist.Policy(dist.shard(ref_model) if args.fsdp else ref_model)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        dist.print0(f"resuming {run_dir} after step {start - 1}")
     policy = dist.wrap(model, args.fsdp)
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if ckpt is not None and ckpt.get("optim") is not None:
+        dist.load_optim_state_dict(model, opt, ckpt["optim"])
     log_path = os.path.join(run_dir, "log.jsonl")
     # FSDP: every decode step is a collective, so all ranks decode until every rank is done
     sync = dist.all_done if args.fsdp else None
 
-    m = evaluate(model, tok, task, args, 0, run_dir)
-    print_eval(0, m, args)
-    if rank == 0:
-        append_jsonl(log_path, {"step": 0, "elapsed": time.time() - t_start, **m})
+    if ckpt is None:
+        m = evaluate(model, tok, task, args, 0, run_dir)
+        print_eval(0, m, args)
+        if rank == 0:
+            append_jsonl(log_path, {"step": 0, "elapsed": time.time() - t_start, **m})
 
     reward_fns = parse_rewards(args.rewards)
     rng = random.Random(f"rl-{args.seed}")
-    gen = torch.Generator(device).manual_seed(args.seed + rank)  # per-rank sampling seeds
-    shuffle = torch.Generator().manual_seed(args.seed)
+    for _ in range(1, start):  # a resumed run gets the questions the whole run would have had
+        task.train_problems(rng, args.questions)
+    offset = 7919 * (start - 1)  # a resumed run's sampling streams are new ones (0 for a fresh run)
+    gen = torch.Generator(device).manual_seed(args.seed + rank + offset)  # per-rank sampling seeds
+    shuffle = torch.Generator().manual_seed(args.seed + offset)
     q = args.questions // world
     t_rl = time.time()
-    for step in range(1, args.rl_steps + 1):
+    for step in range(start, args.rl_steps + 1):
         # rollout: G outputs per question from the current policy, pi_theta_old; every rank draws
         # the step's questions alike and samples its own block of them
         t0 = time.time()
@@ -380,7 +350,7 @@ def train(args, rank, world, device):
         truncated = dist.gather_rows(out.truncated.float().cpu())
         reflection = dist.gather_rows(torch.tensor([float("wait" in t.lower()) for t in texts]))
         groups = rewards.view(-1, args.group_size)
-        elapsed, per_step = time.time() - t_start, (time.time() - t_rl) / step
+        elapsed, per_step = time.time() - t_start, (time.time() - t_rl) / (step - start + 1)
         rec = {
             "step": step, "reward": nanmean(rewards), "reward_std": nanstd(rewards),
             **{f"reward_{k}": nanmean(v) for k, v in scores.items()},
@@ -408,10 +378,10 @@ def train(args, rank, world, device):
             append_jsonl(log_path, rec)
         if "eval_accuracy" in rec:
             print_eval(step, rec, args)
-            save(model, args, run_dir, step=step)
+            save(model, ref, opt, args, run_dir, step=step)
 
     if args.rl_steps == 0:
-        save(model, args, run_dir, step=0)
+        save(model, ref, opt, args, run_dir, step=0)
     if rank == 0 and not args.no_plot:
         from plot import plot_run
         print(f"curves: {plot_run(run_dir)}")
@@ -419,12 +389,14 @@ def train(args, rank, world, device):
     return run_dir
 
 
-def save(model, args, run_dir, step):
-    """A full (unsharded) checkpoint, written by rank 0: it loads at any world size."""
-    weights = dist.full_state_dict(model)  # a collective under FSDP: every rank takes part
+def save(model, ref, opt, args, run_dir, step):
+    """A full (unsharded) checkpoint, written by rank 0: it loads, and --resume continues, at any
+    world size. The collectives under FSDP need every rank."""
+    weights, optim = dist.full_state_dict(model), dist.full_optim_state_dict(model, opt)
+    ref_weights = None if ref is None else dist.full_state_dict(ref.model)
     if dist.rank() == 0:
-        save_checkpoint(os.path.join(run_dir, "ckpt.pt"), model, args.tokenizer, state_dict=weights,
-                        tokenizer_dir=args.tokenizer_dir, step=step, args=vars(args))
+        save_checkpoint(os.path.join(run_dir, "ckpt.pt"), model, args.tokenizer, state_dict=weights, ref=ref_weights,
+                        optim=optim, tokenizer_dir=args.tokenizer_dir, step=step, args=vars(args))
 
 
 if __name__ == "__main__":

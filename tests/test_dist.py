@@ -1,5 +1,6 @@
 """torchrun on this CPU: 2 gloo processes against 1, through the real train.py code paths."""
 
+import json
 import os
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def test_torchrun_train_runs_and_only_rank_0_writes(tmp_path):
     assert rc == 0, log
     assert log.count("run: ") == 1 and "(2 processes)" in log and log.count("step   2/2") == 1
     with open(tmp_path / "ddp" / "log.jsonl") as f:
-        assert [eval(line.replace("NaN", "None"))["step"] for line in f] == [0, 1, 2]
+        assert [json.loads(line)["step"] for line in f] == [0, 1, 2]
     from model import load_checkpoint
     model, _ = load_checkpoint(str(tmp_path / "ddp" / "ckpt.pt"))  # a full checkpoint, loaded in 1 process
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -68,3 +69,22 @@ def test_batch_must_split_across_processes():
     env = {**os.environ, "WORLD_SIZE": "3"}
     res = subprocess.run([sys.executable, "train.py", "--questions", "4"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "--questions 4 does not split across 3 processes" in res.stderr
+
+
+def test_resume_at_another_world_size(tmp_path):
+    small = ["--base_steps", "20", "--base_batch", "8", "--questions", "4", "--group_size", "4", "--eval_problems", "4",
+             "--eval_samples", "1", "--n_test", "8", "--max_new_tokens", "16", "--out_dir", str(tmp_path), "--run_name", "r",
+             "--no_plot", "--eval_every", "2", "--beta", "0.1", "--lr", "1e-2"]
+    rc, log = run([*TORCHRUN, "train.py", *small, "--rl_steps", "3"])  # checkpoints at steps 2 and 3
+    assert rc == 0, log
+    ckpt = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["optim"]["state"] and ckpt["ref"] is not None
+    # as if it had crashed after step 3's checkpoint: go on alone, to step 4
+    rc, log = run([sys.executable, "train.py", *small, "--rl_steps", "4", "--resume"])
+    assert rc == 0, log
+    assert "resuming" in log and "step   4/4" in log and "step   1/4" not in log
+    with open(tmp_path / "r" / "log.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [0, 1, 2, 3, 4]
+    assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)["step"] == 4
+    rc, log = run([sys.executable, "train.py", *small, "--rl_steps", "4"])  # without --resume: refused
+    assert rc == 2 and "already holds a run" in log

@@ -74,13 +74,17 @@ def test_reference_model_is_reset_to_the_policy(run):
     assert read_log(run[0])[2]["kl"] > 1e-4
 
 
-def test_sample_cli_reads_the_checkpoint(run):
+def test_sample_and_eval_clis_read_the_checkpoint(run):
     run_dir, _ = run
     res = subprocess.run([sys.executable, "sample.py", "--ckpt", os.path.join(run_dir, "ckpt.pt"), "--prompt",
                           "Compute 12 + 34", "--num_samples", "2", "--max_new_tokens", "40"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("--- sample") == 2
+    res = subprocess.run([sys.executable, "rollout.py", "--ckpt", os.path.join(run_dir, "ckpt.pt"), "--eval_problems", "4",
+                          "--eval_samples", "2", "--max_new_tokens", "48"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "held-out pass@1" in res.stdout and "(k=2, T=0.6, top-p=0.95)" in res.stdout
 
 
 @pytest.mark.parametrize("argv, message", [
