@@ -112,7 +112,6 @@ from tasks import AdditionTask  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
 
-
 def parse_args(argv=None):
     """Flags, with a --preset's values as defaults: a preset fills the namespace first, and
     argparse only sets defaults for what is not there yet, so explicit flags still win."""

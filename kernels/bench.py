@@ -67,12 +67,15 @@ def peak_extra(fn):
     return torch.cuda.max_memory_allocated() - before
 
 
-def gpu_limits():
+def copy_bandwidth():
     x = torch.empty(2 * 1024 ** 3, dtype=torch.uint8, device="cuda")  # 2 GiB
     y = torch.empty_like(x)
     ms = timed(lambda: y.copy_(x), 10)
-    bandwidth = 2 * x.numel() / (ms / 1e3) / 1e9                     # read + write, GB/s
-    del x, y
+    return 2 * x.numel() / (ms / 1e3) / 1e9                           # read + write, GB/s
+
+
+def gpu_limits():
+    bandwidth = copy_bandwidth()
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     ms = timed(lambda: a @ a, 10)
     tflops = 2 * 8192 ** 3 / (ms / 1e3) / 1e12
