@@ -85,7 +85,7 @@ def loss_normalizer(loss_type, mask, max_len=None):
     if loss_type == "grpo":
         return float(mask.size(0))
     if loss_type == "token":
-        return max(float(mask.sum()), 1.0)  # a batch of nothing but masked outputs: loss 0, not NaN
+        return float(mask.sum())
     if loss_type == "dr_grpo":
         return float(mask.size(0) * (max_len or mask.size(1)))
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -115,7 +115,8 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=
         per_token = per_token / mask.sum(dim=1, keepdim=True).clamp(min=1)
     if normalizer is None:
         normalizer = loss_normalizer(loss_type, mask)
-    J = (per_token * mask).sum() / normalizer                      # ... then 1/G sum over i
+    # ... then 1/G sum over i; a step of nothing but masked tokens has loss 0, not NaN
+    J = (per_token * mask).sum() / max(float(normalizer), 1.0)
     loss = -J
 
     with torch.no_grad():

@@ -11,9 +11,7 @@ rank is done.
 """
 
 import argparse
-import json
 import math
-import os
 
 import torch
 
@@ -46,9 +44,9 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
 
 
 @torch.no_grad()
-def evaluate(model, tok, task, args, step, run_dir=None):
+def evaluate(model, tok, task, args, step, all_done=None):
     """pass@1 on the first --eval_problems held-out problems, averaged over --eval_samples samples
-    each; a few completions go to <run_dir>/samples.jsonl."""
+    each -> (metrics, the first --log_samples completions of rank 0's block, for samples.jsonl)."""
     model.eval()
     k = args.eval_problems // dist.world()
     problems = task.test_set[dist.rank() * k:(dist.rank() + 1) * k]
@@ -57,16 +55,13 @@ def evaluate(model, tok, task, args, step, run_dir=None):
     for i in range(0, len(problems), 25):
         chunk = problems[i:i + 25]
         out, texts, scores = rollout(model, tok, chunk, args.eval_samples, args, gen, args.eval_temperature, args.eval_top_p,
-                                     all_done=dist.all_done if getattr(args, "fsdp", False) else None)
+                                     all_done=all_done)
         acc.append(scores["accuracy"]), fmt.append(scores["format"]), lengths.append(out.batch.completion_mask.sum(1).cpu())
         if i == 0:
             samples = [{"step": step, "prompt": p["prompt"], "answer": p["answer"], "completion": texts[j * args.eval_samples],
                         "accuracy": scores["accuracy"][j * args.eval_samples].item()} for j, p in enumerate(chunk[:args.log_samples])]
-    if dist.rank() == 0 and run_dir is not None:
-        with open(os.path.join(run_dir, "samples.jsonl"), "a") as f:  # whole lines: an interrupted run keeps the rest
-            f.write("".join(json.dumps(s) + "\n" for s in samples))
     gathered = [dist.gather_rows(torch.cat(x)) for x in (acc, fmt, lengths)]
-    return {f"eval_{name}": x.mean().item() for name, x in zip(("accuracy", "format", "length"), gathered)}
+    return {f"eval_{name}": x.mean().item() for name, x in zip(("accuracy", "format", "length"), gathered)}, samples
 
 
 def print_eval(step, m, args):
@@ -94,7 +89,7 @@ def main():
     if not 1 <= args.eval_problems <= len(task.test_set):
         parser.error(f"--eval_problems must be between 1 and {len(task.test_set)}")
     args.seed, args.log_samples = run.get("seed", 1337), 0
-    print_eval(ckpt.get("step", 0), evaluate(model, tok, task, args, step=ckpt.get("step", 0)), args)
+    print_eval(ckpt.get("step", 0), evaluate(model, tok, task, args, step=ckpt.get("step", 0))[0], args)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,11 @@ def _limit(cpu_s, memory_bytes, output_bytes, processes):
     return apply
 
 
+def _read(path, limit):
+    with open(path, errors="replace") as f:
+        return f.read(limit)
+
+
 def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 2, memory_mb: int = 256,
                output_bytes: int = 1 << 20, processes: int = 16) -> Result:
     """Run `source` as a Python program with `stdin`, within the limits above."""
@@ -100,7 +105,6 @@ def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 
                 except ProcessLookupError:
                     pass
                 proc.wait()
-        read = lambda p: open(p, errors="replace").read(output_bytes)  # noqa: E731
-        return Result(proc.returncode, read(out_path), read(err_path), timed_out)
+        return Result(proc.returncode, _read(out_path, output_bytes), _read(err_path, output_bytes), timed_out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -31,7 +31,6 @@ import math
 import os
 import random
 import time
-from collections import defaultdict
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
@@ -104,8 +103,8 @@ PRESETS = {"r1zero": dict(lr=3e-6, beta=0.001, group_size=16, questions=32, ref_
 import dist  # noqa: E402  (flags first, as the reader sees them)
 import kernels  # noqa: E402
 from grpo import group_advantages, grpo_loss, loss_normalizer  # noqa: E402
-from model import save_checkpoint  # noqa: E402
-from pretrain import base_model  # noqa: E402
+from model import load_checkpoint, save_checkpoint  # noqa: E402
+from pretrain import base_model, cache_path  # noqa: E402
 from rewards import parse_rewards  # noqa: E402
 from rollout import evaluate, print_eval, rollout  # noqa: E402
 from tasks import AdditionTask  # noqa: E402
@@ -205,7 +204,10 @@ def grpo_update(policy, ref, opt, out, advantages, args, generator):
         single = args.ppo_epochs * args.minibatches == 1
         old_logp = None if single else logprobs_in_chunks(policy, batch, everything, args.temperature)
         ref_logp = logprobs_in_chunks(ref, batch, everything, args.temperature) if args.beta > 0 else None
-    sums, losses, norms, first = defaultdict(float), [], [], True
+    # metrics stay on the device, summed, until the end: no host sync per micro-batch
+    names = ("kl", "ratio", "clip_low", "clip_high", "entropy", "tokens")
+    sums = torch.zeros(len(names), device=mask.device)
+    losses, norms, diff = [], [], None
     for _ in range(args.ppo_epochs):
         for mb in torch.randperm(B, generator=generator).chunk(args.minibatches):  # (B / minibatches,) rows
             # the divisor of the whole mini-batch on all ranks: micro-batching and the world size
@@ -221,29 +223,24 @@ def grpo_update(policy, ref, opt, out, advantages, args, generator):
                                         eps_low=args.clip_eps, eps_high=args.clip_eps_high, beta=args.beta,
                                         loss_type=args.loss_type, normalizer=norm)
                     (loss * world).backward()  # DDP and FSDP average over ranks; the global loss is their sum
-                total += loss.item()
-                k = m.pop("tokens").item()
-                for name, v in m.items():
-                    sums[name] += v.item() * k
-                sums["entropy"] += (entropy * mask[idx]).sum().item()
-                sums["tokens"] += k
-                if first:  # same model, same temperature, same tokens: sampler and trainer must agree
+                total = total + loss.detach()
+                n = m["tokens"]  # the metrics are means over this micro-batch's tokens: back to sums
+                sums += torch.stack([m["kl"] * n, m["ratio"] * n, m["clip_low"] * n, m["clip_high"] * n,
+                                     (entropy * mask[idx]).sum(), n])
+                if diff is None:  # same model, same temperature, same tokens: sampler and trainer must agree
                     valid = batch.completion_mask[idx]
                     diff = ((logp.detach() - out.sampler_logp[idx]).abs() * valid).sum() / valid.sum().clamp(min=1)
-                    sums["sampler_logp_diff"], first = diff.item() / world, False
-            total = dist.all_sum(total)
-            if not math.isfinite(total):  # the same sum on every rank: all stop together
+            total = dist.all_sum(total).item()  # one sync per optimiser step, the same on every rank
+            if not math.isfinite(total):          # so all ranks stop together
                 raise RuntimeError(f"non-finite loss {total}; lower --lr")
-            norms.append(torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf")).item())
+            norms.append(torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf")))
             losses.append(total)
             opt.step()
             opt.zero_grad(set_to_none=True)
-    sums = {name: dist.all_sum(v) for name, v in sums.items()}
-    n_tok = max(sums.pop("tokens"), 1)
-    diff = sums.pop("sampler_logp_diff")
-    metrics = {name: v / n_tok for name, v in sums.items()}
-    return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-            "clip_frac": metrics["clip_low"] + metrics["clip_high"], **metrics, "sampler_logp_diff": diff}
+    sums = dist.all_sum(torch.cat([sums, diff.reshape(1) / world])).tolist()
+    metrics = {k: v / max(sums[-2], 1) for k, v in zip(names[:-1], sums)}
+    return {"loss": sum(losses) / len(losses), "grad_norm": sum(g.item() for g in norms) / len(norms),
+            "clip_frac": metrics["clip_low"] + metrics["clip_high"], **metrics, "sampler_logp_diff": sums[-1]}
 
 
 def main(argv=None):
@@ -275,11 +272,16 @@ def train(args, rank, world, device):
     dist.barrier()  # every rank has checked before rank 0 writes
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
-        atomic_write(os.path.join(run_dir, "args.json"), json.dumps({**vars(args), "world_size": world}, indent=2))
-        if ckpt is not None:  # the log continues from the checkpoint: later lines are dropped
+        name = "args.json" if ckpt is None else f"args-resume-{start}.json"  # the run's own args.json stays
+        atomic_write(os.path.join(run_dir, name), json.dumps({**vars(args), "world_size": world}, indent=2))
+        if ckpt is not None:  # the log goes on from the checkpoint; lines past it are set aside, not lost
             with open(os.path.join(run_dir, "log.jsonl")) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] < start]
-            atomic_write(os.path.join(run_dir, "log.jsonl"), "".join(kept))
+                lines = [line for line in f if line.strip()]
+            past = [json.loads(line)["step"] >= start for line in lines]
+            if any(past):
+                atomic_write(os.path.join(run_dir, f"log-after-step-{start - 1}.jsonl"),
+                             "".join(line for line, p in zip(lines, past) if p))
+            atomic_write(os.path.join(run_dir, "log.jsonl"), "".join(line for line, p in zip(lines, past) if not p))
     dist.print0(f"run: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
 
     tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
@@ -289,7 +291,7 @@ def train(args, rank, world, device):
         model = base_model(args, tok, task, device, log=dist.print0)
     dist.barrier()
     if rank != 0:
-        model = base_model(argparse.Namespace(**{**vars(args), "no_cache": False}), tok, task, device, log=lambda *a: None)
+        model = load_checkpoint(cache_path(args), device)[0]
     ref = None
     if args.beta > 0:  # beta 0: no reference model at all; else replicated or sharded as the policy is
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -308,7 +310,7 @@ def train(args, rank, world, device):
     sync = dist.all_done if args.fsdp else None
 
     if ckpt is None:
-        m = evaluate(model, tok, task, args, 0, run_dir)
+        m = evaluate_and_log(model, tok, task, args, 0, run_dir, sync)
         print_eval(0, m, args)
         if rank == 0:
             append_jsonl(log_path, {"step": 0, "elapsed": time.time() - t_start, **m})
@@ -365,7 +367,7 @@ def train(args, rank, world, device):
             "rollout_s": t_rollout, "train_s": t_train, "elapsed": elapsed,
         }
         if step % args.eval_every == 0 or step == args.rl_steps:
-            rec.update(evaluate(model, tok, task, args, step, run_dir))
+            rec.update(evaluate_and_log(model, tok, task, args, step, run_dir, sync))
         left = per_step * (args.rl_steps - step)
         dist.print0(f"step {step:3d}/{args.rl_steps} | reward {rec['reward']:.3f} | acc {rec['accuracy']:.3f} | "
                     f"format {rec['format']:.3f} | len {rec['length']:5.1f} | kl {rec['kl']:.4f} | clip {rec['clip_frac']:.3f} | "
@@ -386,6 +388,15 @@ def train(args, rank, world, device):
         print(f"curves: {plot_run(run_dir)}")
     dist.print0(f"done in {(time.time() - t_start) / 60:.1f} min: {run_dir}")
     return run_dir
+
+
+def evaluate_and_log(model, tok, task, args, step, run_dir, all_done):
+    """Held-out metrics (rollout.evaluate); rank 0 appends its sample completions to samples.jsonl."""
+    m, samples = evaluate(model, tok, task, args, step, all_done)
+    if dist.rank() == 0:
+        for s in samples:
+            append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
+    return m
 
 
 def save(model, ref, opt, args, run_dir, step):

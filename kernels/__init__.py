@@ -9,8 +9,8 @@ Fast paths for the per-token log-prob computation, each beside its plain PyTorch
     bench.py         python -m kernels.bench: eager, torch.compile, these kernels (and Liger-Kernel
                      when installed), side by side on a GPU
 
-What sample.py and train.py call: `token_logprobs` / `token_entropy` (logits) and
-`completion_logprobs_from_hidden` (hidden states). On CUDA they use the kernels unless
+What sample.py calls: `token_logprobs` (from logits, for the sampler) and `logprobs_from_hidden`
+(from hidden states, for the trainer). On CUDA they use the kernels unless
 `kernels.ENABLED` is False (train.py --no_kernels); on a CPU always the references.
 """
 
@@ -33,11 +33,6 @@ def token_logprobs(logits, targets, temperature=1.0):
     return token_logprobs_reference(logits, targets, temperature)
 
 
-def entropy(logits, temperature=1.0):
-    """Entropy (...) of each temperature-scaled distribution, for logging."""
-    return token_entropy_triton(logits, temperature) if fast(logits) else token_entropy(logits, temperature)
-
-
 def logprobs_from_hidden(h, weight, targets, temperature=1.0, with_entropy=False):
     """log pi(targets) from hidden states h (..., d) and the output weight (V, d): on CUDA without
     ever holding the (N, V) logits; on a CPU through the logits and the reference."""
@@ -48,5 +43,5 @@ def logprobs_from_hidden(h, weight, targets, temperature=1.0, with_entropy=False
     return (logp, token_entropy(logits, temperature)) if with_entropy else logp
 
 
-__all__ = ["token_logprobs", "entropy", "logprobs_from_hidden", "token_logprobs_reference", "token_entropy",
+__all__ = ["token_logprobs", "logprobs_from_hidden", "token_logprobs_reference", "token_entropy",
            "token_logprobs_triton", "token_entropy_triton", "linear_token_logprobs", "fused_grpo_loss", "ENABLED"]

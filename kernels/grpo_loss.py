@@ -102,7 +102,7 @@ def fused_grpo_loss(logits, targets, old_logp, ref_logp, advantages, mask, eps_l
     mask = mask.float()
     if normalizer is None:
         normalizer = loss_normalizer(loss_type, mask)
-    weights = mask / normalizer
+    weights = mask / max(float(normalizer), 1.0)  # as grpo.grpo_loss: all masked gives 0, not NaN
     if loss_type == "grpo":
         weights = weights / mask.sum(1, keepdim=True).clamp(min=1)  # 1/|o_i|
     logits2d = logits.reshape(B * T, V)                               # (N, V)

@@ -79,9 +79,15 @@ def test_resume_at_another_world_size(tmp_path):
     assert rc == 0, log
     ckpt = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == 3 and ckpt["optim"]["state"] and ckpt["ref"] is not None
-    # as if it had crashed after step 3's checkpoint: go on alone, to step 4
+    # as if it had crashed after step 3's checkpoint and a step-4 log line: go on alone, to step 4
+    with open(tmp_path / "r" / "log.jsonl", "a") as f:
+        f.write('{"step": 4, "crashed": true}\n')
     rc, log = run([sys.executable, "train.py", *small, "--rl_steps", "4", "--resume"])
     assert rc == 0, log
+    # nothing written is lost: the line past the checkpoint is set aside, the run's args.json kept
+    assert (tmp_path / "r" / "log-after-step-3.jsonl").read_text() == '{"step": 4, "crashed": true}\n'
+    assert json.loads((tmp_path / "r" / "args.json").read_text())["world_size"] == 2
+    assert (tmp_path / "r" / "args-resume-4.json").exists()
     assert "resuming" in log and "step   4/4" in log and "step   1/4" not in log
     with open(tmp_path / "r" / "log.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [0, 1, 2, 3, 4]
