@@ -22,6 +22,7 @@ by parameter name), written by rank 0: `--resume` continues a run at any world s
 without FSDP. Evaluation is split across ranks like the rollouts.
 """
 
+import gc
 import os
 
 import torch
@@ -91,8 +92,13 @@ def barrier():
 
 
 def cleanup():
+    """Leave the process group. Call it after the models are gone: gloo work objects still held by
+    them (FSDP keeps some in reference cycles, hence the collection) would otherwise be destroyed
+    during interpreter shutdown, which aborts the process. The barrier keeps a rank from tearing
+    gloo down while another still talks to it."""
     if active():
-        dist.barrier()  # a rank that tears gloo down while another still talks to it aborts
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -22,7 +22,12 @@ from sample import Rollout, generate  # noqa: E402
 def main():
     out_path, flags = sys.argv[1], sys.argv[2:]
     args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "10", "--device", "cpu"] + flags)
-    rank, world, device = dist.setup("cpu")
+    rank, world, _ = dist.setup("cpu")
+    update(args, rank, world, out_path)
+    dist.cleanup()  # after update() returned: its models are gone
+
+
+def update(args, rank, world, out_path):
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64, block_size=64))
     ref = copy.deepcopy(model).requires_grad_(False)
@@ -42,7 +47,6 @@ def main():
     weights = dist.full_state_dict(model)
     if rank == 0:
         torch.save({"weights": weights, "metrics": metrics, "world": world}, out_path)
-    dist.cleanup()
 
 
 if __name__ == "__main__":
