@@ -7,6 +7,7 @@ run on real shapes.
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from grpo import grpo_loss
 from kernels import fused_grpo_loss, linear_token_logprobs, token_entropy, token_entropy_triton, token_logprobs_triton
@@ -107,6 +108,53 @@ def test_fused_linear_matches_reference(N, d, V, chunk):
     (ref * upstream).sum().backward()
     close(h1.grad, h2.grad, 1e-5)
     close(W1.grad, W2.grad, 1e-5)
+
+
+class Allocations(TorchDispatchMode):
+    """Records the size (elements) of every new tensor an op returns: ops whose results alias an
+    input (views, in-place ops, out=) allocate nothing and are left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if all(r.alias_info is None for r in func._schema.returns):
+            self.sizes += [t.numel() for t in (out if isinstance(out, (tuple, list)) else [out])
+                           if isinstance(t, torch.Tensor)]
+        return out
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_in_place_backward_allocates_no_second_logits_tensor(inplace):
+    # logits from an output layer, as in training: their gradient flows on into the matmul's backward
+    B, T, V, d = 2, 8, 1000, 4
+    g = torch.Generator().manual_seed(0)
+    h, W = torch.randn(B * T, d, generator=g).requires_grad_(), torch.randn(V, d, generator=g).requires_grad_()
+    targets = torch.randint(0, V, (B, T), generator=g)
+    old = torch.full((B, T), -7.0)
+    logits = (h @ W.t()).view(B, T, V)                                   # (B, T, V), before recording
+    with Allocations() as seen:
+        loss, _ = fused_grpo_loss(logits, targets, old, old - 0.1, torch.tensor([1.0, -1.0]), torch.ones(B, T),
+                                  beta=0.1, inplace=inplace)
+        loss.backward()
+    full = [n for n in seen.sizes if n >= B * T * V]
+    assert full == ([] if inplace else [B * T * V])                       # d logits: none in place, else one
+
+
+def test_fused_linear_never_holds_the_logits():
+    N, d, V, chunk = 64, 8, 1000, 16
+    g = torch.Generator().manual_seed(0)
+    h, W = torch.randn(N, d, generator=g).requires_grad_(), torch.randn(V, d, generator=g).requires_grad_()
+    targets = torch.randint(0, V, (N,), generator=g)
+    with Allocations() as ours:
+        linear_token_logprobs(h, W, targets, chunk=chunk).sum().backward()
+    with Allocations() as reference:
+        token_logprobs_reference(h @ W.t(), targets).sum().backward()
+    assert max(reference.sizes) >= N * V                                  # the oracle: eager holds (N, V)
+    assert max(ours.sizes) == max(chunk * V, V * d)                       # ours: (chunk, V) buffers and dW
+    assert ours.sizes.count(chunk * V) == 2                               # one buffer forward, one backward
 
 
 def test_training_path_uses_the_reference_on_cpu_and_agrees_with_the_kernel():
