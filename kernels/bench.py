@@ -1,32 +1,40 @@
 """
-Benchmark of the log-prob / GRPO-loss paths on a GPU, every implementation side by side in one run.
+Benchmark of the log-prob / GRPO-loss paths, every implementation side by side in one run.
 
-    python -m kernels.bench                    # the issue's two shapes, bf16
-    python -m kernels.bench --quick            # small shapes, to check that everything runs
+    python -m kernels.bench                    # on a GPU: the issue's two shapes, bf16
+    python -m kernels.bench --shape 2048,50304,768 --no_compile     # any shape, N,V,d
+    TRITON_INTERPRET=1 python -m kernels.bench --device cpu --shape 64,1000,16 --dtype fp32 --no_compile
+                                               # a smoke run of every code path on a CPU (tests do this)
 
-First the GPU's own limits are measured: memory bandwidth (a large device-to-device copy) and
-the bf16 matmul rate (an 8192^3 matmul). Then, for each shape (N tokens, vocabulary V, width d):
+First the device's own limits are measured: memory bandwidth (a large copy) and the matmul rate
+(a large square matmul in the benchmark's dtype). Then, for each shape (N tokens, vocabulary V,
+width d):
 
-  logits level, the GRPO loss of eq. 1-2 from (N, V) bf16 logits, forward and forward+backward:
+  logits level, the GRPO loss of eq. 1-2 from (N, V) logits, forward and forward+backward:
     eager     grpo.grpo_loss(kernels.logprob.token_logprobs_reference(logits))
     compile   torch.compile of the same function
     ours      kernels.grpo_loss.fused_grpo_loss (gradient written in place into the logits)
     liger     liger_kernel.transformers.grpo_loss.triton_grpo_loss, when installed
   achieved GB/s counts the bytes the fused path must move: the logits read once forward, read
-  once and written once backward (3 N V x 2 bytes for fwd+bwd), for every implementation.
+  once and written once backward (3 N V bytes-per-element for fwd+bwd), for every implementation.
 
-  fused linear, log-probs from hidden states (N, d) and the output weight (V, d), then the loss:
+  fused linear, log-probs from hidden states (N, d) and the output weight (V, d), summed:
     eager     logits = h @ W.T, then the reference (the (N, V) logits and their fp32 copies exist)
     compile   torch.compile of the same
     ours      kernels.fused_linear.linear_token_logprobs (chunks of tokens; logits recomputed backward)
-  achieved TFLOP/s counts 6 N V d (forward, d h, d W), against the measured bf16 matmul rate.
+  achieved TFLOP/s counts 6 N V d (forward, d h, d W), against the measured matmul rate.
 
-Peak memory is what the implementation allocated beyond its inputs. Times are medians of CUDA
-event timings after warm-up. Nothing here is a test: run it on a GPU and read the table.
+Before anything is timed, every implementation's loss and gradients are compared with eager's on
+the same inputs (columns "loss err" and "grad err": max absolute differences), so that a fast
+number can never come from a wrong answer. Peak memory (CUDA only) is what an implementation
+allocated beyond its inputs. Times are medians of wall-clock timings after warm-up, with the
+device synchronised around each. Nothing here is a test: run it on a GPU and read the table.
 """
 
 import argparse
+import os
 import statistics
+import time
 
 import torch
 
@@ -35,30 +43,42 @@ from kernels.fused_linear import linear_token_logprobs
 from kernels.grpo_loss import fused_grpo_loss
 from kernels.logprob import token_logprobs_reference
 
-parser = argparse.ArgumentParser(description="GPU benchmark of the log-prob and GRPO-loss kernels")
-parser.add_argument("--quick", action="store_true", help="small shapes, a smoke run")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+parser = argparse.ArgumentParser(description="benchmark of the log-prob and GRPO-loss kernels")
+parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu needs TRITON_INTERPRET=1: a smoke run of the code paths, not a measurement")
+parser.add_argument("--shape", action="append", default=None, metavar="N,V,d",
+                    help="tokens, vocabulary, width; repeatable (default: 16384,151936,1536 and 16384,50304,768)")
+parser.add_argument("--dtype", default="bf16", choices=list(DTYPES), help="dtype of logits, hidden states, weight")
 parser.add_argument("--reps", type=int, default=10, help="timed repetitions per measurement")
 parser.add_argument("--no_compile", action="store_true", help="skip torch.compile (it takes minutes to compile)")
 
 
-def timed(fn, reps):
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, reps, device):
     """Median milliseconds of fn() over reps runs, after two warm-up runs."""
     for _ in range(2):
         fn()
-    torch.cuda.synchronize()
     times = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        sync(device)
+        start = time.perf_counter()
         fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 
-def peak_extra(fn):
-    """Bytes allocated by fn() beyond what was allocated before it."""
+def peak_extra(fn, device):
+    """Bytes allocated by fn() beyond what was allocated before it (None off CUDA)."""
+    if device != "cuda":
+        fn()
+        return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -67,69 +87,86 @@ def peak_extra(fn):
     return torch.cuda.max_memory_allocated() - before
 
 
-def copy_bandwidth():
-    x = torch.empty(2 * 1024 ** 3, dtype=torch.uint8, device="cuda")  # 2 GiB
+def device_limits(device, dtype, reps):
+    """(copy bandwidth GB/s, matmul TFLOP/s) measured on this device."""
+    nbytes, n = (2 * 1024 ** 3, 8192) if device == "cuda" else (64 * 1024 ** 2, 512)
+    x = torch.empty(nbytes, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
-    ms = timed(lambda: y.copy_(x), 10)
-    return 2 * x.numel() / (ms / 1e3) / 1e9                           # read + write, GB/s
-
-
-def gpu_limits():
-    bandwidth = copy_bandwidth()
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    ms = timed(lambda: a @ a, 10)
-    tflops = 2 * 8192 ** 3 / (ms / 1e3) / 1e12
+    bandwidth = 2 * nbytes / (timed(lambda: y.copy_(x), reps, device) / 1e3) / 1e9  # read + write
+    a = torch.randn(n, n, device=device).to(dtype)
+    tflops = 2 * n ** 3 / (timed(lambda: a @ a, reps, device) / 1e3) / 1e12
     return bandwidth, tflops
 
 
-def logits_level(N, V, reps, use_compile):
-    B, T = 16, N // 16
-    g = torch.Generator("cuda").manual_seed(0)
-    logits = torch.randn(B, T, V, device="cuda", dtype=torch.bfloat16, generator=g)
-    ids = torch.randint(0, V, (B, T), device="cuda", generator=g)
-    old = torch.randn(B, T, device="cuda", generator=g) * 0.1 - 12
-    ref = old + torch.randn(B, T, device="cuda", generator=g) * 0.1
-    adv = torch.randn(B, device="cuda", generator=g)
-    mask = torch.ones(B, T, device="cuda")
+def max_err(a, b):
+    return (a.float() - b.float()).abs().max().item()
+
+
+def logits_level(N, V, dtype, device, reps, use_compile):
+    """Rows (name, fwd ms, fwd+bwd ms, peak bytes, loss err, grad err) and the bytes of one fwd+bwd."""
+    B, T = 16, max(1, N // 16)                                          # N tokens as (B, T)
+    g = torch.Generator(device).manual_seed(0)
+    logits = (torch.randn(B, T, V, device=device, generator=g) * 2).to(dtype)
+    ids = torch.randint(0, V, (B, T), device=device, generator=g)
+    with torch.no_grad():
+        base = token_logprobs_reference(logits, ids)
+    old = base + torch.randn(B, T, device=device, generator=g) * 0.1  # ratios near 1, some clipped
+    ref = base + torch.randn(B, T, device=device, generator=g) * 0.1
+    adv = torch.randn(B, device=device, generator=g)
+    mask = torch.ones(B, T, device=device)
+    mask[0, T // 2:] = 0                                                # a shorter output
     kw = dict(eps_low=0.2, beta=0.04)
 
     def eager(z):
         return grpo_loss(token_logprobs_reference(z, ids), old, ref, adv, mask, **kw)[0]
 
-    impls = {"eager": eager}
+    impls = {"eager": (eager, lambda z: z)}
     if use_compile:
-        impls["compile"] = torch.compile(eager)
-    impls["ours"] = lambda z: fused_grpo_loss(z, ids, old, ref, adv, mask, inplace=True, **kw)[0]
+        impls["compile"] = (torch.compile(eager), lambda z: z)
+    impls["ours"] = (lambda z: fused_grpo_loss(z, ids, old, ref, adv, mask, inplace=True, **kw)[0], lambda z: z)
     try:
         from liger_kernel.transformers.grpo_loss import triton_grpo_loss
-        pad = torch.zeros(B, 1, V, device="cuda", dtype=torch.bfloat16)
-        impls["liger"] = lambda z: triton_grpo_loss(torch.cat([z, pad], 1), old, ref, ids, adv, mask, temperature=1.0,
-                                                    eps_high=0.2, loss_type="grpo", inplace=True, reduce=True, **kw)[0]
+        # Liger takes (B, T+1, V) logits and drops the last position: give it its own padded copy,
+        # made once outside the timings, so that it is timed on the same work as the others
+        impls["liger"] = (lambda z: triton_grpo_loss(z, old, ref, ids, adv, mask, temperature=1.0, eps_high=0.2,
+                                                     loss_type="grpo", inplace=True, reduce=True, **kw)[0],
+                          lambda z: torch.cat([z, z[:, :1]], 1))
     except ImportError:
         pass
 
-    rows = []
-    for name, fn in impls.items():
+    rows, expected = [], None
+    for name, (fn, prepare) in impls.items():
+        own = prepare(logits).clone()  # this implementation's own copy: in-place backwards overwrite it
+        z = own.clone().requires_grad_()
+        loss = fn(z)
+        loss.backward()
+        grad = z.grad[:, :T]
+        if expected is None:
+            expected = loss.detach(), grad
+        errs = max_err(loss, expected[0]), max_err(grad, expected[1])
+        del z, loss, grad
+
         def fwd():
             with torch.no_grad():
-                fn(logits)
+                fn(own)
 
         def fwd_bwd():
-            # shares the logits' storage: the in-place backwards (ours, liger) overwrite it with the
-            # gradient, which changes the values of later repetitions but not the work they do
-            z = logits.detach().requires_grad_()
-            fn(z).backward()
+            # the in-place backwards (ours, liger) overwrite `own` with its gradient: later repetitions
+            # see other values but do the same work
+            fn(own.requires_grad_()).backward()
+            own.requires_grad_(False)
+            own.grad = None
 
-        # liger concatenates a padding column: its copy is part of its cost here, as it is in use
-        rows.append((name, timed(fwd, reps), timed(fwd_bwd, reps), peak_extra(fwd_bwd)))
-    return rows, 3 * N * V * 2
+        rows.append((name, timed(fwd, reps, device), timed(fwd_bwd, reps, device), peak_extra(fwd_bwd, device), *errs))
+    return rows, 3 * N * V * logits.element_size()
 
 
-def fused_linear(N, V, d, reps, use_compile):
-    g = torch.Generator("cuda").manual_seed(0)
-    h = torch.randn(N, d, device="cuda", dtype=torch.bfloat16, generator=g)
-    W = torch.randn(V, d, device="cuda", dtype=torch.bfloat16, generator=g) * d ** -0.5
-    ids = torch.randint(0, V, (N,), device="cuda", generator=g)
+def fused_linear(N, V, d, dtype, device, reps, use_compile):
+    """Rows as logits_level's, for log-probs from hidden states, and the FLOPs of one fwd+bwd."""
+    g = torch.Generator(device).manual_seed(0)
+    h = torch.randn(N, d, device=device, generator=g).to(dtype)
+    W = (torch.randn(V, d, device=device, generator=g) * d ** -0.5).to(dtype)
+    ids = torch.randint(0, V, (N,), device=device, generator=g)
 
     def eager(h, W):
         return token_logprobs_reference(h @ W.t(), ids).sum()
@@ -138,43 +175,61 @@ def fused_linear(N, V, d, reps, use_compile):
     if use_compile:
         impls["compile"] = torch.compile(eager)
     impls["ours"] = lambda h, W: linear_token_logprobs(h, W, ids).sum()
-    rows = []
+    rows, expected = [], None
     for name, fn in impls.items():
+        hh, WW = h.clone().requires_grad_(), W.clone().requires_grad_()
+        loss = fn(hh, WW)
+        loss.backward()
+        if expected is None:
+            expected = loss.detach(), hh.grad, WW.grad
+        errs = max_err(loss, expected[0]), max(max_err(hh.grad, expected[1]), max_err(WW.grad, expected[2]))
+
         def fwd():
             with torch.no_grad():
                 fn(h, W)
 
         def fwd_bwd():
-            hh, WW = h.detach().requires_grad_(), W.detach().requires_grad_()
-            fn(hh, WW).backward()
+            fn(h.detach().requires_grad_(), W.detach().requires_grad_()).backward()
 
-        rows.append((name, timed(fwd, reps), timed(fwd_bwd, reps), peak_extra(fwd_bwd)))
+        rows.append((name, timed(fwd, reps, device), timed(fwd_bwd, reps, device), peak_extra(fwd_bwd, device), *errs))
     return rows, 6 * N * V * d
 
 
-def main():
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("kernels.bench needs a CUDA GPU (the kernels' CPU tests: TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py)")
-    bandwidth, tflops = gpu_limits()
-    print(f"{torch.cuda.get_device_name()}: measured copy bandwidth {bandwidth:.0f} GB/s, bf16 matmul {tflops:.0f} TFLOP/s")
-    shapes = [(1024, 32000, 512)] if args.quick else [(16384, 151936, 1536), (16384, 50304, 768)]
+def gib(nbytes):
+    return "-" if nbytes is None else f"{nbytes / 2 ** 30:.2f}"
+
+
+def main(argv=None):
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("kernels.bench: no CUDA GPU here; for a smoke run on a CPU: "
+                         "TRITON_INTERPRET=1 python -m kernels.bench --device cpu --shape 64,1000,16 --dtype fp32 --no_compile")
+    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("kernels.bench: --device cpu runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1")
+    try:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in (args.shape or ["16384,151936,1536", "16384,50304,768"])]
+        assert all(len(s) == 3 and min(s) > 0 for s in shapes)
+    except (ValueError, AssertionError):
+        raise SystemExit(f"kernels.bench: --shape takes three positive integers N,V,d, got {args.shape}")
+    dtype = DTYPES[args.dtype]
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (Triton interpreter)"
+    bandwidth, tflops = device_limits(args.device, dtype, args.reps)
+    print(f"{name}: measured copy bandwidth {bandwidth:.0f} GB/s, {args.dtype} matmul {tflops:.1f} TFLOP/s")
     for N, V, d in shapes:
-        print(f"\nN={N} V={V} d={d}, bf16")
-        rows, nbytes = logits_level(N, V, args.reps, not args.no_compile)
-        print("  GRPO loss from logits   fwd ms  fwd+bwd ms  fwd+bwd GB/s  % of bandwidth  peak extra GiB  vs eager")
-        eager_ms = rows[0][2]
-        for name, f, fb, mem in rows:
+        print(f"\nN={N} V={V} d={d}, {args.dtype}")
+        rows, nbytes = logits_level(N, V, dtype, args.device, args.reps, not args.no_compile)
+        print("  GRPO loss from logits   fwd ms  fwd+bwd ms   GB/s  % of bandwidth  peak GiB  vs eager  loss err  grad err")
+        for impl, f, fb, mem, loss_err, grad_err in rows:
             gbs = nbytes / (fb / 1e3) / 1e9
-            print(f"  {name:22s} {f:7.2f} {fb:11.2f} {gbs:13.0f} {100 * gbs / bandwidth:14.0f}% {mem / 2 ** 30:15.2f} "
-                  f"{eager_ms / fb:8.1f}x")
-        rows, flops = fused_linear(N, V, d, args.reps, not args.no_compile)
-        print("  log-probs from hidden   fwd ms  fwd+bwd ms  fwd+bwd TFLOP/s  % of matmul  peak extra GiB  vs eager mem")
-        eager_mem = rows[0][3]
-        for name, f, fb, mem in rows:
+            print(f"  {impl:22s} {f:7.2f} {fb:11.2f} {gbs:6.0f} {100 * gbs / bandwidth:14.0f}% {gib(mem):>9s} "
+                  f"{rows[0][2] / fb:8.1f}x {loss_err:9.1e} {grad_err:9.1e}")
+        rows, flops = fused_linear(N, V, d, dtype, args.device, args.reps, not args.no_compile)
+        print("  log-probs from hidden   fwd ms  fwd+bwd ms  TFLOP/s  % of matmul  peak GiB  vs eager mem  loss err  grad err")
+        for impl, f, fb, mem, loss_err, grad_err in rows:
             tf = flops / (fb / 1e3) / 1e12
-            print(f"  {name:22s} {f:7.2f} {fb:11.2f} {tf:16.0f} {100 * tf / tflops:11.0f}% {mem / 2 ** 30:15.2f} "
-                  f"{mem / eager_mem:11.3f}")
+            ratio = "-" if mem is None else f"{mem / rows[0][3]:.3f}"
+            print(f"  {impl:22s} {f:7.2f} {fb:11.2f} {tf:8.1f} {100 * tf / tflops:11.0f}% {gib(mem):>9s} {ratio:>13s} "
+                  f"{loss_err:9.1e} {grad_err:9.1e}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def close(a, b, tol):
 
 @pytest.mark.parametrize("N, V", SHAPES)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_logprob_kernel_matches_reference(N, V, temperature, dtype):
     g = torch.Generator().manual_seed(N * V)
     logits = (torch.randn(N, V, generator=g) * 4).to(dtype).to(DEVICE)
@@ -36,7 +36,10 @@ def test_logprob_kernel_matches_reference(N, V, temperature, dtype):
     close(ours, ref, 1e-5)                       # fp32 statistics whatever the input dtype
     (ours * upstream).sum().backward()
     (ref * upstream).sum().backward()
-    close(a.grad, b.grad, 1e-6 if dtype == torch.float32 else 1e-3)  # fp16 grads are rounded to fp16
+    # fp32: the same arithmetic; fp16 and bf16 (11 and 8 significant bits): each side rounds once a
+    # gradient of size <= |upstream| / T, so they differ by at most two roundings of that
+    bits = {torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}[dtype]
+    close(a.grad, b.grad, 1e-6 if dtype == torch.float32 else 2 * 2.0 ** -bits * upstream.abs().max() / temperature)
     close(token_entropy_triton(logits, temperature), token_entropy(logits, temperature), 1e-4)
 
 
@@ -56,6 +59,11 @@ def test_logprob_kernel_on_extreme_logits_and_in_place_backward():
     # the exact values, by hand: one certain token; a uniform row; two logits 1 apart; the max of a ramp
     import math
     close(ours[:3], torch.tensor([0.0, -math.log(V), -1.0 - math.log(1 + math.exp(-1.0))]), 1e-6)
+    # the entropies too, kernel and reference: 0, log V, and that of two probabilities p, 1 - p
+    p = 1 / (1 + math.exp(-1.0))
+    exact = torch.tensor([0.0, math.log(V), -p * math.log(p) - (1 - p) * math.log(1 - p)])
+    close(token_entropy_triton(logits)[:3].cpu(), exact, 1e-6)
+    close(token_entropy(logits)[:3].cpu(), exact, 1e-6)
     # in place: the backward writes d logits into the logits' own buffer
     z = torch.randn(3, 1000, device=DEVICE)
     leaf = z.clone().requires_grad_()
@@ -169,28 +177,99 @@ def test_training_path_uses_the_reference_on_cpu_and_agrees_with_the_kernel():
 
 
 # --- GPU only: bf16 on real shapes ---
+# Tolerances. bf16 keeps 8 significant bits: one rounding moves a value by at most 2^-8 of itself.
+# - Log-probs from the same bf16 logits: both sides keep statistics in fp32, so they differ only by
+#   fp32 rounding of a V-term sum, ~1e-6 relative to a logsumexp of |z| <= ~20: 1e-3 absolute.
+# - Gradients of logits: each side rounds its fp32 gradient once to bf16, and the gradient's size
+#   is at most |g| / T (g: the upstream gradient of the log-prob), so they differ by <= 2 2^-8 |g| / T.
+# - From hidden states, the oracle is fp32 (h and W upcast): our logits are bf16 GEMM outputs, off by
+#   up to 2^-8 |z| <= 0.025 with |z| <= ~6 here, so a log-prob (z_y minus a logsumexp) is off by up to
+#   twice that. dh and dW are bf16 GEMM outputs of such gradients: compared in norm, within 1%.
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def bf16_logits(N, V, generator):
+    """(N, V) bf16 logits of scale 3, the first rows extreme: +-1e4, a ramp, two tied maxima."""
+    logits = torch.randn(N, V, device="cuda", generator=generator) * 3
+    logits[0, 5], logits[1] = 1e4, torch.linspace(-1e4, 1e4, V, device="cuda")
+    logits[2, 7], logits[2, 9] = 1e4, 1e4
+    return logits.bfloat16()
+
+
 @cuda
 @pytest.mark.parametrize("V", [50257, 151936])
-def test_bf16_kernels_on_real_shapes(V):
-    # Tolerances: both sides read the same bf16 logits and keep statistics in fp32, so log-probs
-    # agree to fp32 rounding of a ~V-term sum (~1e-4 relative to the logsumexp of |z| <= ~20). The
-    # kernel's gradient is rounded once to bf16 (8 bits of mantissa: 2^-8 relative); softmax
-    # values are <= 1, so 4e-3 absolute bounds it.
-    N = 512
-    g = torch.Generator("cuda").manual_seed(0)
-    logits = (torch.randn(N, V, device="cuda", generator=g) * 3).bfloat16()
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_bf16_logprob_kernel_on_real_shapes(V, temperature):
+    N = 1000
+    g = torch.Generator("cuda").manual_seed(V)
+    logits = bf16_logits(N, V, g)
     targets = torch.randint(0, V, (N,), device="cuda", generator=g)
+    targets[0], targets[1], targets[2] = 5, V - 1, 9
+    upstream = torch.randn(N, device="cuda", generator=g)
     a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    ours, ref = token_logprobs_triton(a, targets), token_logprobs_reference(b, targets)
+    ours, ref = token_logprobs_triton(a, targets, temperature), token_logprobs_reference(b, targets, temperature)
     assert (ours <= 0).all()
-    close(ours, ref, 2e-3)
-    ours.sum().backward()
-    ref.sum().backward()
-    close(a.grad, b.grad, 4e-3)
-    h = torch.randn(N, 1536, device="cuda", generator=g).bfloat16()
-    W = (torch.randn(V, 1536, device="cuda", generator=g) * 1536 ** -0.5).bfloat16()
-    close(linear_token_logprobs(h, W, targets), token_logprobs_reference(h @ W.t(), targets), 2e-2)
+    close(ours, ref, 1e-3)
+    (ours * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    close(a.grad, b.grad, 2 * 2 ** -8 * upstream.abs().max().item() / temperature)
+    close(token_entropy_triton(logits, temperature), token_entropy(logits, temperature), 1e-3)
+
+
+@cuda
+@pytest.mark.parametrize("V", [50257, 151936])
+def test_bf16_fused_grpo_loss_on_real_shapes(V):
+    B, T = 8, 125                                                  # N = 1000 tokens
+    g = torch.Generator("cuda").manual_seed(V)
+    logits = bf16_logits(B * T, V, g).view(B, T, V)
+    targets = torch.randint(0, V, (B, T), device="cuda", generator=g)
+    base = token_logprobs_reference(logits, targets, 0.7)
+    old = base + torch.randn(B, T, device="cuda", generator=g) * 0.3
+    ref = base + torch.randn(B, T, device="cuda", generator=g) * 0.3
+    A = torch.randn(B, device="cuda", generator=g)
+    mask = (torch.arange(T, device="cuda") < torch.randint(1, T + 1, (B, 1), device="cuda", generator=g)).float()
+    mask[3] = 0                                                    # an all-masked output
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    kw = dict(eps_low=0.2, eps_high=0.28, beta=0.04, loss_type="grpo")
+    ours, _ = fused_grpo_loss(a, targets, old, ref, A, mask, temperature=0.7, inplace=True, **kw)
+    logp = token_logprobs_reference(b, targets, 0.7)
+    logp.retain_grad()                                             # g, the upstream gradient of the log-probs
+    theirs, _ = grpo_loss(logp, old, ref, A, mask, **kw)
+    close(ours, theirs, 1e-4)
+    ours.backward()
+    theirs.backward()
+    close(a.grad, b.grad, 2 * 2 ** -8 * logp.grad.abs().max().item() / 0.7)
+    assert a.grad[3].abs().max() == 0
+
+
+@cuda
+@pytest.mark.parametrize("V, d", [(50304, 768), (151936, 1536)])
+def test_bf16_fused_linear_on_real_shapes(V, d):
+    N = 1000
+    g = torch.Generator("cuda").manual_seed(V)
+    h = torch.randn(N, d, device="cuda", generator=g).bfloat16()
+    W = (torch.randn(V, d, device="cuda", generator=g) * d ** -0.5).bfloat16()
+    targets = torch.randint(0, V, (N,), device="cuda", generator=g)
+    upstream = torch.randn(N, device="cuda", generator=g)
+    h1, W1 = h.clone().requires_grad_(), W.clone().requires_grad_()
+    h2, W2 = h.float().requires_grad_(), W.float().requires_grad_()
+    ours = linear_token_logprobs(h1, W1, targets, 0.7, chunk=256)  # four chunks, the last one short
+    ref = token_logprobs_reference(h2 @ W2.t(), targets, 0.7)
+    assert (ours <= 0).all()
+    close(ours, ref, 5e-2)
+    (ours * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    for x, y in ((h1.grad, h2.grad), (W1.grad, W2.grad)):
+        assert (x.float() - y).norm() / y.norm() < 1e-2
+
+
+def test_bench_runs_every_implementation_and_they_agree(capsys):
+    # kernels/bench.py end to end on a tiny shape: on a CPU a smoke run under the interpreter (its
+    # timings mean nothing); what is checked is that every row is there and agrees with eager
+    from kernels import bench
+    bench.main(["--device", DEVICE, "--shape", "48,1000,16", "--dtype", "fp32", "--no_compile", "--reps", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and "ms" not in line]
+    assert [r[0] for r in rows][:2] == ["eager", "ours"] and [r[0] for r in rows][-2:] == ["eager", "ours"]
+    for row in rows:
+        assert float(row[-2]) < 1e-5 and float(row[-1]) < 1e-5, row  # loss err, grad err against eager
