@@ -44,7 +44,7 @@ def _grpo_fwd_kernel(logits_ptr, targets_ptr, old_ptr, ref_ptr, adv_ptr, weight_
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
     y = tl.load(targets_ptr + row)
-    log_s = tl.log(s)
+    log_s = tl.maximum(tl.log(s), 0.0)  # s >= 1 exactly; a GPU's approximate log must not dip below 0
     logp = (tl.load(base + y).to(tl.float32) * inv_T - m) - log_s
     # the GRPO terms of this token
     A = tl.load(adv_ptr + row)

@@ -76,7 +76,7 @@ def _logprob_fwd_kernel(logits_ptr, targets_ptr, logp_ptr, lse_ptr, entropy_ptr,
         m = m_new
     y = tl.load(targets_ptr + row)
     z_y = tl.load(base + y).to(tl.float32) * inv_T
-    log_s = tl.log(s)
+    log_s = tl.maximum(tl.log(s), 0.0)  # s >= 1 exactly; a GPU's approximate log must not dip below 0
     tl.store(logp_ptr + row, (z_y - m) - log_s)
     tl.store(lse_ptr + row, m + log_s)
     if WITH_ENTROPY:
