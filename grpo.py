@@ -23,6 +23,11 @@ advantages of a group sum to zero, so J is ~0 by construction (with beta = 0, ex
 outputs have the same length). Its gradient is not zero: it is the policy gradient. Watch reward,
 KL, clip fraction and grad norm instead.
 
+These functions act on (B, T) log-probs, so they cost nothing next to the log-probs themselves.
+On CUDA, train.py gets those from kernels/fused_linear.py (through sample.completion_logprobs)
+and the (N, V) logits never exist; kernels/grpo_loss.py fuses these same per-token terms into
+the logits pass, for callers that hold logits, and is tested against grpo_loss here.
+
     python -m pytest tests/test_grpo.py
 """
 
