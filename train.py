@@ -253,7 +253,7 @@ def main(argv=None):
 
 def train(args, rank, world, device):
     torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
-    kernels.ENABLED = not args.no_kernels  # the kernels run on CUDA only; a CPU always takes the reference
+    kernels.USE = "never" if args.no_kernels else "cuda"  # a CPU takes the references
     try:
         task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
     except ValueError as e:

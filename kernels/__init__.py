@@ -10,20 +10,22 @@ Fast paths for the per-token log-prob computation, each beside its plain PyTorch
                      when installed), side by side on a GPU
 
 What sample.py calls: `token_logprobs` (from logits, for the sampler) and `logprobs_from_hidden`
-(from hidden states, for the trainer). On CUDA they use the kernels unless
-`kernels.ENABLED` is False (train.py --no_kernels); on a CPU always the references.
+(from hidden states, for the trainer). `kernels.USE` says where they take the kernels:
+"cuda" (the default) on CUDA tensors and the references on a CPU; "never" (train.py
+--no_kernels); "always", CPU tensors included, which needs TRITON_INTERPRET=1 there (the tests
+use it to run the sampler and the trainer through the kernels on a CPU).
 """
 
 from kernels.fused_linear import linear_token_logprobs
 from kernels.grpo_loss import fused_grpo_loss
 from kernels.logprob import token_entropy, token_entropy_triton, token_logprobs_reference, token_logprobs_triton
 
-ENABLED = True
+USE = "cuda"
 
 
 def fast(t) -> bool:
-    """Use the kernels for tensors on this device?"""
-    return ENABLED and t.is_cuda
+    """Use the kernels for this tensor?"""
+    return USE == "always" or (USE == "cuda" and t.is_cuda)
 
 
 def token_logprobs(logits, targets, temperature=1.0):
@@ -44,4 +46,4 @@ def logprobs_from_hidden(h, weight, targets, temperature=1.0, with_entropy=False
 
 
 __all__ = ["token_logprobs", "logprobs_from_hidden", "token_logprobs_reference", "token_entropy",
-           "token_logprobs_triton", "token_entropy_triton", "linear_token_logprobs", "fused_grpo_loss", "ENABLED"]
+           "token_logprobs_triton", "token_entropy_triton", "linear_token_logprobs", "fused_grpo_loss", "USE"]

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+import kernels
+
 from kernels.logprob import token_logprobs_reference
 from model import GPT, ModelConfig
 from sample import completion_logprobs, generate, generate_naive, pack, sample_next
@@ -30,8 +32,12 @@ def test_cached_generate_matches_naive_decoding():
             assert (row[n:] == PAD).all()
 
 
-def test_sampler_logprobs_equal_trainer_logprobs():
-    # oracle: each row alone, unpadded, no shared prefix, no cache
+@pytest.mark.parametrize("use", ["cuda", "always"])
+def test_sampler_logprobs_equal_trainer_logprobs(use, monkeypatch):
+    # oracle: each row alone, unpadded, no shared prefix, no cache. use="always": the sampler
+    # through the log-prob kernel, the trainer through the fused linear one, as on CUDA (on a CPU
+    # under Triton's interpreter)
+    monkeypatch.setattr(kernels, "USE", use)
     model = tiny()
     out = generate(model, PROMPTS, G=4, max_new_tokens=15, stop_ids=STOP, pad=PAD,
                    temperature=0.7, generator=torch.Generator().manual_seed(0))
