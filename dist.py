@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from sample import completion_logprobs
+from sample import completion_grpo_loss, completion_logprobs
 
 
 def setup(device: str):
@@ -103,13 +103,16 @@ def cleanup():
 
 
 class Policy(nn.Module):
-    """The module DDP / FSDP wrap: forward = the log-probs (and entropy) of a batch's completions."""
+    """The module DDP / FSDP wrap: forward = the log-probs (and entropy) of a batch's completions,
+    or with grpo (completion_grpo_loss's arguments after temperature) their GRPO loss."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, batch, temperature=1.0, entropy=False):
+    def forward(self, batch, temperature=1.0, entropy=False, grpo=None):
+        if grpo is not None:
+            return completion_grpo_loss(self.model, batch, temperature, **grpo)
         return completion_logprobs(self.model, batch, temperature, entropy)
 
 

@@ -123,16 +123,26 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=
     # ... then 1/G sum over i; a step of nothing but masked tokens has loss 0, not NaN
     J = (per_token * mask).sum() / max(float(normalizer), 1.0)
     loss = -J
+    return loss, grpo_metrics(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high)
 
-    with torch.no_grad():
-        n = mask.sum().clamp(min=1)
-        mean = lambda x: (x * mask).sum() / n  # noqa: E731
-        metrics = {
-            "kl": mean(kl),
-            "ratio": mean(ratio),
-            # tokens whose gradient the clip removed: A < 0 below 1-eps_low, A > 0 above 1+eps_high
-            "clip_low": mean(((ratio < 1 - eps_low) & (A < 0)).to(logp.dtype)),
-            "clip_high": mean(((ratio > 1 + eps_high) & (A > 0)).to(logp.dtype)),
-            "tokens": mask.sum(),
-        }
-    return loss, metrics
+
+@torch.no_grad()
+def grpo_metrics(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None):
+    """What to watch in GRPO (see above), averaged over the batch's tokens: the k3 KL to the
+    reference (0 without one), the ratio rho, the share of tokens whose gradient the clip removed
+    below and above, and the token count in "tokens"."""
+    eps_high = eps_low if eps_high is None else eps_high
+    mask = mask.to(logp.dtype)
+    A = advantages[:, None].to(logp.dtype)
+    ratio = torch.exp(logp - old_logp)
+    kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    n = mask.sum().clamp(min=1)
+    mean = lambda x: (x * mask).sum() / n  # noqa: E731
+    return {
+        "kl": mean(kl),
+        "ratio": mean(ratio),
+        # tokens whose gradient the clip removed: A < 0 below 1-eps_low, A > 0 above 1+eps_high
+        "clip_low": mean(((ratio < 1 - eps_low) & (A < 0)).to(logp.dtype)),
+        "clip_high": mean(((ratio > 1 + eps_high) & (A > 0)).to(logp.dtype)),
+        "tokens": mask.sum(),
+    }

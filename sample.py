@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
+from grpo import grpo_loss
 from kernels import token_logprobs
 from model import KVCache
 
@@ -106,6 +107,26 @@ def completion_logprobs(model, batch: Batch, temperature=1.0, entropy=False):
     out = kernels.logprobs_from_hidden(h, model.lm_head.weight, batch.completions, temperature, with_entropy=entropy)
     mask = batch.completion_mask
     return (out[0] * mask, out[1] * mask) if entropy else out * mask
+
+
+def completion_grpo_loss(model, batch: Batch, temperature, old_logp, ref_logp, advantages, mask, **grpo):
+    """The trainer's GRPO loss (grpo.grpo_loss, eq. 1-2) of the batch's completions, old_logp=None
+    meaning on-policy (pi_theta_old = pi_theta). Returns (loss, logp, entropy), the last two (B, C)
+    detached, for metrics. On CUDA in one pass from the hidden states (kernels.linear_grpo_loss):
+    the logits are never held, nor recomputed for the backward; elsewhere the reference path,
+    completion_logprobs then grpo_loss."""
+    h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d)
+    valid = batch.completion_mask
+    if kernels.fast(h):
+        loss, logp, entropy = kernels.linear_grpo_loss(h, model.lm_head.weight, batch.completions, old_logp, ref_logp,
+                                                       advantages, mask, temperature=temperature, with_entropy=True,
+                                                       **grpo)
+        return loss, logp * valid, entropy * valid
+    logp, entropy = kernels.logprobs_from_hidden(h, model.lm_head.weight, batch.completions, temperature,
+                                                 with_entropy=True)
+    logp, entropy = logp * valid, entropy * valid
+    loss, _ = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages, mask, **grpo)
+    return loss, logp.detach(), entropy
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):

@@ -16,7 +16,7 @@ What sample.py calls: `token_logprobs` (from logits, for the sampler) and `logpr
 use it to run the sampler and the trainer through the kernels on a CPU).
 """
 
-from kernels.fused_linear import linear_token_logprobs
+from kernels.fused_linear import linear_grpo_loss, linear_token_logprobs
 from kernels.grpo_loss import fused_grpo_loss
 from kernels.logprob import token_entropy, token_entropy_triton, token_logprobs_reference, token_logprobs_triton
 
@@ -46,4 +46,5 @@ def logprobs_from_hidden(h, weight, targets, temperature=1.0, with_entropy=False
 
 
 __all__ = ["token_logprobs", "logprobs_from_hidden", "token_logprobs_reference", "token_entropy",
-           "token_logprobs_triton", "token_entropy_triton", "linear_token_logprobs", "fused_grpo_loss", "USE"]
+           "token_logprobs_triton", "token_entropy_triton", "linear_token_logprobs", "linear_grpo_loss",
+           "fused_grpo_loss", "USE"]

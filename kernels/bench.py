@@ -18,10 +18,14 @@ width d):
   achieved GB/s counts the bytes the fused path must move: the logits read once forward, read
   once and written once backward (3 N V bytes-per-element for fwd+bwd), for every implementation.
 
-  fused linear, log-probs from hidden states (N, d) and the output weight (V, d), summed:
-    eager     logits = h @ W.T, then the reference (the (N, V) logits and their fp32 copies exist)
-    compile   torch.compile of the same
-    ours      kernels.fused_linear.linear_token_logprobs (chunks of tokens; logits recomputed backward)
+  from hidden states, the same GRPO loss from hidden states (N, d) and the output weight (V, d):
+    eager            logits = h @ W.T, then as above (the (N, V) logits and their fp32 copies exist)
+    compile          torch.compile of the same
+    ours, log-probs  grpo_loss of kernels.fused_linear.linear_token_logprobs: chunks of tokens, the
+                     logits recomputed in the backward (4 matmuls of 2 N V d flops each)
+    ours, loss       kernels.fused_linear.linear_grpo_loss: the gradient computed in the forward (3),
+                     what train.py runs on CUDA
+    liger            liger_kernel.chunked_loss.LigerFusedLinearGRPOLoss, when installed
   achieved TFLOP/s counts 6 N V d (forward, d h, d W), against the measured matmul rate.
 
 Before anything is timed, every implementation's loss and gradients are compared with eager's on
@@ -39,7 +43,7 @@ import time
 import torch
 
 from grpo import grpo_loss
-from kernels.fused_linear import linear_token_logprobs
+from kernels.fused_linear import linear_grpo_loss, linear_token_logprobs
 from kernels.grpo_loss import fused_grpo_loss
 from kernels.logprob import token_logprobs_reference
 
@@ -102,97 +106,118 @@ def max_err(a, b):
     return (a.float() - b.float()).abs().max().item()
 
 
+def grpo_inputs(base, generator):
+    """old_logp, ref_logp, advantages, mask for a (B, T) rollout whose current log-probs are base:
+    ratios near 1 (some clipped), a KL term, and one output shorter than the rest."""
+    B, T = base.shape
+    old = base + torch.randn(B, T, device=base.device, generator=generator) * 0.1
+    ref = base + torch.randn(B, T, device=base.device, generator=generator) * 0.1
+    adv = torch.randn(B, device=base.device, generator=generator)
+    mask = torch.ones(B, T, device=base.device)
+    mask[0, T // 2:] = 0
+    return old, ref, adv, mask
+
+
+KW = dict(eps_low=0.2, beta=0.04)  # grpo_loss's settings in both sections
+
+
+def measure(impls, inputs, reps, device):
+    """Rows (name, fwd ms, fwd+bwd ms, peak bytes, loss err, grad err) for implementations
+    {name: (fn, prepare)}: fn(*tensors) -> loss, prepare(inputs) -> its own copy of the tensors it
+    takes (the in-place ones overwrite them). The first implementation is the one the others are
+    checked against, on the gradients of the tensors they share with it (leading slices)."""
+    rows, expected = [], None
+    for name, (fn, prepare) in impls.items():
+        own = [x.clone() for x in prepare(inputs)]
+        leaves = [x.clone().requires_grad_() for x in own]
+        loss = fn(*leaves)
+        loss.backward()
+        grads = [x.grad for x in leaves]
+        if expected is None:
+            expected = loss.detach(), grads
+        sliced = [g[tuple(slice(0, n) for n in e.shape)] for g, e in zip(grads, expected[1])]
+        errs = max_err(loss, expected[0]), max(max_err(g, e) for g, e in zip(sliced, expected[1]))
+        del leaves, loss, grads, sliced
+
+        def fwd():
+            with torch.no_grad():
+                fn(*own)
+
+        def fwd_bwd():
+            # the in-place backwards overwrite `own` with its gradient: later repetitions see
+            # other values but do the same work
+            fn(*(x.requires_grad_() for x in own)).backward()
+            for x in own:
+                x.requires_grad_(False)
+                x.grad = None
+
+        rows.append((name, timed(fwd, reps, device), timed(fwd_bwd, reps, device), peak_extra(fwd_bwd, device), *errs))
+    return rows
+
+
+def liger(module, name):
+    """Liger-Kernel's function, or None when it is not installed."""
+    try:
+        return getattr(__import__(f"liger_kernel.{module}", fromlist=[name]), name)
+    except ImportError:
+        return None
+
+
 def logits_level(N, V, dtype, device, reps, use_compile):
-    """Rows (name, fwd ms, fwd+bwd ms, peak bytes, loss err, grad err) and the bytes of one fwd+bwd."""
+    """The GRPO loss from (N, V) logits: rows as measure's, and the bytes of one fwd+bwd."""
     B, T = 16, max(1, N // 16)                                          # N tokens as (B, T)
     g = torch.Generator(device).manual_seed(0)
     logits = (torch.randn(B, T, V, device=device, generator=g) * 2).to(dtype)
     ids = torch.randint(0, V, (B, T), device=device, generator=g)
     with torch.no_grad():
-        base = token_logprobs_reference(logits, ids)
-    old = base + torch.randn(B, T, device=device, generator=g) * 0.1  # ratios near 1, some clipped
-    ref = base + torch.randn(B, T, device=device, generator=g) * 0.1
-    adv = torch.randn(B, device=device, generator=g)
-    mask = torch.ones(B, T, device=device)
-    mask[0, T // 2:] = 0                                                # a shorter output
-    kw = dict(eps_low=0.2, beta=0.04)
+        old, ref, adv, mask = grpo_inputs(token_logprobs_reference(logits, ids), g)
 
     def eager(z):
-        return grpo_loss(token_logprobs_reference(z, ids), old, ref, adv, mask, **kw)[0]
+        return grpo_loss(token_logprobs_reference(z, ids), old, ref, adv, mask, **KW)[0]
 
-    impls = {"eager": (eager, lambda z: z)}
+    same = lambda z: [z]  # noqa: E731
+    impls = {"eager": (eager, same)}
     if use_compile:
-        impls["compile"] = (torch.compile(eager), lambda z: z)
-    impls["ours"] = (lambda z: fused_grpo_loss(z, ids, old, ref, adv, mask, inplace=True, **kw)[0], lambda z: z)
-    try:
-        from liger_kernel.transformers.grpo_loss import triton_grpo_loss
-        # Liger takes (B, T+1, V) logits and drops the last position: give it its own padded copy,
-        # made once outside the timings, so that it is timed on the same work as the others
+        impls["compile"] = (torch.compile(eager), same)
+    impls["ours"] = (lambda z: fused_grpo_loss(z, ids, old, ref, adv, mask, inplace=True, **KW)[0], same)
+    triton_grpo_loss = liger("transformers.grpo_loss", "triton_grpo_loss")
+    if triton_grpo_loss:
+        # Liger takes (B, T+1, V) logits and drops the last position: its own padded copy, made
+        # once outside the timings, so that it is timed on the same work as the others
         impls["liger"] = (lambda z: triton_grpo_loss(z, old, ref, ids, adv, mask, temperature=1.0, eps_high=0.2,
-                                                     loss_type="grpo", inplace=True, reduce=True, **kw)[0],
-                          lambda z: torch.cat([z, z[:, :1]], 1))
-    except ImportError:
-        pass
-
-    rows, expected = [], None
-    for name, (fn, prepare) in impls.items():
-        own = prepare(logits).clone()  # this implementation's own copy: in-place backwards overwrite it
-        z = own.clone().requires_grad_()
-        loss = fn(z)
-        loss.backward()
-        grad = z.grad[:, :T]
-        if expected is None:
-            expected = loss.detach(), grad
-        errs = max_err(loss, expected[0]), max_err(grad, expected[1])
-        del z, loss, grad
-
-        def fwd():
-            with torch.no_grad():
-                fn(own)
-
-        def fwd_bwd():
-            # the in-place backwards (ours, liger) overwrite `own` with its gradient: later repetitions
-            # see other values but do the same work
-            fn(own.requires_grad_()).backward()
-            own.requires_grad_(False)
-            own.grad = None
-
-        rows.append((name, timed(fwd, reps, device), timed(fwd_bwd, reps, device), peak_extra(fwd_bwd, device), *errs))
-    return rows, 3 * N * V * logits.element_size()
+                                                     loss_type="grpo", inplace=True, reduce=True, **KW)[0],
+                          lambda z: [torch.cat([z, z[:, :1]], 1)])
+    return measure(impls, logits, reps, device), 3 * N * V * logits.element_size()
 
 
-def fused_linear(N, V, d, dtype, device, reps, use_compile):
-    """Rows as logits_level's, for log-probs from hidden states, and the FLOPs of one fwd+bwd."""
+def from_hidden(N, V, d, dtype, device, reps, use_compile):
+    """The GRPO loss from hidden states (N, d) and the output weight (V, d): rows as measure's, and
+    the flops of one fwd+bwd."""
+    B, T = 16, max(1, N // 16)
     g = torch.Generator(device).manual_seed(0)
-    h = torch.randn(N, d, device=device, generator=g).to(dtype)
+    h = torch.randn(B, T, d, device=device, generator=g).to(dtype)
     W = (torch.randn(V, d, device=device, generator=g) * d ** -0.5).to(dtype)
-    ids = torch.randint(0, V, (N,), device=device, generator=g)
+    ids = torch.randint(0, V, (B, T), device=device, generator=g)
+    with torch.no_grad():
+        old, ref, adv, mask = grpo_inputs(token_logprobs_reference(h @ W.t(), ids), g)
 
     def eager(h, W):
-        return token_logprobs_reference(h @ W.t(), ids).sum()
+        return grpo_loss(token_logprobs_reference(h @ W.t(), ids), old, ref, adv, mask, **KW)[0]
 
-    impls = {"eager": eager}
+    same = lambda hW: hW  # noqa: E731
+    impls = {"eager": (eager, same)}
     if use_compile:
-        impls["compile"] = torch.compile(eager)
-    impls["ours"] = lambda h, W: linear_token_logprobs(h, W, ids).sum()
-    rows, expected = [], None
-    for name, fn in impls.items():
-        hh, WW = h.clone().requires_grad_(), W.clone().requires_grad_()
-        loss = fn(hh, WW)
-        loss.backward()
-        if expected is None:
-            expected = loss.detach(), hh.grad, WW.grad
-        errs = max_err(loss, expected[0]), max(max_err(hh.grad, expected[1]), max_err(WW.grad, expected[2]))
-
-        def fwd():
-            with torch.no_grad():
-                fn(h, W)
-
-        def fwd_bwd():
-            fn(h.detach().requires_grad_(), W.detach().requires_grad_()).backward()
-
-        rows.append((name, timed(fwd, reps, device), timed(fwd_bwd, reps, device), peak_extra(fwd_bwd, device), *errs))
-    return rows, 6 * N * V * d
+        impls["compile"] = (torch.compile(eager), same)
+    impls["ours, log-probs"] = (lambda h, W: grpo_loss(linear_token_logprobs(h, W, ids), old, ref, adv, mask, **KW)[0],
+                                same)
+    impls["ours, loss"] = (lambda h, W: linear_grpo_loss(h, W, ids, old, ref, adv, mask, **KW)[0], same)
+    LigerLoss = liger("chunked_loss", "LigerFusedLinearGRPOLoss")
+    if LigerLoss:
+        fn = LigerLoss(beta=KW["beta"], epsilon_low=KW["eps_low"], epsilon_high=KW["eps_low"], loss_type="grpo",
+                       compiled=device == "cuda", chunk_size=1)
+        impls["liger"] = (lambda h, W: fn(h, W, ids, mask, adv, ref_per_token_logps=ref, old_per_token_logps=old)[0],
+                          same)
+    return measure(impls, (h, W), reps, device), 6 * N * V * d
 
 
 def gib(nbytes):
@@ -223,8 +248,8 @@ def main(argv=None):
             gbs = nbytes / (fb / 1e3) / 1e9
             print(f"  {impl:22s} {f:7.2f} {fb:11.2f} {gbs:6.0f} {100 * gbs / bandwidth:14.0f}% {gib(mem):>9s} "
                   f"{rows[0][2] / fb:8.1f}x {loss_err:9.1e} {grad_err:9.1e}")
-        rows, flops = fused_linear(N, V, d, dtype, args.device, args.reps, not args.no_compile)
-        print("  log-probs from hidden   fwd ms  fwd+bwd ms  TFLOP/s  % of matmul  peak GiB  vs eager mem  loss err  grad err")
+        rows, flops = from_hidden(N, V, d, dtype, args.device, args.reps, not args.no_compile)
+        print("  GRPO loss from hidden   fwd ms  fwd+bwd ms  TFLOP/s  % of matmul  peak GiB  vs eager mem  loss err  grad err")
         for impl, f, fb, mem, loss_err, grad_err in rows:
             tf = flops / (fb / 1e3) / 1e12
             ratio = "-" if mem is None else f"{mem / rows[0][3]:.3f}"

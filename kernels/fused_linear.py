@@ -1,32 +1,46 @@
 """
-Per-token log-probs straight from the last hidden states and the output-layer weight, in chunks
-of tokens, so that the (N, V) logits never exist in memory: one (chunk, V) buffer is reused for
-every chunk, forward and backward.
+Log-probs, and the GRPO loss, straight from the last hidden states and the output-layer weight,
+in chunks of tokens, so that the (N, V) logits never exist in memory: one (chunk, V) buffer is
+reused for every chunk.
 
     logits_c = h_c W^T                   one chunk of rows, (c, V)
     logp_c   = kernels/logprob.py's forward on logits_c
 
-Backward, chunk by chunk, recomputing the chunk's logits (one more matmul, instead of keeping
-N x V of them): with dz_c = g_c (onehot - softmax(z_c / T)) / T from the log-prob backward,
-written in place into the chunk's buffer,
+linear_token_logprobs returns per-token log-probs, whose upstream gradient g is known only in the
+backward. There, chunk by chunk, the chunk's logits are recomputed (one more matmul, instead of
+keeping N x V of them); with dz_c = g_c (onehot - softmax(z_c / T)) / T from the log-prob
+backward, written in place into the buffer,
 
     dh_c  = dz_c W            (c, d), written straight into its rows of dh
     dW   += dz_c^T h_c        (V, d), accumulated in fp32 across chunks
 
+linear_grpo_loss returns the GRPO loss itself (eq. 1-2, kernels/grpo_loss.py's kernel on each
+chunk). Its d loss / d logp is local to each token and known in the forward, so each chunk's whole
+backward runs right after its forward, while its logits are in the buffer: 3 matmuls of N V d
+flops in all instead of 4, no recompute. dh and dW are kept for the backward, which only scales
+them by the incoming gradient (1 for a plain loss.backward()).
+
 Memory beyond inputs and outputs: the (chunk, V) buffer, dW in fp32, and for bf16/fp16 weights
 one (V, d) product per chunk before it is added (a GEMM that writes fp32 from bf16 inputs would
-save it; that, and the recompute, are what kernels/bench.py measures against the matmul rate).
+save it). kernels/bench.py measures both functions against the matmul rate.
 
-The per-chunk log-prob and its gradient are the Triton kernels of kernels/logprob.py (on CUDA, or
-on a CPU under TRITON_INTERPRET=1). The reference is kernels.logprob.token_logprobs_reference(h @ W.T).
-The entropy of each token, for logging, comes from the same forward pass.
+The references: kernels.logprob.token_logprobs_reference(h @ W.T), and grpo.grpo_loss of that.
 
     TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py
 """
 
 import torch
 
+from kernels.grpo_loss import grpo_forward, token_inputs
 from kernels.logprob import logprob_backward, logprob_forward
+
+
+def _accumulate(dW, dz, h):
+    """dW (V, d) fp32 += dz^T h."""
+    if dz.dtype == dW.dtype:
+        dW.addmm_(dz.t(), h)                         # in one GEMM
+    else:
+        dW += dz.t() @ h  # the GEMM accumulates in fp32 inside; its bf16 result is added in fp32
 
 
 class LinearTokenLogprobs(torch.autograd.Function):
@@ -66,10 +80,7 @@ class LinearTokenLogprobs(torch.autograd.Function):
             logits = torch.mm(h, weight.t(), out=buffer[:h.size(0)])               # (c, V), recomputed
             dz = logprob_backward(logits, targets[rows], lse[rows], grad[rows], ctx.temperature, out=logits)
             torch.mm(dz, weight, out=dh[rows])                                    # (c, d)
-            if dz.dtype == dW.dtype:
-                dW.addmm_(dz.t(), h)                                              # (V, d), in one GEMM
-            else:
-                dW += dz.t() @ h  # the GEMM accumulates in fp32 inside; its bf16 result is added in fp32
+            _accumulate(dW, dz, h)                                                # (V, d)
         return dh, dW.to(weight.dtype), None, None, None, None
 
 
@@ -81,3 +92,58 @@ def linear_token_logprobs(h, weight, targets, temperature=1.0, chunk=4096, with_
     logp, entropy = LinearTokenLogprobs.apply(h2d, weight, targets.reshape(-1).contiguous(), temperature, chunk,
                                               with_entropy)
     return (logp.view(shape), entropy.view(shape)) if with_entropy else logp.view(shape)
+
+
+class LinearGRPOLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h2d, weight, targets, old_logp, ref_logp, advantages, weights, temperature, eps_low, eps_high,
+                beta, chunk, with_entropy):
+        N, V = h2d.size(0), weight.size(0)
+        backward = any(ctx.needs_input_grad[:2])     # False under torch.no_grad(): the forward alone
+        loss = torch.zeros((), dtype=torch.float32, device=h2d.device)
+        logp = torch.empty(N, dtype=torch.float32, device=h2d.device)
+        entropy = torch.empty_like(logp) if with_entropy else torch.empty(0, device=h2d.device)
+        dh = torch.empty_like(h2d) if backward else None
+        dW = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if backward else None
+        buffer = h2d.new_empty(min(chunk, N), V)
+        for i in range(0, N, chunk):
+            rows = slice(i, i + chunk)
+            h = h2d[rows]
+            logits = torch.mm(h, weight.t(), out=buffer[:h.size(0)])                 # (c, V)
+            old, ref = (None if x is None else x[rows] for x in (old_logp, ref_logp))
+            loss_c, dlogp, lp, lse, ent = grpo_forward(logits, targets[rows], old, ref, advantages[rows], weights[rows],
+                                                       temperature, eps_low, eps_high, beta, with_entropy)
+            loss += loss_c.sum()
+            logp[rows] = lp
+            if with_entropy:
+                entropy[rows] = ent
+            if backward:  # this chunk's backward now, while its logits are in the buffer
+                dz = logprob_backward(logits, targets[rows], lse, dlogp, temperature, out=logits)
+                torch.mm(dz, weight, out=dh[rows])                                    # (c, d)
+                _accumulate(dW, dz, h)                                                # (V, d)
+        ctx.save_for_backward(dh, dW)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(logp, entropy)
+        return loss, logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logp, _grad_entropy):
+        dh, dW = ctx.saved_tensors
+        return dh * grad_loss.to(dh.dtype), (dW * grad_loss).to(ctx.weight_dtype), *([None] * 11)
+
+
+def linear_grpo_loss(h, weight, targets, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None, beta=0.0,
+                     loss_type="grpo", normalizer=None, temperature=1.0, chunk=4096, with_entropy=False):
+    """
+    grpo.grpo_loss from hidden states h (B, T, d) and the output weight (V, d) instead of log-probs:
+    targets, old_logp, ref_logp, mask (B, T), advantages (B,); old_logp=None: on-policy (rho = 1).
+    Returns (loss, logp (B, T) and entropy (B, T) or None, both detached, for metrics); the loss
+    is differentiable in h and weight.
+    """
+    B, T = targets.shape
+    h2d = h.reshape(B * T, h.size(-1)).contiguous()                              # (N, d)
+    old, ref, adv, weights = token_inputs(old_logp, ref_logp, advantages, mask, beta, loss_type, normalizer)
+    loss, logp, entropy = LinearGRPOLoss.apply(h2d, weight, targets.reshape(-1).contiguous(), old, ref, adv, weights,
+                                               temperature, eps_low, eps_low if eps_high is None else eps_high, beta,
+                                               chunk, with_entropy)
+    return loss, logp.view(B, T), entropy.view(B, T) if with_entropy else None

@@ -16,6 +16,10 @@ Its derivative with respect to logp is local to the token, so the forward kernel
 (d rho / d logp = rho; the clipped term is constant in logp wherever it is the min, and
 d k3 / d logp = -exp(ref - logp) + 1). The backward is then the log-prob backward of
 kernels/logprob.py with upstream gradient g * d loss_t / d logp: dz_j = that (1[j = y] - softmax_j) / T.
+old_logp=None means on-policy (pi_theta_old = pi_theta, detached): rho = 1 with d rho / d logp = 1,
+what grpo_loss gives for old_logp = logp.detach().
+
+kernels/fused_linear.py runs the same kernel chunk by chunk from hidden states.
 
     TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py
 """
@@ -25,31 +29,21 @@ import triton
 import triton.language as tl
 
 from grpo import loss_normalizer
-from kernels.logprob import _block_v, logprob_backward
+from kernels.logprob import _block_v, _row_logprob, logprob_backward
 
 
 @triton.jit
 def _grpo_fwd_kernel(logits_ptr, targets_ptr, old_ptr, ref_ptr, adv_ptr, weight_ptr,
-                     loss_ptr, dlogp_ptr, logp_ptr, lse_ptr, stride_row, V, inv_T, eps_low, eps_high, beta,
-                     BLOCK_V: tl.constexpr, USE_REF: tl.constexpr):
+                     loss_ptr, dlogp_ptr, logp_ptr, lse_ptr, entropy_ptr, stride_row, V, inv_T, eps_low, eps_high, beta,
+                     BLOCK_V: tl.constexpr, USE_OLD: tl.constexpr, USE_REF: tl.constexpr, WITH_ENTROPY: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    base = logits_ptr + row * stride_row
-    # the online logsumexp of kernels/logprob.py
-    m = tl.full((), -1e30, tl.float32)
-    s = tl.zeros((), tl.float32)
-    for start in range(0, V, BLOCK_V):
-        cols = start + tl.arange(0, BLOCK_V)
-        z = tl.load(base + cols, mask=cols < V, other=-float("inf")).to(tl.float32) * inv_T
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
-        m = m_new
-    y = tl.load(targets_ptr + row)
-    log_s = tl.maximum(tl.log(s), 0.0)  # s >= 1 exactly; a GPU's approximate log must not dip below 0
-    logp = (tl.load(base + y).to(tl.float32) * inv_T - m) - log_s
+    logp, lse, entropy = _row_logprob(logits_ptr, targets_ptr, row, stride_row, V, inv_T, BLOCK_V, WITH_ENTROPY)
     # the GRPO terms of this token
     A = tl.load(adv_ptr + row)
     w = tl.load(weight_ptr + row)
-    ratio = tl.exp(logp - tl.load(old_ptr + row))
+    ratio = tl.full((), 1.0, tl.float32)
+    if USE_OLD:
+        ratio = tl.exp(logp - tl.load(old_ptr + row))
     unclipped = ratio * A
     clipped = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high) * A
     surrogate = tl.minimum(unclipped, clipped)
@@ -63,21 +57,49 @@ def _grpo_fwd_kernel(logits_ptr, targets_ptr, old_ptr, ref_ptr, adv_ptr, weight_
     tl.store(loss_ptr + row, -w * (surrogate - beta * kl))
     tl.store(dlogp_ptr + row, -w * (d_surrogate - beta * d_kl))
     tl.store(logp_ptr + row, logp)
-    tl.store(lse_ptr + row, m + log_s)
+    tl.store(lse_ptr + row, lse)
+    if WITH_ENTROPY:
+        tl.store(entropy_ptr + row, entropy)
+
+
+def grpo_forward(logits2d, targets, old_logp, ref_logp, advantages, weights, temperature, eps_low, eps_high, beta,
+                 with_entropy=False):
+    """(N, V) logits and (N,) per-token inputs (old_logp and ref_logp may be None) -> per-token
+    (loss, d loss / d logp, logp, lse, entropy or None), each (N,) fp32."""
+    N, V = logits2d.shape
+    loss = torch.empty(N, dtype=torch.float32, device=logits2d.device)
+    dlogp, logp, lse = torch.empty_like(loss), torch.empty_like(loss), torch.empty_like(loss)
+    entropy = torch.empty_like(loss) if with_entropy else None
+    if N:
+        _grpo_fwd_kernel[(N,)](logits2d, targets, loss if old_logp is None else old_logp,  # unused pointers: any
+                               loss if ref_logp is None else ref_logp, advantages, weights,
+                               loss, dlogp, logp, lse, loss if entropy is None else entropy, logits2d.stride(0), V,
+                               1.0 / temperature, eps_low, eps_high, beta, BLOCK_V=_block_v(V),
+                               USE_OLD=old_logp is not None, USE_REF=ref_logp is not None, WITH_ENTROPY=with_entropy)
+    return loss, dlogp, logp, lse, entropy
+
+
+def token_inputs(old_logp, ref_logp, advantages, mask, beta, loss_type, normalizer):
+    """grpo_loss's (B, T) arguments as the kernel's flat (N,) fp32 vectors: old_logp, ref_logp (None
+    when not needed), the advantage of each token, and each token's weight w_t (module docstring)."""
+    B, T = mask.shape
+    mask = mask.float()
+    if normalizer is None:
+        normalizer = loss_normalizer(loss_type, mask)
+    weights = mask / max(float(normalizer), 1.0)  # as grpo.grpo_loss: all masked gives 0, not NaN
+    if loss_type == "grpo":
+        weights = weights / mask.sum(1, keepdim=True).clamp(min=1)  # 1/|o_i|
+    flat = lambda x: None if x is None else x.reshape(-1).float().contiguous()  # noqa: E731
+    return (flat(old_logp), flat(None if beta == 0 else ref_logp), flat(advantages[:, None].expand(B, T)),
+            flat(weights))
 
 
 class FusedGRPOLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits2d, targets, old_logp, ref_logp, advantages, weights, temperature, eps_low, eps_high, beta,
                 inplace):
-        N, V = logits2d.shape
-        loss = torch.empty(N, dtype=torch.float32, device=logits2d.device)
-        dlogp, logp, lse = torch.empty_like(loss), torch.empty_like(loss), torch.empty_like(loss)
-        use_ref = ref_logp is not None
-        if N:
-            _grpo_fwd_kernel[(N,)](logits2d, targets, old_logp, ref_logp if use_ref else old_logp, advantages, weights,
-                                   loss, dlogp, logp, lse, logits2d.stride(0), V, 1.0 / temperature,
-                                   eps_low, eps_high, beta, BLOCK_V=_block_v(V), USE_REF=use_ref)
+        loss, dlogp, logp, lse, _ = grpo_forward(logits2d, targets, old_logp, ref_logp, advantages, weights,
+                                                 temperature, eps_low, eps_high, beta)
         ctx.save_for_backward(logits2d, targets, lse, dlogp)
         ctx.temperature, ctx.inplace = temperature, inplace
         ctx.mark_non_differentiable(logp)
@@ -95,22 +117,15 @@ def fused_grpo_loss(logits, targets, old_logp, ref_logp, advantages, mask, eps_l
                     loss_type="grpo", normalizer=None, temperature=1.0, inplace=False):
     """
     grpo.grpo_loss from logits (B, T, V) instead of log-probs: targets, old_logp, ref_logp, mask
-    (B, T), advantages (B,). Returns (loss, logp (B, T) detached, for metrics). Only the gradient of
-    the logits is computed; with inplace=True it overwrites the logits buffer.
+    (B, T), advantages (B,); old_logp=None: on-policy (rho = 1). Returns (loss, logp (B, T) detached,
+    for metrics). Only the gradient of the logits is computed; with inplace=True it overwrites the
+    logits buffer.
     """
     B, T, V = logits.shape
-    mask = mask.float()
-    if normalizer is None:
-        normalizer = loss_normalizer(loss_type, mask)
-    weights = mask / max(float(normalizer), 1.0)  # as grpo.grpo_loss: all masked gives 0, not NaN
-    if loss_type == "grpo":
-        weights = weights / mask.sum(1, keepdim=True).clamp(min=1)  # 1/|o_i|
     logits2d = logits.reshape(B * T, V)                               # (N, V)
     if logits2d.stride(-1) != 1:
         logits2d = logits2d.contiguous()
-    flat = lambda x: x.reshape(-1).float().contiguous()  # noqa: E731
-    loss, logp = FusedGRPOLoss.apply(
-        logits2d, targets.reshape(-1).contiguous(), flat(old_logp), None if ref_logp is None or beta == 0 else flat(ref_logp),
-        flat(advantages[:, None].expand(B, T)), flat(weights), temperature, eps_low,
-        eps_low if eps_high is None else eps_high, beta, inplace)
+    old, ref, adv, weights = token_inputs(old_logp, ref_logp, advantages, mask, beta, loss_type, normalizer)
+    loss, logp = FusedGRPOLoss.apply(logits2d, targets.reshape(-1).contiguous(), old, ref, adv, weights, temperature,
+                                     eps_low, eps_low if eps_high is None else eps_high, beta, inplace)
     return loss, logp.view(B, T)

@@ -55,9 +55,10 @@ def token_entropy(logits, temperature=1.0):
 # the Triton kernels
 
 @triton.jit
-def _logprob_fwd_kernel(logits_ptr, targets_ptr, logp_ptr, lse_ptr, entropy_ptr, stride_row, V, inv_T,
-                        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _row_logprob(logits_ptr, targets_ptr, row, stride_row, V, inv_T, BLOCK_V: tl.constexpr,
+                 WITH_ENTROPY: tl.constexpr):
+    """One row's (log pi(y), logsumexp, entropy) by the online logsumexp above (entropy 0 unless
+    WITH_ENTROPY). Shared by this file's forward kernel and kernels/grpo_loss.py's."""
     base = logits_ptr + row * stride_row
     m = tl.full((), -1e30, tl.float32)  # finite, so that (m - m') s is 0, not nan, at the first block
     s = tl.zeros((), tl.float32)
@@ -77,10 +78,18 @@ def _logprob_fwd_kernel(logits_ptr, targets_ptr, logp_ptr, lse_ptr, entropy_ptr,
     y = tl.load(targets_ptr + row)
     z_y = tl.load(base + y).to(tl.float32) * inv_T
     log_s = tl.maximum(tl.log(s), 0.0)  # s >= 1 exactly; a GPU's approximate log must not dip below 0
-    tl.store(logp_ptr + row, (z_y - m) - log_s)
-    tl.store(lse_ptr + row, m + log_s)
+    return (z_y - m) - log_s, m + log_s, log_s - t / s
+
+
+@triton.jit
+def _logprob_fwd_kernel(logits_ptr, targets_ptr, logp_ptr, lse_ptr, entropy_ptr, stride_row, V, inv_T,
+                        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    logp, lse, entropy = _row_logprob(logits_ptr, targets_ptr, row, stride_row, V, inv_T, BLOCK_V, WITH_ENTROPY)
+    tl.store(logp_ptr + row, logp)
+    tl.store(lse_ptr + row, lse)
     if WITH_ENTROPY:
-        tl.store(entropy_ptr + row, log_s - t / s)
+        tl.store(entropy_ptr + row, entropy)
 
 
 @triton.jit

@@ -10,7 +10,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from grpo import grpo_loss
-from kernels import fused_grpo_loss, linear_token_logprobs, token_entropy, token_entropy_triton, token_logprobs_triton
+from kernels import (fused_grpo_loss, linear_grpo_loss, linear_token_logprobs, token_entropy, token_entropy_triton,
+                     token_logprobs_triton)
 from kernels.logprob import token_logprobs_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -118,6 +119,41 @@ def test_fused_linear_matches_reference(N, d, V, chunk):
     close(W1.grad, W2.grad, 1e-5)
 
 
+@pytest.mark.parametrize("on_policy", [False, True])
+@pytest.mark.parametrize("loss_type, beta", [("grpo", 0.1), ("token", 0.0), ("dr_grpo", 0.1)])
+def test_linear_grpo_loss_matches_grpo_py(on_policy, loss_type, beta):
+    # the GRPO loss from hidden states, its gradient computed in the forward, against
+    # grpo.grpo_loss of the reference log-probs of h @ W.T; on_policy: old_logp=None, which is
+    # grpo_loss with old_logp = logp.detach()
+    B, T, d, V = 3, 5, 16, 1000
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(B, T, d, generator=g).to(DEVICE)
+    W = (torch.randn(V, d, generator=g) * 0.5).to(DEVICE)
+    targets = torch.randint(0, V, (B, T), generator=g).to(DEVICE)
+    base = token_logprobs_reference(h @ W.t(), targets, 0.7)
+    old = base + (torch.randn(B, T, generator=g) * 0.5).to(DEVICE)
+    ref = base + (torch.randn(B, T, generator=g) * 0.3).to(DEVICE)
+    A = torch.randn(B, generator=g).to(DEVICE)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], device=DEVICE).float()
+    kw = dict(eps_low=0.2, eps_high=0.28, beta=beta, loss_type=loss_type)
+    h1, W1, h2, W2 = (x.clone().requires_grad_() for x in (h, W, h, W))
+    ours, logp, entropy = linear_grpo_loss(h1, W1, targets, None if on_policy else old, ref, A, mask,
+                                           temperature=0.7, chunk=4, with_entropy=True, **kw)  # 4 chunks, one short
+    lp = token_logprobs_reference(h2 @ W2.t(), targets, 0.7)
+    theirs, _ = grpo_loss(lp, lp.detach() if on_policy else old, ref, A, mask, **kw)
+    close(ours, theirs, 1e-6)
+    close(logp, base, 1e-5)
+    close(entropy, token_entropy(h @ W.t(), 0.7), 1e-4)
+    ours.backward()
+    theirs.backward()
+    close(h1.grad, h2.grad, 1e-6)
+    close(W1.grad, W2.grad, 1e-6)
+    assert h1.grad[2].abs().max() == 0                              # masked tokens get no gradient
+    with torch.no_grad():                                           # the forward alone: the same loss
+        close(linear_grpo_loss(h, W, targets, None if on_policy else old, ref, A, mask, temperature=0.7, **kw)[0],
+              theirs, 1e-6)
+
+
 class Allocations(TorchDispatchMode):
     """Records the size (elements) of every new tensor an op returns: ops whose results alias an
     input (views, in-place ops, out=) allocate nothing and are left out."""
@@ -163,6 +199,10 @@ def test_fused_linear_never_holds_the_logits():
     assert max(reference.sizes) >= N * V                                  # the oracle: eager holds (N, V)
     assert max(ours.sizes) == max(chunk * V, V * d)                       # ours: (chunk, V) buffers and dW
     assert ours.sizes.count(chunk * V) == 2                               # one buffer forward, one backward
+    with Allocations() as loss:                                           # the loss: its backward in the forward
+        A, mask = torch.ones(N // 8), torch.ones(N // 8, 8)
+        linear_grpo_loss(h, W, targets.view(-1, 8), None, None, A, mask, chunk=chunk)[0].backward()
+    assert max(loss.sizes) == max(chunk * V, V * d) and loss.sizes.count(chunk * V) == 1
 
 
 def test_training_path_uses_the_reference_on_cpu_and_agrees_with_the_kernel():
@@ -269,7 +309,9 @@ def test_bench_runs_every_implementation_and_they_agree(capsys):
     # timings mean nothing); what is checked is that every row is there and agrees with eager
     from kernels import bench
     bench.main(["--device", DEVICE, "--shape", "48,1000,16", "--dtype", "fp32", "--no_compile", "--reps", "1"])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and "ms" not in line]
-    assert [r[0] for r in rows][:2] == ["eager", "ours"] and [r[0] for r in rows][-2:] == ["eager", "ours"]
-    for row in rows:
-        assert float(row[-2]) < 1e-5 and float(row[-1]) < 1e-5, row  # loss err, grad err against eager
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and " ms " not in line]
+    names = [line[:24].strip() for line in lines]
+    assert [n for n in names if n != "liger"] == ["eager", "ours", "eager", "ours, log-probs", "ours, loss"]
+    for line in lines:
+        loss_err, grad_err = map(float, line.split()[-2:])
+        assert loss_err < 1e-5 and grad_err < 1e-5, line  # against eager

@@ -155,6 +155,28 @@ def test_micro_batches_give_the_same_update_as_one_batch(loss_type):
     assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-6) and m1["kl"] == pytest.approx(m2["kl"], abs=1e-6)
 
 
+@pytest.mark.parametrize("minibatches", ["1", "2"])
+def test_kernel_path_gives_the_same_update_as_the_reference(minibatches, monkeypatch):
+    # what CUDA runs (the GRPO loss fused with the output layer, its gradient computed in the
+    # forward: kernels.linear_grpo_loss) against the reference path, here under Triton's interpreter;
+    # 1 mini-batch: on-policy, old_logp=None; 2: the second mini-batch sees a moved policy
+    import copy
+    import torch
+    import kernels
+    model, out, A = small_rollout()
+    ref = copy.deepcopy(model).requires_grad_(False)
+    models, metrics = {}, {}
+    for use in ("never", "always"):
+        monkeypatch.setattr(kernels, "USE", use)
+        models[use] = copy.deepcopy(model)
+        metrics[use] = update(models[use], out, A, ["--beta", "0.1", "--minibatches", minibatches], ref=ref, lr=3.0)
+    for p, q in zip(models["never"].parameters(), models["always"].parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
+    for k in ("loss", "kl", "ratio", "clip_frac", "entropy", "grad_norm"):
+        assert metrics["always"][k] == pytest.approx(metrics["never"][k], abs=1e-5), k
+    assert (metrics["never"]["clip_frac"] > 0) == (minibatches == "2")  # the moved policy is clipped
+
+
 def test_sampler_and_trainer_agree_and_minibatches_move_the_ratio():
     model, out, A = small_rollout()
     m = update(model, out, A, ["--beta", "0", "--minibatches", "4", "--lr", "1"], lr=3.0)
