@@ -32,23 +32,27 @@ def test_cached_generate_matches_naive_decoding():
             assert (row[n:] == PAD).all()
 
 
-@pytest.mark.parametrize("use", ["cuda", "always"])
-def test_sampler_logprobs_equal_trainer_logprobs(use, monkeypatch):
-    # oracle: each row alone, unpadded, no shared prefix, no cache. use="always": the sampler
-    # through the log-prob kernel, the trainer through the fused linear one, as on CUDA (on a CPU
-    # under Triton's interpreter)
+# the kernel path, the sampler on the log-prob kernel and the trainer on the fused linear one: on
+# CUDA as train.py runs it, on a CPU under Triton's interpreter (kernels.USE = "always")
+KERNEL_PATH = ("cuda", "cuda") if torch.cuda.is_available() else ("cpu", "always")
+
+
+@pytest.mark.parametrize("device, use", [("cpu", "never"), KERNEL_PATH])
+def test_sampler_logprobs_equal_trainer_logprobs(device, use, monkeypatch):
+    # oracle: each row alone, unpadded, no shared prefix, no cache, the reference log-probs
     monkeypatch.setattr(kernels, "USE", use)
-    model = tiny()
+    model = tiny().to(device)
     out = generate(model, PROMPTS, G=4, max_new_tokens=15, stop_ids=STOP, pad=PAD,
-                   temperature=0.7, generator=torch.Generator().manual_seed(0))
+                   temperature=0.7, generator=torch.Generator(device).manual_seed(0))
     mask = out.batch.completion_mask
     trainer = completion_logprobs(model, out.batch, temperature=0.7)
     torch.testing.assert_close(trainer, out.sampler_logp, atol=1e-5, rtol=0)
     for r in range(mask.size(0)):
         n = int(mask[r].sum())
-        seq = PROMPTS[r // 4] + out.batch.completions[r, :n].tolist()
-        logits = model.lm_head(model(torch.tensor([seq]))[0])[0, len(PROMPTS[r // 4]) - 1:-1]
-        ref = token_logprobs_reference(logits, torch.tensor(seq[len(PROMPTS[r // 4]):]), 0.7)
+        prompt = PROMPTS[r // 4]
+        seq = torch.tensor(prompt + out.batch.completions[r, :n].tolist(), device=device)
+        logits = model.lm_head(model(seq[None])[0])[0, len(prompt) - 1:-1]
+        ref = token_logprobs_reference(logits, seq[len(prompt):], 0.7)
         torch.testing.assert_close(trainer[r, :n], ref, atol=1e-5, rtol=0)
 
 

@@ -114,7 +114,7 @@ def test_missing_checkpoint_and_too_long_prompt_errors(run):
 
 # --- the GRPO update of train.py (issue: GRPO, exactly) on a small random model ---
 
-def small_rollout(seed=0, B_questions=4, G=4, max_new=12):
+def small_rollout(seed=0, B_questions=4, G=4, max_new=12, device="cpu"):
     import torch
     from model import GPT, ModelConfig
     from sample import generate
@@ -122,10 +122,10 @@ def small_rollout(seed=0, B_questions=4, G=4, max_new=12):
     tok = get_tokenizer()
     torch.manual_seed(seed)
     model = GPT(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64,
-                            block_size=128))
+                            block_size=128)).to(device)
     prompts = [tok.encode(f"Compute {i} + {i + 1}.") for i in range(B_questions)]
-    out = generate(model, prompts, G, max_new, [tok.eot], tok.pad, generator=torch.Generator().manual_seed(seed))
-    advantages = torch.randn(B_questions * G, generator=torch.Generator().manual_seed(seed + 1))
+    out = generate(model, prompts, G, max_new, [tok.eot], tok.pad, generator=torch.Generator(device).manual_seed(seed))
+    advantages = torch.randn(B_questions * G, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     return model, out, advantages
 
 
@@ -158,22 +158,24 @@ def test_micro_batches_give_the_same_update_as_one_batch(loss_type):
 @pytest.mark.parametrize("minibatches", ["1", "2"])
 def test_kernel_path_gives_the_same_update_as_the_reference(minibatches, monkeypatch):
     # what CUDA runs (the GRPO loss fused with the output layer, its gradient computed in the
-    # forward: kernels.linear_grpo_loss) against the reference path, here under Triton's interpreter;
+    # forward: kernels.linear_grpo_loss) against the reference path on the same device; on a CPU
+    # the kernels run under Triton's interpreter (kernels.USE = "always").
     # 1 mini-batch: on-policy, old_logp=None; 2: the second mini-batch sees a moved policy
     import copy
     import torch
     import kernels
-    model, out, A = small_rollout()
+    device, kernel_use = ("cuda", "cuda") if torch.cuda.is_available() else ("cpu", "always")
+    model, out, A = small_rollout(device=device)
     ref = copy.deepcopy(model).requires_grad_(False)
     models, metrics = {}, {}
-    for use in ("never", "always"):
+    for use in ("never", kernel_use):
         monkeypatch.setattr(kernels, "USE", use)
         models[use] = copy.deepcopy(model)
         metrics[use] = update(models[use], out, A, ["--beta", "0.1", "--minibatches", minibatches], ref=ref, lr=3.0)
-    for p, q in zip(models["never"].parameters(), models["always"].parameters()):
+    for p, q in zip(models["never"].parameters(), models[kernel_use].parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
     for k in ("loss", "kl", "ratio", "clip_frac", "entropy", "grad_norm"):
-        assert metrics["always"][k] == pytest.approx(metrics["never"][k], abs=1e-5), k
+        assert metrics[kernel_use][k] == pytest.approx(metrics["never"][k], abs=1e-5), k
     assert (metrics["never"]["clip_frac"] > 0) == (minibatches == "2")  # the moved policy is clipped
 
 
