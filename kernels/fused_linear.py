@@ -35,11 +35,14 @@ from kernels.grpo_loss import grpo_forward, token_inputs
 from kernels.logprob import logprob_backward, logprob_forward
 
 
-def _accumulate(dW, dz, h):
-    """dW (V, d) fp32 += dz^T h."""
-    if dz.dtype == dW.dtype:
-        dW.addmm_(dz.t(), h)                         # in one GEMM
-    else:
+def _chunk_grads(dh, dW, dz, h, weight, rows):
+    """One chunk's share of the gradients from its dz (c, V): dh[rows] = dz W, dW += dz^T h in fp32
+    (either may be None: not wanted)."""
+    if dh is not None:
+        torch.mm(dz, weight, out=dh[rows])                                       # (c, d)
+    if dW is not None and dz.dtype == dW.dtype:
+        dW.addmm_(dz.t(), h)                                                     # (V, d), in one GEMM
+    elif dW is not None:
         dW += dz.t() @ h  # the GEMM accumulates in fp32 inside; its bf16 result is added in fp32
 
 
@@ -70,8 +73,8 @@ class LinearTokenLogprobs(torch.autograd.Function):
     def backward(ctx, grad, _grad_entropy):
         h2d, weight, targets, lse = ctx.saved_tensors
         N, V = h2d.size(0), weight.size(0)
-        dh = torch.empty_like(h2d)
-        dW = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        dh = torch.empty_like(h2d) if ctx.needs_input_grad[0] else None
+        dW = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         grad = grad.float().contiguous()
         buffer = h2d.new_empty(min(ctx.chunk, N), V)
         for i in range(0, N, ctx.chunk):
@@ -79,9 +82,8 @@ class LinearTokenLogprobs(torch.autograd.Function):
             h = h2d[rows]
             logits = torch.mm(h, weight.t(), out=buffer[:h.size(0)])               # (c, V), recomputed
             dz = logprob_backward(logits, targets[rows], lse[rows], grad[rows], ctx.temperature, out=logits)
-            torch.mm(dz, weight, out=dh[rows])                                    # (c, d)
-            _accumulate(dW, dz, h)                                                # (V, d)
-        return dh, dW.to(weight.dtype), None, None, None, None
+            _chunk_grads(dh, dW, dz, h, weight, rows)
+        return dh, None if dW is None else dW.to(weight.dtype), None, None, None, None
 
 
 def linear_token_logprobs(h, weight, targets, temperature=1.0, chunk=4096, with_entropy=False):
@@ -103,8 +105,8 @@ class LinearGRPOLoss(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=h2d.device)
         logp = torch.empty(N, dtype=torch.float32, device=h2d.device)
         entropy = torch.empty_like(logp) if with_entropy else torch.empty(0, device=h2d.device)
-        dh = torch.empty_like(h2d) if backward else None
-        dW = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if backward else None
+        dh = torch.empty_like(h2d) if ctx.needs_input_grad[0] else None
+        dW = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         buffer = h2d.new_empty(min(chunk, N), V)
         for i in range(0, N, chunk):
             rows = slice(i, i + chunk)
@@ -119,8 +121,7 @@ class LinearGRPOLoss(torch.autograd.Function):
                 entropy[rows] = ent
             if backward:  # this chunk's backward now, while its logits are in the buffer
                 dz = logprob_backward(logits, targets[rows], lse, dlogp, temperature, out=logits)
-                torch.mm(dz, weight, out=dh[rows])                                    # (c, d)
-                _accumulate(dW, dz, h)                                                # (V, d)
+                _chunk_grads(dh, dW, dz, h, weight, rows)
         ctx.save_for_backward(dh, dW)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(logp, entropy)
@@ -128,8 +129,9 @@ class LinearGRPOLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logp, _grad_entropy):
-        dh, dW = ctx.saved_tensors
-        return dh * grad_loss.to(dh.dtype), (dW * grad_loss).to(ctx.weight_dtype), *([None] * 11)
+        dh, dW = ctx.saved_tensors  # None where not wanted
+        return (None if dh is None else dh * grad_loss.to(dh.dtype),
+                None if dW is None else (dW * grad_loss).to(ctx.weight_dtype), *([None] * 11))
 
 
 def linear_grpo_loss(h, weight, targets, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None, beta=0.0,

@@ -154,6 +154,28 @@ def test_linear_grpo_loss_matches_grpo_py(on_policy, loss_type, beta):
               theirs, 1e-6)
 
 
+def test_fused_linear_with_a_frozen_output_layer():
+    # only the gradients asked for: h's; the frozen weight gets none
+    g = torch.Generator().manual_seed(2)
+    h, W = torch.randn(2, 3, 8, generator=g).to(DEVICE), torch.randn(50, 8, generator=g).to(DEVICE)
+    targets = torch.randint(0, 50, (2, 3), generator=g).to(DEVICE)
+    A, mask = torch.tensor([1.0, -1.0], device=DEVICE), torch.ones(2, 3, device=DEVICE)
+
+    def reference_loss(h):
+        logp = token_logprobs_reference(h @ W.t(), targets)
+        return grpo_loss(logp, logp.detach(), None, A, mask)[0]
+
+    pairs = [(lambda h: linear_token_logprobs(h, W, targets, chunk=4).sum(),
+              lambda h: token_logprobs_reference(h @ W.t(), targets).sum()),
+             (lambda h: linear_grpo_loss(h, W, targets, None, None, A, mask, chunk=4)[0], reference_loss)]
+    for ours, reference in pairs:
+        h1, h2 = h.clone().requires_grad_(), h.clone().requires_grad_()
+        ours(h1).backward()
+        reference(h2).backward()
+        close(h1.grad, h2.grad, 1e-6)
+        assert W.grad is None
+
+
 class Allocations(TorchDispatchMode):
     """Records the size (elements) of every new tensor an op returns: ops whose results alias an
     input (views, in-place ops, out=) allocate nothing and are left out."""
