@@ -1,16 +1,18 @@
 """
-Fast paths for the per-token log-prob computation, each beside its plain PyTorch reference.
+Fast paths for the per-token log-prob computation and the GRPO loss, each beside its plain
+PyTorch reference.
 
     logprob.py       log pi(y) (and entropy) from logits: online logsumexp, one read of the logits
                      forward, one read and one write backward (optionally in place)
     grpo_loss.py     the GRPO loss of eq. 1-2 fused into that pass (ratio, clipping, k3 KL, masking)
-    fused_linear.py  log-probs from hidden states and the output weight in chunks of tokens: the
+    fused_linear.py  both from hidden states and the output weight, in chunks of tokens: the
                      (N, V) logits never exist in memory at once
     bench.py         python -m kernels.bench: eager, torch.compile, these kernels (and Liger-Kernel
-                     when installed), side by side on a GPU
+                     when installed), side by side
 
-What sample.py calls: `token_logprobs` (from logits, for the sampler) and `logprobs_from_hidden`
-(from hidden states, for the trainer). `kernels.USE` says where they take the kernels:
+What sample.py calls: `token_logprobs` (from logits, for the sampler), `logprobs_from_hidden`
+(from hidden states: the old policy's and the reference model's log-probs) and
+`linear_grpo_loss` (the trainer's loss, on CUDA). `kernels.USE` says where the kernels are taken:
 "cuda" (the default) on CUDA tensors and the references on a CPU; "never" (train.py
 --no_kernels); "always", CPU tensors included, which needs TRITON_INTERPRET=1 there (the tests
 use it to run the sampler and the trainer through the kernels on a CPU).
