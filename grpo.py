@@ -96,6 +96,20 @@ def loss_normalizer(loss_type, mask, max_len=None):
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
+def token_weights(mask, loss_type="grpo", normalizer=None):
+    """
+    The weight of each token in eq. 1's sums, (B, T): mask / normalizer, and for "grpo" also the
+    1/|o_i| of each output's token mean. normalizer: see loss_normalizer; by default this batch's
+    own. A step of nothing but masked tokens gets weights 0, not NaN.
+    """
+    if normalizer is None:
+        normalizer = loss_normalizer(loss_type, mask)
+    weights = mask / max(float(normalizer), 1.0)
+    if loss_type == "grpo":                                        # 1/|o_i| sum over t, then 1/G sum over i
+        weights = weights / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    return weights
+
+
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None, beta=0.0,
               loss_type="grpo", normalizer=None):
     """
@@ -116,12 +130,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=
     surrogate = torch.min(unclipped, clipped)                      # the clipped surrogate of eq. 1
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = surrogate - beta * kl                              # - beta * D_KL (eq. 2)
-    if loss_type == "grpo":                                        # 1/|o_i| sum over t ...
-        per_token = per_token / mask.sum(dim=1, keepdim=True).clamp(min=1)
-    if normalizer is None:
-        normalizer = loss_normalizer(loss_type, mask)
-    # ... then 1/G sum over i; a step of nothing but masked tokens has loss 0, not NaN
-    J = (per_token * mask).sum() / max(float(normalizer), 1.0)
+    J = (per_token * token_weights(mask, loss_type, normalizer)).sum()
     loss = -J
     return loss, grpo_metrics(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high)
 

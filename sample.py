@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
-from grpo import grpo_loss
+from grpo import grpo_loss, grpo_metrics
 from kernels import token_logprobs
 from model import KVCache
 
@@ -109,24 +109,26 @@ def completion_logprobs(model, batch: Batch, temperature=1.0, entropy=False):
     return (out[0] * mask, out[1] * mask) if entropy else out * mask
 
 
-def completion_grpo_loss(model, batch: Batch, temperature, old_logp, ref_logp, advantages, mask, **grpo):
+def completion_grpo_loss(model, batch: Batch, temperature, old_logp, ref_logp, advantages, mask, eps_low=0.2,
+                         eps_high=None, **loss_kw):
     """The trainer's GRPO loss (grpo.grpo_loss, eq. 1-2) of the batch's completions, old_logp=None
-    meaning on-policy (pi_theta_old = pi_theta). Returns (loss, logp, entropy), the last two (B, C)
-    detached, for metrics. On CUDA in one pass from the hidden states (kernels.linear_grpo_loss):
-    the logits are never held, nor recomputed for the backward; elsewhere the reference path,
+    meaning on-policy (pi_theta_old = pi_theta); loss_kw: grpo_loss's beta, loss_type, normalizer.
+    Returns (loss, metrics, logp, entropy), the last two (B, C) detached. On CUDA in one pass from the hidden states (kernels.linear_grpo_loss): the
+    logits are never held, nor recomputed for the backward; elsewhere the reference path,
     completion_logprobs then grpo_loss."""
-    h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d)
-    valid = batch.completion_mask
-    if kernels.fast(h):
+    if kernels.fast(model.lm_head.weight):
+        h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): the states that predict each token
         loss, logp, entropy = kernels.linear_grpo_loss(h, model.lm_head.weight, batch.completions, old_logp, ref_logp,
-                                                       advantages, mask, temperature=temperature, with_entropy=True,
-                                                       **grpo)
-        return loss, logp * valid, entropy * valid
-    logp, entropy = kernels.logprobs_from_hidden(h, model.lm_head.weight, batch.completions, temperature,
-                                                 with_entropy=True)
-    logp, entropy = logp * valid, entropy * valid
-    loss, _ = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages, mask, **grpo)
-    return loss, logp.detach(), entropy
+                                                       advantages, mask, eps_low, eps_high, temperature=temperature,
+                                                       with_entropy=True, **loss_kw)
+        logp, entropy = logp * batch.completion_mask, entropy * batch.completion_mask
+        metrics = grpo_metrics(logp, logp if old_logp is None else old_logp, ref_logp, advantages, mask,
+                               eps_low, eps_high)
+        return loss, metrics, logp, entropy
+    logp, entropy = completion_logprobs(model, batch, temperature, entropy=True)
+    loss, metrics = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages, mask,
+                              eps_low, eps_high, **loss_kw)
+    return loss, metrics, logp.detach(), entropy
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):

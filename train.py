@@ -102,7 +102,7 @@ PRESETS = {"r1zero": dict(lr=3e-6, beta=0.001, group_size=16, questions=32, ref_
 
 import dist  # noqa: E402  (flags first, as the reader sees them)
 import kernels  # noqa: E402
-from grpo import group_advantages, grpo_metrics, loss_normalizer  # noqa: E402
+from grpo import group_advantages, loss_normalizer  # noqa: E402
 from model import load_checkpoint, save_checkpoint  # noqa: E402
 from pretrain import base_model, cache_path  # noqa: E402
 from rewards import parse_rewards  # noqa: E402
@@ -217,14 +217,12 @@ def grpo_update(policy, ref, opt, out, advantages, args, generator):
             for j, idx in enumerate(parts):
                 sync = j == len(parts) - 1 or not hasattr(policy, "no_sync")  # DDP: all-reduce on the last only
                 with contextlib.nullcontext() if sync else policy.no_sync():
-                    old, ref_ = (None if x is None else x[idx] for x in (old_logp, ref_logp))
-                    loss, logp, entropy = policy(batch.select(idx), args.temperature, grpo=dict(
-                        old_logp=old, ref_logp=ref_, advantages=advantages[idx], mask=mask[idx],
+                    old_mb, ref_mb = (None if x is None else x[idx] for x in (old_logp, ref_logp))
+                    loss, m, logp, entropy = policy(batch.select(idx), args.temperature, grpo=dict(
+                        old_logp=old_mb, ref_logp=ref_mb, advantages=advantages[idx], mask=mask[idx],
                         eps_low=args.clip_eps, eps_high=args.clip_eps_high, beta=args.beta,
                         loss_type=args.loss_type, normalizer=norm))
                     (loss * world).backward()  # DDP and FSDP average over ranks; the global loss is their sum
-                m = grpo_metrics(logp, logp if old is None else old, ref_, advantages[idx], mask[idx],
-                                 args.clip_eps, args.clip_eps_high)
                 total = total + loss.detach()
                 n = m["tokens"]  # the metrics are means over this micro-batch's tokens: back to sums
                 sums += torch.stack([m["kl"] * n, m["ratio"] * n, m["clip_low"] * n, m["clip_high"] * n,

@@ -36,6 +36,7 @@ device synchronised around each. Nothing here is a test: run it on a GPU and rea
 """
 
 import argparse
+import importlib
 import os
 import statistics
 import time
@@ -156,9 +157,9 @@ def measure(impls, inputs, reps, device):
 
 
 def liger(module, name):
-    """Liger-Kernel's function, or None when it is not installed."""
+    """liger_kernel.<module>.<name>, or None when Liger-Kernel is not installed."""
     try:
-        return getattr(__import__(f"liger_kernel.{module}", fromlist=[name]), name)
+        return getattr(importlib.import_module(f"liger_kernel.{module}"), name)
     except ImportError:
         return None
 

@@ -4,8 +4,8 @@ and masking per token, with the gradient of the logits written in one more pass.
 is grpo.grpo_loss applied to kernels.logprob.token_logprobs_reference; tests compare the two,
 gradients included.
 
-Per token t of output i (rho = exp(logp - old_logp), w_t the token's weight in the aggregation:
-mask_t / normalizer, times 1/|o_i| for loss_type "grpo"):
+Per token t of output i (rho = exp(logp - old_logp), w_t the token's weight in eq. 1's sums,
+grpo.token_weights: mask_t / normalizer, times 1/|o_i| for loss_type "grpo"):
 
     loss_t = -w_t [ min(rho A_i, clip(rho, 1-eps_low, 1+eps_high) A_i) - beta k3(logp, ref_logp) ]
 
@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from grpo import loss_normalizer
+from grpo import token_weights
 from kernels.logprob import _block_v, _row_logprob, logprob_backward
 
 
@@ -83,15 +83,9 @@ def token_inputs(old_logp, ref_logp, advantages, mask, beta, loss_type, normaliz
     """grpo_loss's (B, T) arguments as the kernel's flat (N,) fp32 vectors: old_logp, ref_logp (None
     when not needed), the advantage of each token, and each token's weight w_t (module docstring)."""
     B, T = mask.shape
-    mask = mask.float()
-    if normalizer is None:
-        normalizer = loss_normalizer(loss_type, mask)
-    weights = mask / max(float(normalizer), 1.0)  # as grpo.grpo_loss: all masked gives 0, not NaN
-    if loss_type == "grpo":
-        weights = weights / mask.sum(1, keepdim=True).clamp(min=1)  # 1/|o_i|
     flat = lambda x: None if x is None else x.reshape(-1).float().contiguous()  # noqa: E731
     return (flat(old_logp), flat(None if beta == 0 else ref_logp), flat(advantages[:, None].expand(B, T)),
-            flat(weights))
+            flat(token_weights(mask.float(), loss_type, normalizer)))
 
 
 class FusedGRPOLoss(torch.autograd.Function):
