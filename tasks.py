@@ -40,8 +40,25 @@ TEMPLATE = (
     "<answer> answer here </answer>. User: {prompt}. Assistant:")
 
 
-def render_prompt(question: str) -> str:
-    return TEMPLATE.format(prompt=question)
+# the template's instruction, without the "User: ... Assistant:" turns, as a chat model's system message
+SYSTEM = TEMPLATE.split(" User:")[0]
+# chat formats of instruct models: the instruction as the system message, the question as the
+# user's turn, and the assistant's turn opened (what the tokenizer's own chat template renders)
+CHAT = {
+    "chatml": "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+    "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+}
+
+
+def render_prompt(question: str, chat: str | None = None) -> str:
+    """The R1-Zero prompt for a question: Table 1's template for a base model (chat=None), or the
+    same instruction and question in an instruct model's chat format ("chatml", "llama3")."""
+    if chat is None:
+        return TEMPLATE.format(prompt=question)
+    if chat not in CHAT:
+        raise ValueError(f"unknown chat format '{chat}': use one of {', '.join(CHAT)} (or none for the R1-Zero template)")
+    return CHAT[chat].format(system=SYSTEM, prompt=question)
 
 
 class AdditionTask:

@@ -43,6 +43,15 @@ class Tokenizer:
         for attr, tok in zip(["eot", "think", "end_think", "answer", "end_answer", "pad"], SPECIALS):
             setattr(self, attr, enc.encode_single_token(tok))
 
+    # what ends a completion: these ids, or (for a tokenizer whose vocabulary lacks the tags as
+    # single tokens, e.g. a real BPE) the decoded text ending in one of stop_texts
+    @property
+    def stop_ids(self) -> list[int]:
+        return [self.eot, self.end_answer]
+
+    stop_texts: tuple[str, ...] = ()
+    chat: str | None = None  # the prompt format: None (the R1-Zero template) or tasks.CHAT's "chatml", "llama3"
+
     def encode(self, text: str) -> list[int]:
         # the R1-Zero template itself names the tags, so they are encoded as the special tokens
         return self.enc.encode(text, allowed_special="all")
