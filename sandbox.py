@@ -3,25 +3,41 @@ Running model-generated code, which is hostile by assumption: the paper's compil
 reward runs the policy's programs against test cases, and a policy under RL will find whatever
 the runner lets through.
 
-`run_python(source, stdin)` runs a program in a separate process, in layers:
-  - a new session (process group), killed as a whole at the end, whatever happened;
-  - a wall-clock timeout, and rlimits on CPU time, address space (memory), file size (which also
-    caps the output: stdout and stderr go to files), open files, core dumps and processes (root
-    ignores the last one: there the hook below is what stops a fork bomb);
-  - an empty temporary working directory, removed afterwards, and an empty environment (python
-    -I: no inherited variables, so no secrets, no user site, no PYTHONPATH);
-  - inside the child, an audit hook (PEP 578), installed before the program runs and impossible
-    to remove from Python, that refuses subprocesses, fork/exec, sockets, ctypes, and opening
-    files for writing outside the working directory.
-What is left out: this is not a kernel-level sandbox (no namespaces, seccomp or containers); a
-program that escapes Python through a native extension already on the machine is not stopped by
-the hook, only by the rlimits. Run untrusted code at scale in a container as well.
+`run_python(source, stdin)` runs a program under kernel-level isolation that does not depend on
+Python's cooperation, built from what a stock Linux host provides (bubblewrap, util-linux):
+  - no root: started as an unprivileged uid/gid that no account uses (when the trainer is root;
+    otherwise the trainer's own uid), no supplementary groups, no capabilities, no_new_privs, and
+    no further user namespaces (bwrap --disable-userns);
+  - its own user, PID, network, IPC, UTS and mount namespaces: no network interface but a
+    loopback that is down, no view of or signal to any process outside, and when its first
+    process ends (or is killed on the timeout) the kernel kills every process left in the PID
+    namespace, including ones that called setsid or double-forked;
+  - a read-only filesystem of /usr (and the interpreter's prefix if it lives elsewhere),
+    /etc/ld.so.cache, a fresh /dev and a /proc of its own processes, with two writable places,
+    each a private tmpfs of bounded size: the scratch directory /tmp (its working directory,
+    which holds the program, read-only) and /dev/shm. No /root, /home, project or data directories;
+  - an empty environment and no inherited file descriptors but stdin, stdout and stderr;
+  - rlimits set by the kernel before the program runs, which it cannot raise: CPU time, address
+    space, file size (stdout and stderr go to files, so this caps the output too), open files,
+    no core dumps, and processes and threads (counted inside the sandbox's own user namespace,
+    so the bound holds for each run on its own); plus a wall-clock timeout.
+Policy: process creation, threads and file writes are allowed inside, because they are contained
+(a fork bomb hits the process limit, nothing survives the run, writes land in the scratch tmpfs).
+
+What is left out: no seccomp filter (the kernel's whole syscall surface is reachable, only as an
+unprivileged user without capabilities: a kernel exploit is not stopped), no cgroup (memory is
+bounded per process, so in total by memory x processes; CPU by the CPU rlimit per process), and
+reads of world-readable files under /usr are allowed. Where the isolation cannot be set up,
+run_python refuses with one line (SandboxError) that says what is missing; it runs code without
+isolation only when asked by the loudly named opt-out, run_python(..., unsafe_no_isolation=True)
+or AHA_UNSAFE_NO_SANDBOX=1 in the environment. Needs: `apt-get install bubblewrap`, and
+unprivileged user namespaces enabled (/proc/sys/user/max_user_namespaces > 0).
 
     python -m pytest tests/test_sandbox.py
 """
 
+import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -29,33 +45,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-# runs first in the child: installs the hook, then executes program.py from the working directory
-BOOTSTRAP = r"""
-import os, sys
-ROOT = os.path.realpath(os.getcwd())
-WRITE = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-BLOCKED = ("subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-           "pty.", "socket.", "ctypes.", "os.kill", "os.killpg", "signal.pthread_kill", "sys.addaudithook",
-           "os.chdir", "os.symlink", "os.link", "os.rename", "os.remove", "os.rmdir", "shutil.rmtree")
+UID = 1 << 30  # the sandbox's uid and gid when the trainer is root: far above any real account's
+UNSAFE_ENV = "AHA_UNSAFE_NO_SANDBOX"  # =1: run untrusted code WITHOUT isolation
+SCRATCH = "/tmp"  # the sandbox's working directory, a private tmpfs
 
-# the functions the hook needs are bound now: a program that patches os.path later cannot fool it
-def hook(event, args, realpath=os.path.realpath, commonpath=os.path.commonpath, fsdecode=os.fsdecode,
-         ROOT=ROOT, WRITE=WRITE, BLOCKED=BLOCKED):
-    if event.startswith(BLOCKED):
-        raise PermissionError(f"sandbox: {event} is not allowed")
-    if event == "open":
-        path, mode, flags = args
-        if isinstance(path, int) or path is None:
-            return
-        writing = (mode is not None and any(c in mode for c in "wax+")) or (mode is None and flags & WRITE)
-        full = realpath(fsdecode(path))
-        if writing and commonpath([full, ROOT]) != ROOT:
-            raise PermissionError(f"sandbox: writing {full} is not allowed")
 
-sys.addaudithook(hook)
-source = open("program.py").read()
-exec(compile(source, "program.py", "exec"), {"__name__": "__main__"})  # its own namespace
-"""
+class SandboxError(RuntimeError):
+    """The isolation cannot be set up here; the message says what is missing."""
 
 
 @dataclass
@@ -66,15 +62,79 @@ class Result:
     timed_out: bool
 
 
-def _limit(cpu_s, memory_bytes, output_bytes, processes):
-    def apply():  # runs in the child, between fork and exec
-        for what, value in ((resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, memory_bytes),
-                            (resource.RLIMIT_FSIZE, output_bytes), (resource.RLIMIT_NOFILE, 64),
-                            (resource.RLIMIT_CORE, 0)):
-            resource.setrlimit(what, (value, value))
-        # root ignores RLIMIT_NPROC; there the audit hook's ban on fork/exec/subprocess is what holds
-        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
-    return apply
+def _reachable(path):
+    """Whether a user outside root's group can read and run `path` (o+x on every directory above it)."""
+    parts = path.split("/")
+    dirs = ["/".join(parts[:i]) for i in range(2, len(parts))]
+    return os.path.isfile(path) and all(os.stat(d).st_mode & 0o001 for d in dirs) and os.stat(path).st_mode & 0o005 == 0o005
+
+
+def _python():
+    """The child's interpreter and the prefix to bind for it: the trainer's own when the sandbox user
+    can reach it (a pyenv under /root cannot be), else the system's."""
+    own = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    if _reachable(own):
+        return own, os.path.realpath(sys.base_prefix)
+    for exe in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if _reachable(exe):
+            return exe, "/usr"
+    raise SandboxError(f"sandbox: the interpreter {own} is not readable by an unprivileged user and there is no "
+                       f"/usr/bin/python3: install python3 (apt-get install python3-minimal)")
+
+
+_checked = None
+
+
+def check():
+    """What the isolation needs, found once: (bwrap, interpreter, its prefix). Raises SandboxError
+    with one line saying what is missing. Call it at start-up to refuse before long work starts."""
+    global _checked
+    if _checked:
+        return _checked
+    hint = f" (or set {UNSAFE_ENV}=1 to run untrusted code WITHOUT isolation)"
+    if sys.platform != "linux":
+        raise SandboxError(f"sandbox: needs Linux namespaces, this is {sys.platform}{hint}")
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        raise SandboxError(f"sandbox: bubblewrap is not installed: apt-get install bubblewrap{hint}")
+    if not os.path.isfile("/usr/bin/prlimit"):
+        raise SandboxError(f"sandbox: /usr/bin/prlimit is missing: apt-get install util-linux{hint}")
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            if int(f.read()) == 0:
+                raise SandboxError(f"sandbox: user namespaces are disabled: sysctl -w user.max_user_namespaces=15000{hint}")
+    except FileNotFoundError:
+        raise SandboxError(f"sandbox: this kernel has no user namespaces (/proc/sys/user/max_user_namespaces){hint}")
+    python, prefix = _python()
+    _checked = bwrap, python, prefix
+    r = run_python("print(6 * 7)", timeout=10)  # the whole chain once: bwrap's own error if any link fails
+    if r.stdout != "42\n":
+        _checked = None
+        why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        raise SandboxError(f"sandbox: isolation cannot be set up here: {why}{hint}")
+    return _checked
+
+
+def _command(program_fd, info_fd, cpu_s, memory_bytes, output_bytes, processes, scratch_bytes):
+    bwrap, python, prefix = _checked
+    limits = ["/usr/bin/prlimit", f"--cpu={cpu_s}", f"--as={memory_bytes}", f"--fsize={output_bytes}", "--nofile=64",
+              "--core=0", f"--nproc={processes}", "--"]
+    binds = [] if prefix == "/usr" or prefix.startswith("/usr/") else ["--ro-bind", prefix, prefix]
+    return [bwrap, "--info-fd", str(info_fd), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1",
+            "--clearenv", "--setenv", "PATH", "/usr/bin",
+            "--ro-bind", "/usr", "/usr", *binds, "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
+            "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--proc", "/proc", "--dev", "/dev", "--size", str(scratch_bytes), "--tmpfs", SCRATCH,
+            "--size", str(scratch_bytes), "--tmpfs", "/dev/shm",  # multiprocessing's semaphores live here
+            "--ro-bind-data", str(program_fd), f"{SCRATCH}/program.py", "--chdir", SCRATCH,
+            "--remount-ro", "/dev", "--remount-ro", "/",  # bwrap's own tmpfs for both: unbounded if writable
+            *limits, python, "-I", "-S", "program.py"]
+
+
+def _unsafe_command(cpu_s, memory_bytes, output_bytes, processes, scratch_bytes):
+    print(f"WARNING: sandbox: running model-generated code WITHOUT isolation ({UNSAFE_ENV})", file=sys.stderr)
+    return ["prlimit", f"--cpu={cpu_s}", f"--as={memory_bytes}", f"--fsize={output_bytes}", "--nofile=64",
+            "--core=0", "--", sys.executable, "-I", "-S", "program.py"]
 
 
 def _read(path, limit):
@@ -82,29 +142,70 @@ def _read(path, limit):
         return f.read(limit)
 
 
-def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 2, memory_mb: int = 256,
-               output_bytes: int = 1 << 20, processes: int = 16) -> Result:
-    """Run `source` as a Python program with `stdin`, within the limits above."""
-    work = tempfile.mkdtemp(prefix="aha-sandbox-")
+def _kill(proc, info):
+    """Kill a sandbox that is still running. The program is the init of its PID namespace: killed, the
+    kernel kills everything else in the namespace before bwrap, its parent, sees it exit."""
+    pid = None
+    if info is not None:  # None: the unsafe path, a plain process group
+        try:
+            pid = json.loads(os.read(info, 4096)).get("child-pid")
+        except (BlockingIOError, ValueError):
+            pass  # bwrap is still setting up
     try:
-        with open(os.path.join(work, "program.py"), "w") as f:
-            f.write(source)
-        out_path, err_path = os.path.join(work, ".stdout"), os.path.join(work, ".stderr")
+        if pid and proc.poll() is None:  # bwrap has not reaped it, so the pid cannot have been reused
+            os.kill(pid, signal.SIGKILL)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)  # bwrap itself; --die-with-parent takes the program along
+    except ProcessLookupError:
+        pass
+
+
+def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 2, memory_mb: int = 256,
+               output_bytes: int = 1 << 20, processes: int = 16, scratch_mb: int = 16,
+               unsafe_no_isolation: bool = False) -> Result:
+    """Run `source` as a Python program with `stdin`, isolated, within the limits above."""
+    unsafe = unsafe_no_isolation or os.environ.get(UNSAFE_ENV) == "1"
+    if not unsafe:
+        check()
+    host = tempfile.mkdtemp(prefix="aha-sandbox-")  # root-only (0700): stdout and stderr, opened here
+    program = info = read_info = None
+    try:
+        out_path, err_path = os.path.join(host, "stdout"), os.path.join(host, "stderr")
+        limits = (cpu_s, memory_mb << 20, output_bytes, processes, scratch_mb << 20)
+        if unsafe:
+            with open(os.path.join(host, "program.py"), "w") as f:
+                f.write(source)
+            cmd, fds, cwd, user = _unsafe_command(*limits), (), host, {}
+        else:
+            program = os.memfd_create("program.py")  # bwrap copies it into the scratch tmpfs
+            os.write(program, source.encode())
+            os.lseek(program, 0, os.SEEK_SET)
+            read_info, info = os.pipe()  # bwrap writes the host pid of the sandbox's init here
+            os.set_blocking(read_info, False)
+            cmd, fds, cwd = _command(program, info, *limits), (program, info), host
+            user = dict(user=UID, group=UID, extra_groups=[]) if os.geteuid() == 0 else {}
         with open(out_path, "w") as out, open(err_path, "w") as err:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", BOOTSTRAP], cwd=work, env={},
-                                    stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True,
-                                    preexec_fn=_limit(cpu_s, memory_mb << 20, output_bytes, processes))
+            proc = subprocess.Popen(cmd, cwd=cwd, env={}, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                    pass_fds=fds, start_new_session=True, **user)
+            for fd in (program, info):
+                if fd is not None:
+                    os.close(fd)
+            program = info = None
             timed_out = False
             try:
                 proc.communicate(stdin.encode(), timeout=timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: stray children too
-                except ProcessLookupError:
-                    pass
+                if proc.poll() is None:  # timed out (or interrupted): nothing it started outlives the run
+                    _kill(proc, read_info)
                 proc.wait()
-        return Result(proc.returncode, _read(out_path, output_bytes), _read(err_path, output_bytes), timed_out)
+        rc = proc.returncode
+        if not unsafe and rc > 128:  # bwrap exits 128 + n when the program was killed by signal n
+            rc = 128 - rc
+        return Result(rc, _read(out_path, output_bytes), _read(err_path, output_bytes), timed_out)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for fd in (program, info, read_info):
+            if fd is not None:
+                os.close(fd)
+        shutil.rmtree(host, ignore_errors=True)
