@@ -9,9 +9,10 @@ Python's cooperation, built from what a stock Linux host provides (bubblewrap, u
     otherwise the trainer's own uid), no supplementary groups, no capabilities, no_new_privs, and
     no further user namespaces (bwrap --disable-userns);
   - its own user, PID, network, IPC, UTS and mount namespaces: no network interface but a
-    loopback that is down, no view of or signal to any process outside, and when its first
-    process ends (or is killed on the timeout) the kernel kills every process left in the PID
-    namespace, including ones that called setsid or double-forked;
+    loopback that is down, no view of or signal to any process outside. The program is the init
+    (PID 1) of its PID namespace: when it ends, or is killed on the timeout, the kernel kills every
+    process left in the namespace, including ones that called setsid or double-forked, before
+    run_python returns. (As an init it ignores signals it sends itself that it has no handler for.)
   - a read-only filesystem of /usr (and the interpreter's prefix if it lives elsewhere),
     /etc/ld.so.cache, a fresh /dev and a /proc of its own processes, with two writable places,
     each a private tmpfs of bounded size: the scratch directory /tmp (its working directory,
@@ -34,6 +35,7 @@ or AHA_UNSAFE_NO_SANDBOX=1 in the environment. Needs: `apt-get install bubblewra
 unprivileged user namespaces enabled (/proc/sys/user/max_user_namespaces > 0).
 
     python -m pytest tests/test_sandbox.py
+    python sandbox.py    # the cost of one sandboxed run, and code_reward's throughput
 """
 
 import json
@@ -56,22 +58,24 @@ class SandboxError(RuntimeError):
 
 @dataclass
 class Result:
-    returncode: int   # negative: killed by that signal (SIGKILL on timeout, SIGXCPU, SIGXFSZ)
+    returncode: int   # negative: killed by that signal (SIGKILL on the timeout or the CPU limit)
     stdout: str
     stderr: str
     timed_out: bool
 
 
 def _reachable(path):
-    """Whether a user outside root's group can read and run `path` (o+x on every directory above it)."""
+    """Whether any user may run `path`: o+rx on it, o+x on every directory above it (a pyenv under
+    /root fails this)."""
     parts = path.split("/")
     dirs = ["/".join(parts[:i]) for i in range(2, len(parts))]
-    return os.path.isfile(path) and all(os.stat(d).st_mode & 0o001 for d in dirs) and os.stat(path).st_mode & 0o005 == 0o005
+    return (os.path.isfile(path) and all(os.stat(d).st_mode & 0o001 for d in dirs)
+            and os.stat(path).st_mode & 0o005 == 0o005)
 
 
 def _python():
     """The child's interpreter and the prefix to bind for it: the trainer's own when the sandbox user
-    can reach it (a pyenv under /root cannot be), else the system's."""
+    can run it, else the system's."""
     own = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
     if _reachable(own):
         return own, os.path.realpath(sys.base_prefix)
@@ -102,7 +106,8 @@ def check():
     try:
         with open("/proc/sys/user/max_user_namespaces") as f:
             if int(f.read()) == 0:
-                raise SandboxError(f"sandbox: user namespaces are disabled: sysctl -w user.max_user_namespaces=15000{hint}")
+                raise SandboxError(f"sandbox: user namespaces are disabled: "
+                                   f"sysctl -w user.max_user_namespaces=15000{hint}")
     except FileNotFoundError:
         raise SandboxError(f"sandbox: this kernel has no user namespaces (/proc/sys/user/max_user_namespaces){hint}")
     python, prefix = _python()
@@ -120,7 +125,9 @@ def _command(program_fd, info_fd, cpu_s, memory_bytes, output_bytes, processes, 
     limits = ["/usr/bin/prlimit", f"--cpu={cpu_s}", f"--as={memory_bytes}", f"--fsize={output_bytes}", "--nofile=64",
               "--core=0", f"--nproc={processes}", "--"]
     binds = [] if prefix == "/usr" or prefix.startswith("/usr/") else ["--ro-bind", prefix, prefix]
-    return [bwrap, "--info-fd", str(info_fd), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1",
+    return [bwrap, "--info-fd", str(info_fd),  # it writes the program's host pid there, for the timeout
+            "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--as-pid-1",  # the program is the PID namespace's init: bwrap returns after the kernel has killed the rest
             "--clearenv", "--setenv", "PATH", "/usr/bin",
             "--ro-bind", "/usr", "/usr", *binds, "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
@@ -131,9 +138,16 @@ def _command(program_fd, info_fd, cpu_s, memory_bytes, output_bytes, processes, 
             *limits, python, "-I", "-S", "program.py"]
 
 
-def _unsafe_command(cpu_s, memory_bytes, output_bytes, processes, scratch_bytes):
-    print(f"WARNING: sandbox: running model-generated code WITHOUT isolation ({UNSAFE_ENV})", file=sys.stderr)
-    return ["prlimit", f"--cpu={cpu_s}", f"--as={memory_bytes}", f"--fsize={output_bytes}", "--nofile=64",
+_warned = False
+
+
+def _unsafe_command(cpu_s, memory_bytes, output_bytes):
+    global _warned
+    if not _warned:  # once per process, on stderr
+        print(f"WARNING: sandbox: running model-generated code WITHOUT isolation ({UNSAFE_ENV}): it can read, "
+              f"write and signal whatever the trainer can", file=sys.stderr)
+        _warned = True
+    return ["/usr/bin/prlimit", f"--cpu={cpu_s}", f"--as={memory_bytes}", f"--fsize={output_bytes}", "--nofile=64",
             "--core=0", "--", sys.executable, "-I", "-S", "program.py"]
 
 
@@ -175,7 +189,7 @@ def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 
         if unsafe:
             with open(os.path.join(host, "program.py"), "w") as f:
                 f.write(source)
-            cmd, fds, cwd, user = _unsafe_command(*limits), (), host, {}
+            cmd, fds, cwd, user = _unsafe_command(*limits[:3]), (), host, {}
         else:
             program = os.memfd_create("program.py")  # bwrap copies it into the scratch tmpfs
             os.write(program, source.encode())
@@ -209,3 +223,20 @@ def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 
             if fd is not None:
                 os.close(fd)
         shutil.rmtree(host, ignore_errors=True)
+
+
+if __name__ == "__main__":  # the cost of the isolation: python sandbox.py
+    import time
+
+    from rewards import code_reward
+    check()
+    t0, n = time.perf_counter(), 50
+    for _ in range(n):
+        run_python("pass")
+    print(f"one trivial program: {(time.perf_counter() - t0) / n * 1000:.1f} ms")
+    tests = [{"input": f"{i} {i}\n", "output": f"{2 * i}\n"} for i in range(3)]
+    answer = "<think>x</think> <answer>\n```python\na, b = map(int, input().split())\nprint(a + b)\n```\n</answer>"
+    t0 = time.perf_counter()
+    assert code_reward([""] * 16, [answer] * 16, tests=[tests] * 16) == [1.0] * 16
+    dt = time.perf_counter() - t0
+    print(f"code_reward, 16 completions x 3 tests: {dt:.2f} s ({48 / dt:.0f} programs/s)")

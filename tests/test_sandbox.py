@@ -290,8 +290,9 @@ def test_the_trainer_survives_the_battery_with_its_data(world):
         assert processes_of(sandbox.UID) == []
 
 
-def test_the_battery_detects_escapes_without_isolation(world, capfd):
+def test_the_battery_detects_escapes_without_isolation(world, capfd, monkeypatch):
     """The checks can fail: the same programs, run without isolation, leave their side effects."""
+    monkeypatch.setattr(sandbox, "_warned", False)
     for name in ("open", "root-only file", "socket"):
         r = run_python(program(world, name, ROUTES[name][0]), timeout=5, unsafe_no_isolation=True)
         with pytest.raises(AssertionError):
