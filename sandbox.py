@@ -18,6 +18,9 @@ Python's cooperation, built from what a stock Linux host provides (bubblewrap, u
     each a private tmpfs of bounded size: the scratch directory /tmp (its working directory,
     which holds the program, read-only) and /dev/shm. No /root, /home, project or data directories;
   - an empty environment and no inherited file descriptors but stdin, stdout and stderr;
+  - a seccomp filter, as a second layer on x86_64: the system calls behind most kernel privilege
+    escalations (ptrace, bpf, io_uring, userfaultfd, keyctl, perf_event_open, mount, ...) fail
+    with EPERM, and i386 calls kill the process;
   - rlimits set by the kernel before the program runs, which it cannot raise: CPU time, address
     space, file size (stdout and stderr go to files, so this caps the output too), open files,
     no core dumps, and processes and threads (counted inside the sandbox's own user namespace,
@@ -25,10 +28,11 @@ Python's cooperation, built from what a stock Linux host provides (bubblewrap, u
 Policy: process creation, threads and file writes are allowed inside, because they are contained
 (a fork bomb hits the process limit, nothing survives the run, writes land in the scratch tmpfs).
 
-What is left out: no seccomp filter (the kernel's whole syscall surface is reachable, only as an
-unprivileged user without capabilities: a kernel exploit is not stopped), no cgroup (memory is
-bounded per process, so in total by memory x processes; CPU by the CPU rlimit per process), and
-reads of world-readable files under /usr are allowed. Where the isolation cannot be set up,
+What is left out: the seccomp filter is a deny-list, so the rest of the kernel's system calls are
+reachable (as an unprivileged user without capabilities: a kernel exploit through them is not
+stopped), and there is none on other architectures; no cgroup (these hosts have cgroup v1), so
+memory is bounded per process, in total by memory x processes, and CPU by the CPU rlimit per
+process; world-readable files under /usr can be read. Where the isolation cannot be set up,
 run_python refuses with one line (SandboxError) that says what is missing; it runs code without
 isolation only when asked by the loudly named opt-out, run_python(..., unsafe_no_isolation=True)
 or AHA_UNSAFE_NO_SANDBOX=1 in the environment. Needs: `apt-get install bubblewrap`, and
@@ -40,8 +44,10 @@ unprivileged user namespaces enabled (/proc/sys/user/max_user_namespaces > 0).
 
 import json
 import os
+import platform
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -50,6 +56,30 @@ from dataclasses import dataclass
 UID = 1 << 30  # the sandbox's uid and gid when the trainer is root: far above any real account's
 UNSAFE_ENV = "AHA_UNSAFE_NO_SANDBOX"  # =1: run untrusted code WITHOUT isolation
 SCRATCH = "/tmp"  # the sandbox's working directory, a private tmpfs
+
+
+# seccomp, a second layer (x86_64 only): the system calls behind most kernel privilege escalations,
+# none of which a Python program needs, fail with EPERM (numbers from asm/unistd_64.h)
+DENIED = dict(ptrace=101, syslog=103, uselib=134, pivot_root=155, acct=163, mount=165, umount2=166, swapon=167,
+              swapoff=168, reboot=169, init_module=175, delete_module=176, quotactl=179, kexec_load=246,
+              add_key=248, request_key=249, keyctl=250, unshare=272, perf_event_open=298, name_to_handle_at=303,
+              open_by_handle_at=304, setns=308, process_vm_readv=310, process_vm_writev=311, finit_module=313,
+              kexec_file_load=320, bpf=321, userfaultfd=323, io_uring_setup=425, io_uring_enter=426,
+              io_uring_register=427, open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432,
+              fspick=433, mount_setattr=442)
+
+
+def seccomp_filter() -> bytes:
+    """The filter for bwrap --seccomp, as classic BPF (struct sock_filter[]): another architecture's
+    calls (i386 through int 0x80) kill the process, x32 calls and DENIED fail with EPERM, the rest pass."""
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    kill, eperm, allow = 0x80000000, 0x00050001, 0x7FFF0000  # SECCOMP_RET_KILL_PROCESS, _ERRNO | EPERM, _ALLOW
+    nrs = sorted(DENIED.values())
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, 0xC000003E), (ret, 0, 0, kill),  # seccomp_data.arch == AUDIT_ARCH_X86_64
+            (ld, 0, 0, 0), (jge, len(nrs) + 1, 0, 0x40000000)]  # seccomp_data.nr; x32 calls have this bit
+    prog += [(jeq, len(nrs) - i, 0, nr) for i, nr in enumerate(nrs)]  # jump to the last instruction: EPERM
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
+    return b"".join(struct.pack("HBBI", *ins) for ins in prog)
 
 
 class SandboxError(RuntimeError):
@@ -120,7 +150,7 @@ def check():
     return _checked
 
 
-def _command(program_fd, info_fd, cpu_s, memory_bytes, output_bytes, processes, scratch_bytes):
+def _command(program_fd, info_fd, seccomp_fd, cpu_s, memory_bytes, output_bytes, processes, scratch_bytes):
     bwrap, python, prefix = _checked
     limits = ["/usr/bin/prlimit", f"--cpu={cpu_s}", f"--as={memory_bytes}", f"--fsize={output_bytes}", "--nofile=64",
               "--core=0", f"--nproc={processes}", "--"]
@@ -135,6 +165,7 @@ def _command(program_fd, info_fd, cpu_s, memory_bytes, output_bytes, processes, 
             "--size", str(scratch_bytes), "--tmpfs", "/dev/shm",  # multiprocessing's semaphores live here
             "--ro-bind-data", str(program_fd), f"{SCRATCH}/program.py", "--chdir", SCRATCH,
             "--remount-ro", "/dev", "--remount-ro", "/",  # bwrap's own tmpfs for both: unbounded if writable
+            *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
             *limits, python, "-I", "-S", "program.py"]
 
 
@@ -149,6 +180,13 @@ def _unsafe_command(cpu_s, memory_bytes, output_bytes):
         _warned = True
     return ["/usr/bin/prlimit", f"--cpu={cpu_s}", f"--as={memory_bytes}", f"--fsize={output_bytes}", "--nofile=64",
             "--core=0", "--", sys.executable, "-I", "-S", "program.py"]
+
+
+def _memfd(name, data):
+    fd = os.memfd_create(name)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _read(path, limit):
@@ -182,7 +220,7 @@ def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 
     if not unsafe:
         check()
     host = tempfile.mkdtemp(prefix="aha-sandbox-")  # root-only (0700): stdout and stderr, opened here
-    program = info = read_info = None
+    program = info = seccomp = read_info = None
     try:
         out_path, err_path = os.path.join(host, "stdout"), os.path.join(host, "stderr")
         limits = (cpu_s, memory_mb << 20, output_bytes, processes, scratch_mb << 20)
@@ -191,20 +229,20 @@ def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 
                 f.write(source)
             cmd, fds, cwd, user = _unsafe_command(*limits[:3]), (), host, {}
         else:
-            program = os.memfd_create("program.py")  # bwrap copies it into the scratch tmpfs
-            os.write(program, source.encode())
-            os.lseek(program, 0, os.SEEK_SET)
+            program = _memfd("program.py", source.encode())  # bwrap copies it into the scratch tmpfs
+            seccomp = _memfd("seccomp", seccomp_filter()) if platform.machine() == "x86_64" else None
             read_info, info = os.pipe()  # bwrap writes the host pid of the sandbox's init here
             os.set_blocking(read_info, False)
-            cmd, fds, cwd = _command(program, info, *limits), (program, info), host
+            cmd = _command(program, info, seccomp, *limits)
+            fds, cwd = [fd for fd in (program, info, seccomp) if fd is not None], host
             user = dict(user=UID, group=UID, extra_groups=[]) if os.geteuid() == 0 else {}
         with open(out_path, "w") as out, open(err_path, "w") as err:
             proc = subprocess.Popen(cmd, cwd=cwd, env={}, stdin=subprocess.PIPE, stdout=out, stderr=err,
                                     pass_fds=fds, start_new_session=True, **user)
-            for fd in (program, info):
+            for fd in (program, info, seccomp):
                 if fd is not None:
                     os.close(fd)
-            program = info = None
+            program = info = seccomp = None
             timed_out = False
             try:
                 proc.communicate(stdin.encode(), timeout=timeout)
@@ -219,7 +257,7 @@ def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 
             rc = 128 - rc
         return Result(rc, _read(out_path, output_bytes), _read(err_path, output_bytes), timed_out)
     finally:
-        for fd in (program, info, read_info):
+        for fd in (program, info, seccomp, read_info):
             if fd is not None:
                 os.close(fd)
         shutil.rmtree(host, ignore_errors=True)

@@ -14,6 +14,7 @@ its data throughout. Needs bubblewrap (apt-get install bubblewrap); runs as root
 """
 
 import os
+import platform
 import re
 import signal
 import socket
@@ -120,6 +121,11 @@ ROUTES = {
                 "class F(_ctypes.CFuncPtr):\n    _flags_ = _ctypes.FUNCFLAG_CDECL\n"
                 "attempt(F(('system', Libc())), b'echo x > MARKER')\nattempt(F(('kill', Libc())), PARENT, 10)",
                 "marker and signal"),
+    "kernel attack surface": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                              "for name, nr in (('ptrace', 101), ('keyctl', 250), ('bpf', 321), ('userfaultfd', 323),\n"
+                              "                 ('io_uring_setup', 425), ('perf_event_open', 298)):\n"
+                              "    print('syscall', name, libc.syscall(nr, 0, 0, 0, 0, 0), ctypes.get_errno())",
+                              "seccomp"),
     # --- resource exhaustion ---
     "memory": ("chunks = []\ntry:\n    while True:\n        chunks.append(bytearray(32 << 20))\nexcept MemoryError:\n    pass\n"
                "print('MB', 32 * len(chunks))", "bounded memory"),
@@ -254,6 +260,9 @@ def check(r, w, name, kind):
         assert len(r.stdout) <= 1 << 20 and len(r.stderr) <= 1 << 20 and r.returncode != 0
     elif kind == "killed":
         assert r.returncode < 0
+    elif kind == "seccomp":  # a second layer, on x86_64: each call refused with EPERM before it reaches the kernel
+        calls = re.findall(r"syscall (\w+) (-?\d+) (\d+)", r.stdout)
+        assert len(calls) == 6 and (platform.machine() != "x86_64" or all(rc == "-1" and e == "1" for _, rc, e in calls))
     elif kind != "no signal":
         raise AssertionError(kind)
     if kind in ("no signal", "marker and signal"):
