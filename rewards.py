@@ -11,25 +11,23 @@ function in any module and naming it on the command line:
 format_reward   1.0 for `<think> ... </think> <answer> ... </answer>`: each of the four tags
                 exactly once, in that order, a non-empty answer, only whitespace outside them.
 accuracy_reward 1.0 when the final answer (the single <answer> block, its last \\boxed{} if any;
-                else the last \\boxed{} outside the thought) equals the reference, which is kept as
-                the task gives it (MATH: the boxed content); 0.0 for two answer blocks, a repeated
+                else the last \\boxed{} outside the thought) equals the reference, kept as the
+                task gives it (MATH: the boxed content); 0.0 for two answer blocks, a repeated
                 tag, or no answer, so that answering twice can never pay. What is checked how:
                 - both plain integers or decimals (" 042 " == "42", "1,234" == "1234", "0.50" ==
-                  ".5"): exactly, with Fractions, here (~2 us; the toy tasks score thousands a step);
-                - anything else: math-verify (Hugging Face's checker, the field's standard for real
-                  math answers; sympy underneath), ~2-5 ms: \\frac12 == 0.5 == 1/2, 2^{10} == 1024,
-                  \\sqrt{2}/2 == \\frac{\\sqrt2}{2}, 50\\% == 50, 30^\\circ == 30, 5\\text{ cm} == 5,
-                  x = 3 == 3, (3,4) \\cup (1,2) == (1,2) \\cup (3,4), -2 \\le x \\le 7 == [-2, 7],
-                  "1, 2" == "2, 1" (solutions), (1, 2) != (2, 1) (a point), x^2+2x == x(x+2),
-                  matrices, \\text{(A)} == (A) == A. The whole answer is read as one expression, so
-                  "41, 42" is a set and never matches 42. A decimal matches an exact value when they
-                  agree to 6 places (math-verify's rounding), and units are dropped, not compared.
+                  ".5"): exactly, as Decimals, here (~5 us; the toy tasks score thousands a step);
+                - anything else: math-verify, the field's standard checker for real math answers
+                  (sympy underneath; ~3-50 ms): \\frac12 == 1/2 == 0.5, 2^{10} == 1024, 50\\% == 50,
+                  30^\\circ == 30, 5\\text{ cm} == 5, x = 3 == 3, intervals, "1, 2" == "2, 1"
+                  (solutions) but (1, 2) != (2, 1) (a point), x^2+2x == x(x+2), matrices,
+                  \\text{(A)} == (A) == A. The whole answer is one expression: "41, 42" is a set,
+                  never 42. Its leniencies: a decimal matches an exact value to 6 places, and units
+                  are dropped, not compared (tests/test_math_answers.py lists what it gets wrong).
                 Model output is untrusted: an answer over MAX_CHARS scores 0 unparsed; math-verify
-                runs in a worker process (math_equal) with math-verify's own 1 s SIGALRM limits in
-                its main thread, 2 GiB of memory, and a DEADLINE after which it is killed and
-                restarted, so `10^{10^{10}}` or a deep nesting costs at most seconds and scores 0,
-                from the main thread or any other (an in-process SIGALRM works only in the main
-                thread, and without it such an answer never returns). Any failure scores 0.
+                runs in a worker process (math_equal) under its own SIGALRM limits, which work only
+                in a main thread (the worker's), with a memory cap and a DEADLINE past which it is
+                killed and replaced. So `10^{10^{10}}`, which never returns without a time limit,
+                scores 0 within seconds from any thread of the trainer. Any failure scores 0.
 rule_reward     eq. 4: reward_rule = reward_acc + reward_format.
 countdown_reward 1.0 when the answer is an arithmetic expression that uses each given number
                 exactly once and equals the target; parsed with ast, never eval'd.
@@ -57,6 +55,7 @@ import select
 import subprocess
 import sys
 import threading
+from decimal import Decimal
 from fractions import Fraction
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -103,17 +102,17 @@ def extract_answer(text: str):
     return (boxed if boxed is not None else inner).strip()
 
 
-MAX_CHARS = 300       # longer answers score 0 unparsed: a MATH answer is under ~150 characters
+MAX_CHARS = 300       # longer answers score 0 unparsed: MATH's are short (a 2x2 matrix of fractions: ~90)
 TIMEOUT = 1           # seconds for each math-verify parse and comparison (SIGALRM: whole seconds)
-DEADLINE = 5.0        # seconds to wait for the worker's verdict before killing it (two parses + a comparison)
-WORKER_MEMORY = 2 << 30  # bytes of address space for the worker: 2^{2^{33}} is a MemoryError there, not here
+DEADLINE = 5.0        # seconds to wait for the worker's verdict (two parses and a comparison) before killing it
+WORKER_MEMORY = 2 << 30  # bytes of address space for the worker: a runaway integer is its MemoryError
 DELIMS = re.compile(r"(?<!\\)\$|(?<!\\)\\[()\[\]]")  # $ \( \) \[ \] around math; \$ is a dollar sign
 PLAIN = re.compile(r"[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?|[+-]?\.\d+", re.ASCII)  # 42, -0.5, 1,234.5, .5
 
 
 def plain_number(s: str):
     """The exact value of a plain integer or decimal ('42', '-0.50', '1,234'), else None."""
-    return Fraction(s.replace(",", "")) if PLAIN.fullmatch(s) else None
+    return Decimal(s.replace(",", "")) if PLAIN.fullmatch(s) else None  # exact, and 10x faster than Fraction
 
 
 def answers_match(given, reference: str) -> bool:
