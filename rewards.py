@@ -11,12 +11,23 @@ function in any module and naming it on the command line:
 format_reward   1.0 for `<think> ... </think> <answer> ... </answer>`: each of the four tags
                 exactly once, in that order, a non-empty answer, only whitespace outside them.
 accuracy_reward 1.0 when the final answer (the single <answer> block, its last \\boxed{} if any;
-                else the last \\boxed{} outside the thought) equals the reference by value:
-                " 042 " == "42", "0.50" == "1/2" == "\\frac{1}{2}", "1,234" == "1234",
-                "2\\sqrt{2}" == "\\sqrt{8}"; 0.0 for two answer blocks, a repeated tag, or no
-                answer, so that answering twice can never pay. Hand-written: the design keeps
-                to torch, numpy, tiktoken, triton, matplotlib and pytest, so no sympy or
-                math-verify; what it reads is listed in parse_value.
+                else the last \\boxed{} outside the thought) equals the reference, kept as the
+                task gives it (MATH: the boxed content); 0.0 for two answer blocks, a repeated
+                tag, or no answer, so that answering twice can never pay. What is checked how:
+                - both plain integers or decimals (" 042 " == "42", "1,234" == "1234", "0.50" ==
+                  ".5"): exactly, as Decimals, here (~5 us; the toy tasks score thousands a step);
+                - anything else: math-verify, the field's standard checker for real math answers
+                  (sympy underneath; ~3-50 ms): \\frac12 == 1/2 == 0.5, 2^{10} == 1024, 50\\% == 50,
+                  30^\\circ == 30, 5\\text{ cm} == 5, x = 3 == 3, intervals, "1, 2" == "2, 1"
+                  (solutions) but (1, 2) != (2, 1) (a point), x^2+2x == x(x+2), matrices,
+                  \\text{(A)} == (A) == A. The whole answer is one expression: "41, 42" is a set,
+                  never 42. Its leniencies: a decimal matches an exact value to 6 places, and units
+                  are dropped, not compared (tests/test_math_answers.py lists what it gets wrong).
+                Model output is untrusted: an answer over MAX_CHARS scores 0 unparsed; math-verify
+                runs in a worker process (math_equal) under its own SIGALRM limits, which work only
+                in a main thread (the worker's), with a memory cap and a DEADLINE past which it is
+                killed and replaced. So `10^{10^{10}}`, which never returns without a time limit,
+                scores 0 within seconds from any thread of the trainer. Any failure scores 0.
 rule_reward     eq. 4: reward_rule = reward_acc + reward_format.
 countdown_reward 1.0 when the answer is an arithmetic expression that uses each given number
                 exactly once and equals the target; parsed with ast, never eval'd.
@@ -29,20 +40,27 @@ language_reward eq. 7: the share of the chain of thought's words in the target l
 Model-based rewards (eq. 5, 6, 8) are functions of the same convention that call a reward model;
 none is built in (there is no reward model here). Digits are ASCII only.
 
-    python -m pytest tests/test_rewards.py
+    python -m pytest tests/test_rewards.py tests/test_math_answers.py
 """
 
 import ast
+import functools
 import importlib
+import json
+import logging
 import os
 import re
+import resource
+import select
+import subprocess
 import sys
+import threading
+from decimal import Decimal
 from fractions import Fraction
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 FORMAT = re.compile(r"\s*<think>.*</think>\s*<answer>(.*)</answer>\s*", re.DOTALL)
 ANSWER = re.compile(r"<answer>(.*)</answer>", re.DOTALL)
-NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)(/\d+)?", re.ASCII)
 
 
 def tags_once(text: str) -> bool:
@@ -84,65 +102,93 @@ def extract_answer(text: str):
     return (boxed if boxed is not None else inner).strip()
 
 
-LATEX_FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
-SQRT = re.compile(r"([+-]?[\d./]*)\\sqrt\{(\d+)\}")
-THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?", re.ASCII)
+MAX_CHARS = 300       # longer answers score 0 unparsed: MATH's are short (a 2x2 matrix of fractions: ~90)
+TIMEOUT = 1           # seconds for each math-verify parse and comparison (SIGALRM: whole seconds)
+DEADLINE = 5.0        # seconds to wait for the worker's verdict (two parses and a comparison) before killing it
+WORKER_MEMORY = 2 << 30  # bytes of address space for the worker: a runaway integer is its MemoryError
+DELIMS = re.compile(r"(?<!\\)\$|(?<!\\)\\[()\[\]]")  # $ \( \) \[ \] around math; \$ is a dollar sign
+PLAIN = re.compile(r"[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?|[+-]?\.\d+", re.ASCII)  # 42, -0.5, 1,234.5, .5
 
 
-def squarefree(n: int):
-    """n = k^2 m with m square-free -> (k, m)."""
-    k, m, f = 1, n, 2
-    while f * f <= m:
-        while m % (f * f) == 0:
-            m //= f * f
-            k *= f
-        f += 1
-    return k, m
-
-
-def parse_value(s: str):
-    r"""A canonical exact value for a simple math answer, or None: (Fraction c, int m) meaning
-    c * sqrt(m), m square-free. Reads integers, decimals, negatives, a/b, thousands separators,
-    $...$, \frac / \dfrac / \tfrac{a}{b} and c\sqrt{n}; ASCII digits only (so 1e999 and unicode
-    digits are not numbers). Anything else is compared as a string."""
-    s = s.strip().strip("$").strip().replace("\\!", "").replace("\\,", "")
-    s = re.sub(r"\s*([{}]|\\[a-z]+)\s*", r"\1", s)  # spaces around LaTeX, not between digits: "4 2" is no number
-    s = s.replace("\\left", "").replace("\\right", "")
-    if len(s) > 100:  # an answer this long is not a number; keep the parsing cheap
-        return None
-    if THOUSANDS.fullmatch(s):
-        s = s.replace(",", "")
-    m = LATEX_FRAC.fullmatch(s) or LATEX_FRAC.fullmatch(s.lstrip("-"))
-    if m:
-        num, den = parse_value(m.group(1)), parse_value(m.group(2))
-        if num is None or den is None or den[0] == 0 or num[1] != 1 or den[1] != 1:
-            return None
-        return (-1 if s.startswith("-") else 1) * num[0] / den[0], 1
-    m = SQRT.fullmatch(s)
-    if m:
-        coef = m.group(1)
-        c = Fraction(1) if coef in ("", "+") else Fraction(-1) if coef == "-" else to_number(coef)
-        if c is None or int(m.group(2)) > 10 ** 12:
-            return None
-        k, rad = squarefree(int(m.group(2)))
-        return (c * k, rad) if rad != 1 and c else (c * k, 1)
-    c = to_number(s)
-    return None if c is None else (c, 1)
-
-
-def to_number(s: str):
-    """An exact Fraction for '42', '-0.5', '3/4'; None if s is not a plain number."""
-    if not NUMBER.fullmatch(s):
-        return None
-    num, _, den = s.partition("/")
-    return Fraction(num) / Fraction(den) if den and int(den) else None if den else Fraction(num)
+def plain_number(s: str):
+    """The exact value of a plain integer or decimal ('42', '-0.50', '1,234'), else None."""
+    return Decimal(s.replace(",", "")) if PLAIN.fullmatch(s) else None  # exact, and 10x faster than Fraction
 
 
 def answers_match(given, reference: str) -> bool:
-    if given is None or given == "":
+    r"""Does the final answer equal the reference? Plain numbers on both sides (the toy tasks, GSM8K)
+    are compared exactly here; everything else (\frac, \sqrt, %, ^\circ, units, x = 3, intervals,
+    sets, tuples, matrices, \text{(A)}, expressions in any order) by math-verify in the worker."""
+    if given is None:
         return False
-    a, b = parse_value(given), parse_value(reference)
-    return a == b if a is not None and b is not None else given.strip() == reference.strip()
+    given, reference = (" ".join(DELIMS.sub(" ", s).split()) for s in (given, reference))
+    if not given or len(given) > MAX_CHARS:
+        return False
+    a, b = plain_number(given), plain_number(reference)
+    if a is not None and b is not None:
+        return a == b
+    return given == reference or math_equal(given, reference)
+
+
+_worker, _lock = None, threading.Lock()
+
+
+def start_worker():
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)  # no Ctrl-C traceback from it
+    if not select.select([proc.stdout], [], [], 120)[0] or proc.stdout.readline() != "ready\n":
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError("the math-verify worker did not start: pip install -r requirements.txt")
+    return proc
+
+
+@functools.lru_cache(maxsize=1 << 14)  # a group's completions often give the same answer
+def math_equal(given: str, reference: str) -> bool:
+    """math-verify's verdict from the worker process (started on first use, one per process). Past
+    DEADLINE, or if the worker died, it is killed, the answer scores False and a fresh worker
+    serves the next call: a hang or a crash in sympy never reaches the trainer, in any thread."""
+    global _worker
+    with _lock:  # one question in flight at a time
+        if _worker is None or _worker.poll() is not None:  # first use, or it died between calls
+            _worker = start_worker()
+        try:
+            _worker.stdin.write(json.dumps([given, reference]) + "\n")
+            _worker.stdin.flush()
+            if select.select([_worker.stdout], [], [], DEADLINE)[0]:
+                reply = _worker.stdout.readline()
+                if reply:  # "" is end of file: the worker died
+                    return reply == "1\n"
+        except OSError:  # a broken pipe: the worker died
+            pass
+        _worker.kill()
+        _worker.communicate()
+        _worker = None
+        return False
+
+
+def serve():
+    """The worker (rewards.py run as a script by math_equal): a JSON [given, reference] a line in,
+    "1" or "0" a line out. In its main thread, so math-verify's own SIGALRM timeouts work."""
+    resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
+    logging.disable(logging.WARNING)  # math-verify logs each timeout; the verdict 0 says enough
+    from math_verify import LatexExtractionConfig, parse, verify
+    from math_verify.errors import TimeoutException
+
+    def read(s):  # the whole answer as one LaTeX expression: "41, 42" is a set, never "42"
+        return parse(f"${s}$", [LatexExtractionConfig()], fallback_mode="no_fallback", parsing_timeout=TIMEOUT)
+
+    out, sys.stdout = sys.stdout, sys.stderr  # only verdicts on the pipe
+    print("ready", file=out, flush=True)
+    for line in sys.stdin:
+        try:
+            given, reference = json.loads(line)
+            # verify(gold, prediction) is not symmetric: the reference goes first. Relations may
+            # match sets: "-2 \le x \le 7" is [-2, 7], whichever side writes it
+            ok = verify(read(reference), read(given), timeout_seconds=TIMEOUT, allow_set_relation_comp=True)
+        except (Exception, TimeoutException):  # MemoryError, RecursionError, a timeout: 0
+            ok = False
+        print(int(ok), file=out, flush=True)
 
 
 def format_reward(prompts, completions, **fields) -> list[float]:
@@ -299,3 +345,7 @@ def parse_rewards(spec: str) -> list:
                 raise ValueError(f"reward {name!r} is not a function")
         out.append((name, fn, w))
     return out
+
+
+if __name__ == "__main__":
+    serve()
