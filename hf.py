@@ -222,6 +222,11 @@ class HFTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return super().encode(unicodedata.normalize("NFC", text) if self.nfc else text)
 
+    def decode(self, ids) -> str:
+        # a model's embedding may have more rows than the tokenizer has tokens (Qwen2.5: 151936 for
+        # 151665): such an id has no text
+        return super().decode([i for i in ids if i < self.vocab_size])
+
 
 def byte_tokenizer_json(tok: Tokenizer) -> dict:
     """Our byte tokenizer as a tokenizer.json: a byte-level BPE with no merges (token b is byte b)
