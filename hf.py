@@ -127,11 +127,12 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def split_pattern(pre: dict | None) -> str:
-    """The split regex of a byte-level pre-tokenizer: Sequence[Split(regex, Isolated), ByteLevel] or ByteLevel."""
+    """The split regex of a byte-level pre-tokenizer: Sequence[Split(regex, Isolated), ByteLevel] or ByteLevel
+    (GPT-2's regex, or none: our byte tokenizer's export)."""
     steps = pre["pretokenizers"] if pre and pre["type"] == "Sequence" else [pre] if pre else []
     types = [s["type"] for s in steps]
-    if types == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
-        return GPT2_PATTERN
+    if types == ["ByteLevel"] and not steps[0].get("add_prefix_space"):
+        return GPT2_PATTERN if steps[0].get("use_regex", True) else r"[\s\S]+"  # no split: the text is one piece
     if (types == ["Split", "ByteLevel"] and "Regex" in steps[0]["pattern"] and steps[0]["behavior"] == "Isolated"
             and not steps[0].get("invert") and not steps[1].get("use_regex", True)
             and not steps[1].get("add_prefix_space")):
