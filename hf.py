@@ -187,7 +187,10 @@ class HFTokenizer(Tokenizer):
         path = os.path.abspath(path)
         tj = read_json(os.path.join(path, "tokenizer.json"), "tokenizer.json")
         tc_path = os.path.join(path, "tokenizer_config.json")
-        tc = read_json(tc_path, "tokenizer_config.json") if os.path.isfile(tc_path) else {}
+        tc = {}  # the named tokens: in tokenizer_config.json, or in older directories special_tokens_map.json
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            if os.path.isfile(os.path.join(path, name)):
+                tc.update(read_json(os.path.join(path, name), name))
         gc_path = os.path.join(path, "generation_config.json")
         gc = read_json(gc_path, "generation_config.json") if os.path.isfile(gc_path) else {}
         self.enc = tiktoken_encoding(tj, f"hf:{path}")

@@ -124,9 +124,10 @@ def test_logits_and_greedy_generations_match_transformers(tmp_path, tok_dir, kin
         assert row[:n] == ref
 
 
+@pytest.mark.parametrize("kind,tied", [("qwen2", True), ("llama", False), ("qwen3", False)])
 @torch.no_grad()
-def test_save_hf_loads_back_into_transformers_without_warnings(tmp_path, tok_dir, caplog):
-    path, hf = make_dir(tmp_path, tok_dir, "qwen3")
+def test_save_hf_loads_back_into_transformers_without_warnings(tmp_path, tok_dir, caplog, kind, tied):
+    path, hf = make_dir(tmp_path, tok_dir, kind, tied)
     model, tok = load_hf(path)
     out = str(tmp_path / "export")
     save_hf(model, tok, out)
@@ -138,6 +139,7 @@ def test_save_hf_loads_back_into_transformers_without_warnings(tmp_path, tok_dir
             hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     finally:
         transformers.logging.disable_propagation()
+    assert type(back) is type(hf)
     assert not caught and not [r for r in caplog.records if r.levelno >= logging.WARNING], (caught, caplog.text)
     ids = torch.tensor([tok.encode(VARIED)])
     torch.testing.assert_close(back(ids).logits, hf(ids).logits, atol=0, rtol=0)  # the same weights, bit for bit
