@@ -162,8 +162,8 @@ def tiktoken_encoding(tj: dict, name: str) -> tiktoken.Encoding:
     if missing := [b for b in range(256) if bytes([b]) not in ranks]:
         raise ValueError(f"tokenizer.json's vocabulary lacks {len(missing)} of the 256 single bytes: not a full byte-level BPE")
     # tiktoken applies merges by the merged token's id: that must be Hugging Face's merge order
-    merged = [model["vocab"][a + b] for a, b in (m.split(" ") if isinstance(m, str) else m for m in model.get("merges", []))]
-    if any(x >= y for x, y in zip(merged, merged[1:])):
+    merged = [model["vocab"].get(a + b, -1) for a, b in (m.split(" ") if isinstance(m, str) else m for m in model.get("merges", []))]
+    if any(x >= y for x, y in zip(merged, merged[1:])) or -1 in merged:
         raise ValueError("tokenizer.json's merges are not in the order of their tokens' ids: tiktoken cannot reproduce them")
     return tiktoken.Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=added)
 

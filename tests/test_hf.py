@@ -26,21 +26,29 @@ from tokenizer import get_tokenizer
 # Qwen2's split regex, as its tokenizer.json stores it
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
                  r"\s+(?!\S)|\s+")
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
 CHATML = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
 CORPUS = ["A conversation between User and Assistant. The user asks a question, and the Assistant solves it.",
           "<think> Compute 82 + 97 in columns. 2+7=9, so 9. 8+9=17, so 79, carry 1. </think> <answer> 179 </answer>",
           "def f(x):\n    return x * 2  # doubles\n\n", "naïve café 数学 很有趣 😀 ✓ 1234567890"] * 20
 VARIED = ("Hello  world!\n\n\tTabs,   runs of   spaces; naïve cafe\u0301 (NFD é) 数学很有趣 😀👍🏽 3.14159 1,000,000 "
-          "x_1+=y**2 <think> 7+5=12 </think> <answer> 12 </answer><|endoftext|> it's I'LL \r\n end  ")
+          "x_1+=y**2 <think> 7+5=12 </think> <answer> 12 </answer><|endoftext|> it's I'LL \r\n end  "
+          "The user asks a question: Compute 82 + 97 in columns. 1234567890 def f(x):\n    return x * 2\n")
 
 
-def train_tokenizer(path, added=("<|endoftext|>", "<|im_start|>", "<|im_end|>"), chat=CHATML, pad=None):
-    """A Qwen2-style byte-level BPE (NFC, split regex, ByteLevel) trained on CORPUS, saved to path."""
+def train_tokenizer(path, added=("<|endoftext|>", "<|im_start|>", "<|im_end|>"), chat=CHATML, pad=None,
+                    pattern=QWEN2_PATTERN):
+    """A Qwen2-style byte-level BPE (NFC, split regex, ByteLevel) trained on CORPUS, saved to path;
+    pattern=None: GPT-2's (no normalizer, ByteLevel's own regex)."""
     tok = HFTok(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if pattern:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                         special_tokens=list(added), show_progress=False))
@@ -171,15 +179,18 @@ def test_export_our_checkpoint_with_the_byte_tokenizer(tmp_path):
     assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "x")
 
 
-def test_tokenizer_matches_tokenizers(tmp_path):
+@pytest.mark.parametrize("pattern", [QWEN2_PATTERN, LLAMA3_PATTERN, None], ids=["qwen2", "llama3", "gpt2"])
+def test_tokenizer_matches_tokenizers(tmp_path, pattern):
     path = str(tmp_path / "tok")
-    ref = train_tokenizer(path, added=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>"), pad="<|im_end|>")
+    ref = train_tokenizer(path, added=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>"), pad="<|im_end|>",
+                          pattern=pattern)
     tok = get_tokenizer(f"hf:{path}")  # what a checkpoint's tokenizer name "hf:/abs/dir" loads through
     assert isinstance(tok, HFTokenizer) and tok.name == f"hf:{os.path.abspath(path)}"
     ids = tok.encode(VARIED)
     assert ids == ref.encode(VARIED).ids and len(ids) > 50
     assert tok.decode(ids) == ref.decode(ids, skip_special_tokens=False)
-    assert tok.decode(ids).replace("e\u0301", "é") == VARIED.replace("e\u0301", "é")  # decodes back (NFC-normalised)
+    nfc = (lambda s: s.replace("e\u0301", "é")) if pattern else (lambda s: s)
+    assert tok.decode(ids) == nfc(VARIED)  # decodes back (NFC-normalised where the tokenizer normalises)
     # a vocabulary with <think> as one token (Qwen3-like); the other tags are plain text, several tokens
     assert tok.think == ref.token_to_id("<think>") and tok.answer is None and tok.end_answer is None
     assert len(tok.encode("</answer>")) > 1 and tok.stop_texts == ("</answer>",)
