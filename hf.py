@@ -251,10 +251,13 @@ def byte_tokenizer_json(tok: Tokenizer) -> dict:
 
 def load_hf(path, device="cpu", dtype=None):
     """(model in eval mode, tokenizer) of a local Hugging Face directory; dtype: that of the
-    weights (torch.float32, torch.bfloat16), default as stored."""
+    weights (torch.float32, torch.bfloat16), default the one config.json declares."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no such model directory: {path}")
-    config = config_from_hf(read_json(os.path.join(path, "config.json"), "config.json"))
+    hf_config = read_json(os.path.join(path, "config.json"), "config.json")
+    config = config_from_hf(hf_config)
+    # default: the dtype config.json declares (what transformers' dtype="auto" loads), known before any weight is read
+    dtype = dtype or getattr(torch, hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32")
     tok = HFTokenizer(path)  # tokenizer errors before any weight is read
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):

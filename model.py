@@ -262,7 +262,7 @@ def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
         model = GPT(config)
     expected = model.state_dict()
     names = [n for n in expected if not (config.tie_embeddings and n == "lm_head.weight")]
-    first = weight(names[0])
+    first = None if dtype else weight(names[0])  # without a dtype, the first weight's
     size = (dtype or first.dtype).itemsize * sum(p.numel() for p in model.parameters())
     free = free_memory(device)
     if size > free:
@@ -270,7 +270,7 @@ def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
                           f"GiB are free: try --dtype bf16, a smaller model or another device")
     weights = {}
     for n in names:
-        t = first if n == names[0] else weight(n)
+        t = first if n == names[0] and first is not None else weight(n)
         if t.shape != expected[n].shape:
             raise ValueError(f"weight {n} has shape {tuple(t.shape)}, the config needs {tuple(expected[n].shape)}")
         weights[n] = t.to(device=device, dtype=dtype or t.dtype)
