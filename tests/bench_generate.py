@@ -4,7 +4,7 @@ weights (a random Qwen2ForCausalLM saved by transformers and read by hf.load_hf)
 forced to the full length (no stop ids), so both decode exactly batch * new_tokens tokens. Reports
 the median of --repeats timed runs after one warm-up run each. Not collected by pytest.
 
-    python tests/bench_generate.py                         # the tests' tiny shapes, on this CPU
+    python tests/bench_generate.py --threads 1             # the tests' tiny shapes, on this CPU
     python tests/bench_generate.py --hidden 896 --layers 24 --heads 14 --kv_heads 2 --device cuda
 """
 
@@ -53,7 +53,11 @@ def main():
     g.add_argument("--new_tokens", type=int, default=64)
     g.add_argument("--repeats", type=int, default=5)
     g.add_argument("--device", default="cpu")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); at the tiny "
+                   "shapes each op is too small to split, and on a shared CPU extra threads mostly wait")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     config = transformers.Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
@@ -82,7 +86,7 @@ def main():
     same = ours().batch.completions.tolist() == theirs()[:, args.prompt_len:].tolist()
     t_ours, t_hf = timed(ours, args.repeats, args.device), timed(theirs, args.repeats, args.device)
     print(f"{B} rows x {N} new tokens after {args.prompt_len}, hidden {args.hidden}, {args.layers} layers, "
-          f"{args.device}, torch {torch.__version__}, transformers {transformers.__version__}")
+          f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"ours          {B * N / t_ours:9.0f} tokens/s  ({t_ours * 1e3:.1f} ms)")
     print(f"transformers  {B * N / t_hf:9.0f} tokens/s  ({t_hf * 1e3:.1f} ms)")
     print(f"ratio ours / transformers: {t_hf / t_ours:.2f}x; same greedy tokens: {same}")
