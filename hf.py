@@ -164,7 +164,8 @@ def tiktoken_encoding(tj: dict, name: str) -> tiktoken.Encoding:
     # tiktoken applies merges by the merged token's id: that must be Hugging Face's merge order
     merged = [model["vocab"].get(a + b, -1) for a, b in (m.split(" ") if isinstance(m, str) else m for m in model.get("merges", []))]
     if any(x >= y for x, y in zip(merged, merged[1:])) or -1 in merged:
-        raise ValueError("tokenizer.json's merges are not in the order of their tokens' ids: tiktoken cannot reproduce them")
+        raise ValueError("tokenizer.json's merges are not in the order of their tokens' ids (or make tokens not in the "
+                         "vocabulary): tiktoken cannot reproduce them")
     return tiktoken.Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=added)
 
 
