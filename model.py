@@ -15,8 +15,15 @@ through a cached prefix during training. The output layer is separate (`lm_head`
 compute logits only where they need them.
 
 Presets: `tiny` trains on a laptop CPU; the others have the shapes of GPT-2 small and
-Qwen2.5-0.5B / 1.5B (vocabulary size always comes from the tokenizer). Loading pretrained
-weights is not part of this file.
+Qwen2.5-0.5B / 1.5B (vocabulary size always comes from the tokenizer). Pretrained bases are
+loaded by hf.py; what they need here is a config field per difference from the plain shape:
+`qkv_bias` (Qwen2), `head_dim` apart from n_embd / n_head and `qk_norm`, an RMSNorm over each
+head of q and k (Qwen3), `rope_scaling` of type "llama3" (Llama 3.1 / 3.2: long wavelengths
+slowed down by `factor`, a smooth ramp between). In bf16 the norms' statistics and the rotary
+angles stay in fp32, as in Hugging Face's implementations. `build_model` assigns given weights
+to a model constructed on the meta device (no second copy), after checking they fit.
+`grad_checkpointing = True` recomputes each block's activations in the backward instead of
+holding them (training only).
 
     python model.py tiny      # prints the preset's parameter count
 """
@@ -29,6 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -44,6 +52,13 @@ class ModelConfig:
     tie_embeddings: bool = True
     qkv_bias: bool = False      # Qwen2.5 has biases on q, k, v
     norm_eps: float = 1e-6
+    head_dim: int = 0           # 0: n_embd // n_head (Qwen3 sets it apart)
+    qk_norm: bool = False       # Qwen3: RMSNorm over each head of q and k, before the rotation
+    rope_scaling: dict | None = None  # Llama 3.1+: {"rope_type": "llama3", "factor", "low_freq_factor", ...}
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
 
 
 PRESETS = {
@@ -57,17 +72,36 @@ PRESETS = {
 }
 
 
-def rope_cos_sin(pos, head_dim, theta):
-    """cos, sin of shape (B, 1, T, head_dim/2) for integer positions pos (B, T)."""
+def rope_cos_sin(pos, head_dim, theta, scaling=None):
+    """cos, sin of shape (B, 1, T, head_dim/2) for integer positions pos (B, T), in fp32."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    if scaling is not None:
+        inv_freq = llama3_scaled(inv_freq, **scaling)
     angles = pos.float()[:, None, :, None] * inv_freq  # (B, 1, T, head_dim/2)
     return angles.cos(), angles.sin()
+
+
+def llama3_scaled(inv_freq, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings, **_):
+    """Llama 3.1's context extension: frequencies whose wavelength exceeds original_max / low_freq_factor
+    are divided by `factor`, those shorter than original_max / high_freq_factor are kept, and the
+    ones between are interpolated linearly in original_max / wavelength."""
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    return torch.where(smooth >= 1, inv_freq, torch.where(smooth <= 0, inv_freq / factor,
+                                                          (1 - smooth) * inv_freq / factor + smooth * inv_freq))
 
 
 def apply_rope(x, cos, sin):
     """Rotate each (first half, second half) pair of x (B, H, T, head_dim) by its angle."""
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm computed in fp32 whatever the input's dtype (bf16 statistics lose too much)."""
+
+    def forward(self, x):
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).type_as(x)
 
 
 class KVCache:
@@ -92,16 +126,22 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = c.n_head, c.n_kv_head, c.n_embd // c.n_head
+        self.n_head, self.n_kv_head, self.head_dim = c.n_head, c.n_kv_head, c.hd
         self.q = nn.Linear(c.n_embd, c.n_head * self.head_dim, bias=c.qkv_bias)
         self.k = nn.Linear(c.n_embd, c.n_kv_head * self.head_dim, bias=c.qkv_bias)
         self.v = nn.Linear(c.n_embd, c.n_kv_head * self.head_dim, bias=c.qkv_bias)
         self.o = nn.Linear(c.n_head * self.head_dim, c.n_embd, bias=False)
+        if c.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(self.head_dim, eps=c.norm_eps), RMSNorm(self.head_dim, eps=c.norm_eps)
+        self.qk_norm = c.qk_norm
 
     def forward(self, x, cos, sin, mask, past):
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
-        k = self.k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        q = self.q(x).view(B, T, self.n_head, self.head_dim)     # (B, T, H, hd)
+        k = self.k(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, Hkv, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, Hkv, T, hd)
         v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(past, KVCache):
@@ -130,9 +170,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)
+        self.attn_norm = RMSNorm(c.n_embd, eps=c.norm_eps)
         self.attn = Attention(c)
-        self.mlp_norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)
+        self.mlp_norm = RMSNorm(c.n_embd, eps=c.norm_eps)
         self.mlp = MLP(c)
 
     def forward(self, x, cos, sin, mask, past):
@@ -145,11 +185,13 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
-        if c.n_embd % c.n_head or c.n_head % c.n_kv_head or (c.n_embd // c.n_head) % 2:
-            raise ValueError("need n_embd divisible by n_head, n_head by n_kv_head, and an even head size")
+        if (not c.head_dim and c.n_embd % c.n_head) or c.n_head % c.n_kv_head or c.hd % 2:
+            raise ValueError("need n_embd divisible by n_head (or a head_dim), n_head by n_kv_head, and an even head size")
+        if c.rope_scaling is not None and c.rope_scaling.get("rope_type", c.rope_scaling.get("type")) != "llama3":
+            raise ValueError(f"unsupported rope_scaling {c.rope_scaling}: only rope_type llama3 is implemented")
         self.embed = nn.Embedding(c.vocab_size, c.n_embd)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
-        self.norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)
+        self.norm = RMSNorm(c.n_embd, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -157,6 +199,7 @@ class GPT(nn.Module):
         for block in self.blocks:  # residual branches scaled down so the stream's variance stays O(1)
             for proj in (block.attn.o, block.mlp.down):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * c.n_layer))
+        self.grad_checkpointing = False  # training only: recompute each block in the backward
 
     @staticmethod
     def _init(m):
@@ -181,11 +224,16 @@ class GPT(nn.Module):
             raise ValueError("several new tokens after a past need an explicit mask")
         if pos is None:
             pos = torch.arange(P, P + T, device=idx.device).expand(B, T)
-        cos, sin = rope_cos_sin(pos, self.config.n_embd // self.config.n_head, self.config.rope_theta)
+        cos, sin = rope_cos_sin(pos, self.config.hd, self.config.rope_theta, self.config.rope_scaling)
         x = self.embed(idx)
         cache = []
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, cos, sin, mask, None if past is None else past[i])
+            layer_past = None if past is None else past[i]
+            if recompute and not isinstance(layer_past, KVCache):  # a KVCache is written in place: never re-run
+                x, kv = checkpoint(block, x, cos, sin, mask, layer_past, use_reentrant=False)
+            else:
+                x, kv = block(x, cos, sin, mask, layer_past)
             cache.append(kv)
         return self.norm(x), cache
 
@@ -194,6 +242,42 @@ def make_model(preset: str, vocab_size: int, **overrides) -> GPT:
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset '{preset}': choose from {', '.join(PRESETS)}")
     return GPT(ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides}))
+
+
+def free_memory(device) -> int:
+    """Bytes that can still be allocated on the device: CUDA's free memory, or MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+
+
+def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
+    """A model (eval mode) holding the weights weight(name) -> tensor (read lazily, one at a time;
+    it raises for a missing one), in dtype (default: theirs), on device. The model is constructed
+    on the meta device and the weights assigned, so no random weights are allocated first, and its
+    size is checked against the device's free memory before any weight is moved there."""
+    with torch.device("meta"):
+        model = GPT(config)
+    expected = model.state_dict()
+    names = [n for n in expected if not (config.tie_embeddings and n == "lm_head.weight")]
+    first = None if dtype else weight(names[0])  # without a dtype, the first weight's
+    size = (dtype or first.dtype).itemsize * sum(p.numel() for p in model.parameters())
+    free = free_memory(device)
+    if size > free:
+        raise MemoryError(f"the model's weights need {size / 2**30:.2f} GiB of {device} memory and {free / 2**30:.2f} "
+                          f"GiB are free: try --dtype bf16, a smaller model or another device")
+    weights = {}
+    for n in names:
+        t = first if n == names[0] and first is not None else weight(n)
+        if t.shape != expected[n].shape:
+            raise ValueError(f"weight {n} has shape {tuple(t.shape)}, the config needs {tuple(expected[n].shape)}")
+        weights[n] = t.to(device=device, dtype=dtype or t.dtype)
+    model.load_state_dict(weights, strict=False, assign=True)
+    if config.tie_embeddings:  # assigning replaced the shared parameter: share it again
+        model.lm_head.weight = model.embed.weight
+    return model.eval()
 
 
 def save_checkpoint(path, model: GPT, tokenizer_name: str, state_dict=None, **extra):

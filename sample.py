@@ -18,10 +18,14 @@ not), and returns the sampler's log-probs of the chosen tokens under the tempera
 distribution, the quantity the trainer computes. top-k / top-p change what is drawn but not that
 log-prob; with them on, the sampling distribution is not the trained one, so RL leaves them off.
 
+A real tokenizer (hf.py) spells </answer> as several tokens: `generate` then also stops a row
+when the decoded tail of its completion contains one of `stop_texts`.
+
 `generate_naive` is the reference: one row at a time, no padding, no cache, the whole sequence
 re-run for every new token. tests/test_sample.py checks the two give the same tokens.
 
     python sample.py --ckpt out/<run>/ckpt.pt --prompt "Compute 82 + 97"
+    python sample.py --ckpt hf:/models/Qwen2.5-0.5B-Instruct --prompt "Compute 82 + 97"
 """
 
 import argparse
@@ -33,6 +37,7 @@ import kernels
 from grpo import grpo_loss, grpo_metrics
 from kernels import token_logprobs
 from model import KVCache
+from tasks import CHAT, render_prompt
 
 
 @dataclass
@@ -158,9 +163,11 @@ def check_length(model, prompt_len: int, max_new_tokens: int):
 
 @torch.no_grad()
 def generate(model, prompts, G, max_new_tokens, stop_ids, pad, temperature=1.0, top_k=0, top_p=1.0,
-             generator=None, all_done=None) -> Rollout:
+             generator=None, all_done=None, stop_texts=(), decode=None) -> Rollout:
     """G samples for each prompt (rows i*G .. i*G+G-1 belong to prompts[i]). all_done(done) decides
-    when decoding stops (default: when every row has stopped; dist.all_done: on every rank)."""
+    when decoding stops (default: when every row has stopped; dist.all_done: on every rank). A row
+    stops at a token of stop_ids, or when decode(its completion's tail) contains one of stop_texts
+    (a real tokenizer writes </answer> as several tokens)."""
     device = model.lm_head.weight.device
     check_length(model, max(map(len, prompts)), max_new_tokens)
     batch = pack(prompts, [[] for _ in prompts], pad, device)
@@ -175,6 +182,9 @@ def generate(model, prompts, G, max_new_tokens, stop_ids, pad, temperature=1.0, 
     valid = batch.valid.repeat_interleave(G, 0)                 # (B, R), grows by one column a step
     next_pos = pos[:, -1].repeat_interleave(G, 0) + 1           # (B,)
     B, stop = valid.size(0), torch.tensor(stop_ids, device=device)
+    # a stop text ends in the newest token and starts at most len-1 bytes before it; every token
+    # decodes to at least one byte, so the last `tail` tokens hold it
+    tail = max((len(s.encode()) for s in stop_texts), default=0)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []
     for _ in range(max_new_tokens):
@@ -184,6 +194,11 @@ def generate(model, prompts, G, max_new_tokens, stop_ids, pad, temperature=1.0, 
         logps.append(torch.where(alive, logp, 0.0))
         valid = torch.cat([valid, alive[:, None]], dim=1)
         done = done | torch.isin(tok, stop)
+        if tail:
+            live = (~done).nonzero().squeeze(1).tolist()
+            recent = torch.stack(tokens[-tail:], 1)[live].tolist()  # (live rows, <= tail)
+            hit = [i for i, ids in zip(live, recent) if any(s in decode(ids) for s in stop_texts)]
+            done[hit] = True
         if done.all() if all_done is None else all_done(done):
             break
         mask = torch.cat([valid.new_ones(B, P), valid], dim=1)[:, None, None, :]  # (B, 1, 1, P+R+t+1)
@@ -194,7 +209,8 @@ def generate(model, prompts, G, max_new_tokens, stop_ids, pad, temperature=1.0, 
 
 
 @torch.no_grad()
-def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, generator=None) -> list[int]:
+def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, generator=None, stop_texts=(),
+                   decode=None) -> list[int]:
     """Reference for `generate`: one prompt, the whole sequence re-run for each new token."""
     device = model.lm_head.weight.device
     check_length(model, len(prompt), max_new_tokens)
@@ -203,15 +219,18 @@ def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, gen
         h, _ = model(torch.tensor([prompt + out], device=device))
         tok, _ = sample_next(model.lm_head(h[:, -1]), temperature, generator=generator)
         out.append(tok.item())
-        if out[-1] in stop_ids:
+        if out[-1] in stop_ids or any(s in decode(out) for s in stop_texts):
             break
     return out
 
 
 def main():
     parser = argparse.ArgumentParser(description="Sample completions from a checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py, e.g. out/<run>/ckpt.pt")
-    parser.add_argument("--prompt", required=True, help="the question; wrapped in the R1-Zero template unless --raw")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py, e.g. out/<run>/ckpt.pt, or "
+                        "hf:DIR, a Hugging Face model directory")
+    parser.add_argument("--prompt", required=True, help="the question; wrapped in the prompt format unless --raw")
+    parser.add_argument("--chat", default="auto", choices=["auto", "none", *CHAT],
+                        help="prompt format: the R1-Zero template (none), a chat format, or auto: the tokenizer's")
     parser.add_argument("--raw", action="store_true", help="use the prompt as given, without the template")
     parser.add_argument("--num_samples", type=int, default=4, help="completions to draw")
     parser.add_argument("--max_new_tokens", type=int, default=200, help="length limit of a completion")
@@ -220,16 +239,23 @@ def main():
     parser.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling mass (1.0: off)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights of an hf: model")
     args = parser.parse_args()
 
+    from hf import load_hf
     from model import load_checkpoint
-    from tasks import render_prompt
-    model, tok = load_checkpoint(args.ckpt, args.device)
-    prompt = tok.encode(args.prompt if args.raw else render_prompt(args.prompt))
     try:
-        out = generate(model, [prompt], args.num_samples, args.max_new_tokens, [tok.eot, tok.end_answer], tok.pad,
-                       args.temperature, args.top_k, args.top_p, torch.Generator(args.device).manual_seed(args.seed))
-    except ValueError as e:
+        if args.ckpt.startswith("hf:"):
+            model, tok = load_hf(args.ckpt.removeprefix("hf:"), args.device,
+                                 torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+        else:
+            model, tok = load_checkpoint(args.ckpt, args.device)
+        chat = tok.chat if args.chat == "auto" else None if args.chat == "none" else args.chat
+        prompt = tok.encode(args.prompt if args.raw else render_prompt(args.prompt, chat))
+        out = generate(model, [prompt], args.num_samples, args.max_new_tokens, tok.stop_ids, tok.pad,
+                       args.temperature, args.top_k, args.top_p, torch.Generator(args.device).manual_seed(args.seed),
+                       stop_texts=tok.stop_texts, decode=tok.decode)
+    except (ValueError, OSError, MemoryError) as e:
         raise SystemExit(f"error: {e}")
     for i, ids in enumerate(out.batch.completions.tolist()):
         print(f"--- sample {i}{' (truncated)' if out.truncated[i] else ''}\n{tok.decode(ids)}")

@@ -8,6 +8,9 @@ round-trips and nothing has to be downloaded or trained. Special tokens are adde
     <think> </think> <answer> </answer>   the R1-Zero tags (Table 1), one token each
     <|pad|>        padding; never attended to, never in the loss
 
+A Hugging Face tokenizer ("hf:DIR", a byte-level BPE tokenizer.json) is converted to tiktoken by
+hf.py: there the tags are plain text, several tokens each unless its vocabulary has them.
+
 Named tiktoken encodings (gpt2, r50k_base, cl100k_base, o200k_base) are built from their
 `<name>.tiktoken` file in a local directory (--tokenizer_dir); nothing is fetched at run time.
 tiktoken's own constructors hard-code a download URL, so we hand them the local file instead.
@@ -91,10 +94,14 @@ def named_encoding(name: str, tokenizer_dir: str, check_hash=True) -> tiktoken.E
 
 
 def get_tokenizer(name: str = "byte", tokenizer_dir: str = "tokenizers") -> Tokenizer:
+    """byte, a named tiktoken encoding, or hf:DIR, the tokenizer.json of a Hugging Face directory (hf.py)."""
     if name == "byte":
         return Tokenizer(byte_encoding())
+    if name.startswith("hf:"):
+        from hf import HFTokenizer
+        return HFTokenizer(name.removeprefix("hf:"))
     if name not in NAMED:
-        raise ValueError(f"unknown tokenizer '{name}': use byte or one of {', '.join(NAMED)}")
+        raise ValueError(f"unknown tokenizer '{name}': use byte, hf:DIR or one of {', '.join(NAMED)}")
     return Tokenizer(named_encoding(name, tokenizer_dir))
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import GPT, ModelConfig, load_checkpoint, make_model, save_checkpoint
+from model import GPT, ModelConfig, build_model, load_checkpoint, make_model, save_checkpoint
 from tokenizer import get_tokenizer
 
 
@@ -10,7 +10,12 @@ def tiny(**kw):
     return GPT(ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=64, block_size=64, **kw))
 
 
-@pytest.mark.parametrize("kw", [{}, {"qkv_bias": True, "tie_embeddings": False}])
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8}
+
+
+@pytest.mark.parametrize("kw", [{}, {"qkv_bias": True, "tie_embeddings": False}, {"head_dim": 16, "qk_norm": True},
+                                {"rope_scaling": LLAMA3_ROPE}])
 def test_cached_decoding_matches_full_forward(kw):
     model = tiny(**kw)
     idx = torch.randint(0, 50, (3, 12))
@@ -67,3 +72,35 @@ def test_checkpoint_roundtrip(tmp_path):
     assert tok2.vocab_size == tok.vocab_size
     with pytest.raises(SystemExit, match="checkpoint not found: .*missing.pt"):
         load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads, calls = [], []
+    for recompute in (False, True):
+        model = tiny(qk_norm=True)
+        model.grad_checkpointing = recompute
+        n = []
+        model.blocks[0].register_forward_pre_hook(lambda *_: n.append(1))
+        idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+        model.lm_head(model(idx)[0]).logsumexp(-1).mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+        calls.append(len(n))
+    assert calls == [1, 2]  # the block ran again in the backward
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_build_model_assigns_without_a_copy_and_checks_shapes():
+    model = tiny()
+    sd = model.state_dict()
+    built = build_model(model.config, sd.__getitem__, dtype=torch.bfloat16)
+    assert built.lm_head.weight is built.embed.weight and built.embed.weight.dtype == torch.bfloat16
+    assert not any(p.is_meta for p in built.parameters())
+    idx = torch.randint(0, 50, (2, 12))
+    # bf16 weights and activations, fp32 norms and rotations: close to fp32, not equal
+    torch.testing.assert_close(built(idx)[0].float(), model(idx)[0], atol=0.1, rtol=0.05)
+    fp32 = build_model(model.config, sd.__getitem__)
+    torch.testing.assert_close(fp32(idx)[0], model(idx)[0], atol=0, rtol=0)
+    sd["blocks.1.mlp.up.weight"] = torch.zeros(3, 32)
+    with pytest.raises(ValueError, match=r"weight blocks.1.mlp.up.weight has shape \(3, 32\), the config needs \(64, 32\)"):
+        build_model(model.config, sd.__getitem__)

@@ -32,6 +32,27 @@ def test_cached_generate_matches_naive_decoding():
             assert (row[n:] == PAD).all()
 
 
+def test_stop_texts_match_naive_decoding():
+    # a toy tokenizer whose tokens are 1-3 characters: the stop text spans parts of three tokens,
+    # so the sampler's check of the decoded tail must find it exactly where the oracle's check of
+    # the whole decoded completion does
+    model = tiny()
+    decode = lambda ids: "".join(chr(97 + i % 26) * (1 + i % 3) for i in ids)
+    free = generate_naive(model, PROMPTS[0], 20, [])
+    stop = decode(free[3:6])[1:-1]
+    out = generate(model, PROMPTS, G=2, max_new_tokens=20, stop_ids=STOP, pad=PAD, temperature=0,
+                   stop_texts=(stop, "zzzz"), decode=decode)
+    for i, prompt in enumerate(PROMPTS):
+        ref = generate_naive(model, prompt, 20, STOP, stop_texts=(stop, "zzzz"), decode=decode)
+        for g in range(2):
+            n = int(out.batch.completion_mask[2 * i + g].sum())
+            assert out.batch.completions[2 * i + g, :n].tolist() == ref
+            stopped = ref[-1] in STOP or any(s in decode(ref) for s in (stop, "zzzz"))
+            assert bool(out.truncated[2 * i + g]) == (not stopped)
+    first = generate_naive(model, PROMPTS[0], 20, STOP, stop_texts=(stop,), decode=decode)
+    assert len(first) <= 6 and stop in decode(first)  # stopped where the text appeared, not later
+
+
 # the kernel path, the sampler on the log-prob kernel and the trainer on the fused linear one: on
 # CUDA as train.py runs it, on a CPU under Triton's interpreter (kernels.USE = "always")
 KERNEL_PATH = ("cuda", "cuda") if torch.cuda.is_available() else ("cpu", "always")
