@@ -232,7 +232,7 @@ def load_checkpoint(path, device="cpu", tokenizer=None, config=None, full=False)
     if not os.path.isfile(path):
         raise SystemExit(f"error: checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # the model goes to the device below
         c, name = ckpt["config"], ckpt["tokenizer"]
     except Exception as e:  # a torn or foreign file: say which, not a traceback
         raise SystemExit(f"error: {path} is not a checkpoint of this code ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
@@ -251,11 +251,15 @@ def load_checkpoint(path, device="cpu", tokenizer=None, config=None, full=False)
     if tok.vocab_size != c["vocab_size"]:
         raise SystemExit(f"error: {path} was written with a {name} tokenizer of {c['vocab_size']} tokens, this one has "
                          f"{tok.vocab_size}: use the tokenizer file it was trained with")
-    model = GPT(ModelConfig(**c)).to(device)
+    model = GPT(ModelConfig(**c))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise SystemExit(f"error: {path}: its weights do not fit the config it records ({' '.join(str(e).split())[:200]})")
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:  # no such device here (torch without CUDA asserts)
+        raise SystemExit(f"error: --device {device}: {' '.join(str(e).split())[:160]}: use --device cpu")
     return (model.eval(), tok, ckpt) if full else (model.eval(), tok)
 
 

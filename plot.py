@@ -7,7 +7,6 @@ reported; a run still going is redrawn every few seconds with --follow.
     python plot.py out/<run> --follow     # redraws it every 10 s while the run goes on (Ctrl-C ends)
 """
 
-import argparse
 import os
 import sys
 import time

@@ -162,7 +162,6 @@ def validate(args):
         (args.save_every >= 0, "--save_every cannot be negative (0: only at the end)"),
         (args.max_skips >= 1, "--max_skips must be at least 1"),
         (args.model in MODELS, f"--model {args.model} is not a preset: choose from {', '.join(MODELS)}"),
-        (not (world > 1 and args.run_name is None), "under torchrun give --run_name: the ranks' clocks may differ"),
     ]
     for ok, msg in checks + [(device_error(args.device) is None, device_error(args.device))]:
         if not ok:
@@ -321,7 +320,8 @@ def train_steps(args, rank, world, device, stop):
 def set_up(args, rank, world, device):
     """The run directory, the models, the optimiser and the random streams: fresh from the base stage,
     or from the checkpoint of the run being resumed, with every state it saved -> (Run, first step)."""
-    run_dir = os.path.join(args.out_dir, args.run_name or time.strftime("%Y%m%d-%H%M%S"))
+    args.run_name = dist.gather_object(args.run_name or time.strftime("%Y%m%d-%H%M%S"))[0]  # rank 0's clock
+    run_dir = os.path.join(args.out_dir, args.run_name)
     tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
     task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
     ckpt = None

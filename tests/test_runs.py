@@ -245,7 +245,6 @@ BAD = [  # argv, the flag the one line must name, and a part of its message
     (["--rewards", "accuracy:1,acc:1"], "--rewards", "unknown reward 'acc'"),
     (["--questions", "3", "--run_name", "x", "WORLD_SIZE=2"], "--questions 3", "does not split across 2 processes"),
     (["--run_name", "x", "WORLD_SIZE=2", "--fsdp"], "--fsdp", "needs a distributed launch"),
-    (["WORLD_SIZE=2"], "--run_name", "under torchrun"),
     (["--group_size", "1"], "--group_size", "at least 2"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda", "no CUDA device here")])
 
