@@ -79,6 +79,15 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def gather_object(x) -> list:
+    """Any picklable x from every rank, a list by rank (on every rank)."""
+    if not active():
+        return [x]
+    out = [None] * world()
+    dist.all_gather_object(out, x)
+    return out
+
+
 def all_done(done: torch.Tensor) -> bool:
     """True when every rank is done decoding; with FSDP each decode step is a collective, so all
     ranks must stop at the same step."""

@@ -244,6 +244,11 @@ def make_model(preset: str, vocab_size: int, **overrides) -> GPT:
     return GPT(ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides}))
 
 
+# 2: the format number, the code's git commit and the tokenizer's vocabulary size are recorded
+# (1: checkpoints without a "format" entry, which still load)
+FORMAT_VERSION = 2
+
+
 def free_memory(device) -> int:
     """Bytes that can still be allocated on the device: CUDA's free memory, or MemAvailable."""
     device = torch.device(device)
@@ -281,24 +286,65 @@ def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
 
 
 def save_checkpoint(path, model: GPT, tokenizer_name: str, state_dict=None, **extra):
-    """Write {config, weights, tokenizer name, extra} atomically: a crash never leaves half a file.
-    state_dict: the full weights when the model itself is sharded (dist.full_state_dict)."""
+    """Write {format, git commit, config, weights, tokenizer name and vocabulary size, extra} to a
+    .tmp file, fsync'd, then rename it over path: a crash or a kill -9 leaves the previous
+    checkpoint whole. state_dict: the full weights when the model itself is sharded (dist.full_state_dict)."""
+    import subprocess
+    try:  # the code version; None outside a git checkout, or without git
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
     weights = model.state_dict() if state_dict is None else state_dict
-    ckpt = {"config": asdict(model.config), "model": weights, "tokenizer": tokenizer_name, **extra}
-    tmp = f"{path}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    ckpt = {"format": FORMAT_VERSION, "commit": commit, "config": asdict(model.config), "model": weights,
+            "tokenizer": tokenizer_name, "vocab_size": model.config.vocab_size, **extra}
+    with open(f"{path}.tmp", "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f"{path}.tmp", path)
 
 
-def load_checkpoint(path, device="cpu"):
-    """The model (in eval mode) and tokenizer of a checkpoint written by save_checkpoint."""
+def load_checkpoint(path, device="cpu", tokenizer=None, config=None, full=False):
+    """
+    The model (in eval mode) and tokenizer of a checkpoint written by save_checkpoint; with
+    full=True also the checkpoint's dict (optimiser and random states, step, flags). tokenizer (a
+    name) and config (ModelConfig fields) are what the caller expects. A missing or unreadable
+    file, a newer format, another tokenizer or another model shape is one line (SystemExit).
+    """
     from tokenizer import get_tokenizer
     if not os.path.isfile(path):
         raise SystemExit(f"error: checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = GPT(ModelConfig(**ckpt["config"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), get_tokenizer(ckpt["tokenizer"], ckpt.get("tokenizer_dir", "tokenizers"))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # the model goes to the device below
+        c, name = ckpt["config"], ckpt["tokenizer"]
+    except Exception as e:  # a torn or foreign file: say which, not a traceback
+        raise SystemExit(f"error: {path} is not a checkpoint of this code ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+    if ckpt.get("format", 1) > FORMAT_VERSION:
+        raise SystemExit(f"error: {path} has checkpoint format {ckpt['format']}, newer than this code's {FORMAT_VERSION}: "
+                         f"use the code it was written with (git commit {ckpt.get('commit')})")
+    if tokenizer is not None and name != tokenizer:
+        raise SystemExit(f"error: {path} was written with --tokenizer {name}, not {tokenizer}: pass --tokenizer {name}")
+    diff = [f"{k}={c.get(k)}, not {v}" for k, v in (config or {}).items() if c.get(k) != v]
+    if diff:
+        raise SystemExit(f"error: {path} holds a model of another shape ({'; '.join(diff)}): pass the --model it was trained with")
+    try:
+        tok = get_tokenizer(name, ckpt.get("tokenizer_dir", "tokenizers"))
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {path}: {e}")
+    if tok.vocab_size != c["vocab_size"]:
+        raise SystemExit(f"error: {path} was written with a {name} tokenizer of {c['vocab_size']} tokens, this one has "
+                         f"{tok.vocab_size}: use the tokenizer file it was trained with")
+    model = GPT(ModelConfig(**c))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise SystemExit(f"error: {path}: its weights do not fit the config it records ({' '.join(str(e).split())[:200]})")
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:  # no such device here (torch without CUDA asserts)
+        raise SystemExit(f"error: --device {device}: {' '.join(str(e).split())[:160]}: use --device cpu")
+    return (model.eval(), tok, ckpt) if full else (model.eval(), tok)
 
 
 if __name__ == "__main__":

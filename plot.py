@@ -1,31 +1,31 @@
 """
 Training curves in the spirit of the R1-Zero figures: reward, accuracy and mean response length
-against RL step, from a run's log.jsonl.
+against RL step, from a run's log.jsonl. A line a crash tore (at most the last one) is skipped and
+reported; a run still going is redrawn every few seconds with --follow.
 
-    python plot.py out/<run>          # writes out/<run>/curves.png (train.py calls this at the end)
+    python plot.py out/<run>              # writes out/<run>/curves.png (train.py calls this at the end)
+    python plot.py out/<run> --follow     # redraws it every 10 s while the run goes on (Ctrl-C ends)
 """
 
-import json
 import os
 import sys
+import time
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from runs import Parser, read_jsonl  # noqa: E402
+
 
 def read_log(run_dir):
     path = os.path.join(run_dir, "log.jsonl")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: no log found: {path}")
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a run killed mid-write leaves at most one partial last line
-                pass
+        raise SystemExit(f"error: no log found: {path}: give the directory of a run, e.g. out/<run>")
+    records, torn = read_jsonl(path)
+    if torn:  # a run killed mid-write, or one writing right now
+        print(f"note: skipped {len(torn)} torn line(s) of {path} (line {', '.join(map(str, torn))})", file=sys.stderr)
     return records
 
 
@@ -69,7 +69,22 @@ def plot_run(run_dir):
     return out
 
 
+def main(argv=None):
+    parser = Parser(description="Draw a run's curves.png from its log.jsonl.")
+    parser.add_argument("run_dir", help="the run's directory, e.g. out/<run>")
+    parser.add_argument("--follow", action="store_true", help="redraw every --every seconds until Ctrl-C")
+    parser.add_argument("--every", type=float, default=10.0, help="seconds between redraws with --follow")
+    args = parser.parse_args(argv)
+    if args.every <= 0:
+        parser.error("--every must be > 0")
+    print(plot_run(args.run_dir), flush=True)
+    try:
+        while args.follow:
+            time.sleep(args.every)
+            plot_run(args.run_dir)
+    except KeyboardInterrupt:
+        pass
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python plot.py out/<run>")
-    print(plot_run(sys.argv[1]))
+    main()

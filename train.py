@@ -16,32 +16,40 @@ steps; with --beta 0 there is no reference model at all. Held-out accuracy (pass
 --eval_samples samples at temperature 0.6, top-p 0.95, as in the R1 paper) is measured before
 RL and every --eval_every steps.
 
-Everything goes to out/<run>/: log.jsonl (every metric, every step), samples.jsonl (completions
-at each evaluation), ckpt.pt, curves.png (python plot.py out/<run>). Log-probs come from the
-Triton kernels of kernels/ on CUDA (--no_kernels: off), from the plain PyTorch reference on a CPU.
-Simplified: a constant RL learning rate (as the paper); models start from the toy base stage
-(there is no loader for pretrained weights yet).
+Everything goes to out/<run>/ (runs.py): log.jsonl (every metric, every step), samples.jsonl
+(completions at each evaluation), ckpt.pt (every --save_every steps, at the end, and on SIGTERM /
+SIGINT), curves.png (python plot.py out/<run>). --resume continues a run exactly where its
+checkpoint left it. A step whose loss or gradient norm is not finite skips its optimiser update
+(logged as skipped_steps); --max_skips such steps in a row end the run. Every flag that can be
+checked is checked before any work (validate). Log-probs come from the Triton kernels of kernels/
+on CUDA (--no_kernels: off), from the plain PyTorch reference on a CPU. Simplified: a constant RL
+learning rate (as the paper); models start from the toy base stage (there is no loader for
+pretrained weights yet).
 """
 
 import argparse
 import contextlib
 import copy
-import json
 import math
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
+import runs
+
 # -----------------------------------------------------------------------------
 # flags
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser = runs.Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 # run
 parser.add_argument("--run_name", default=None, help="outputs go to <out_dir>/<run_name>/ (default: a timestamp); not --run, which torchrun would take for its --run-path")
 parser.add_argument("--out_dir", default="out", help="directory for runs and the base-model cache")
-parser.add_argument("--resume", action="store_true", help="continue the run <out_dir>/<run_name> from its ckpt.pt (weights, reference, optimiser, step), at any world size")
+parser.add_argument("--resume", action="store_true", help="continue the run <out_dir>/<run_name> from its ckpt.pt: exactly at the same world size, at another one with new sampling streams")
+parser.add_argument("--save_every", type=int, default=20, help="write ckpt.pt every this many steps (0: only at the end); also at the end and on SIGTERM / SIGINT")
+parser.add_argument("--max_skips", type=int, default=5, help="end the run after this many steps in a row that skipped an update for a non-finite loss or gradient norm")
 parser.add_argument("--seed", type=int, default=1337, help="seed for the task, the model and the sampling")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 parser.add_argument("--fsdp", action="store_true", help="shard the policy and reference with FSDP2 (under torchrun), for models that do not fit on one device; default: DDP replicas")
@@ -103,11 +111,11 @@ PRESETS = {"r1zero": dict(lr=3e-6, beta=0.001, group_size=16, questions=32, ref_
 import dist  # noqa: E402  (flags first, as the reader sees them)
 import kernels  # noqa: E402
 from grpo import group_advantages, loss_normalizer  # noqa: E402
-from model import load_checkpoint, save_checkpoint  # noqa: E402
+from model import PRESETS as MODELS, load_checkpoint, save_checkpoint  # noqa: E402
 from pretrain import base_model, cache_path  # noqa: E402
 from rewards import parse_rewards  # noqa: E402
 from rollout import evaluate, print_eval, rollout  # noqa: E402
-from tasks import AdditionTask  # noqa: E402
+from tasks import AdditionTask, render_prompt  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
 
@@ -121,6 +129,8 @@ def parse_args(argv=None):
 
 
 def validate(args):
+    """Every check that needs no training, before any: each failure is one line that names the flag
+    and the fix (parser.error, exit status 2)."""
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     n_out = args.questions // world * args.group_size  # outputs per rank and step
     checks = [
@@ -132,6 +142,8 @@ def validate(args):
         (0 <= args.template_frac <= 1, "--template_frac must be between 0 and 1"),
         (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
         (args.temperature > 0, "--temperature must be > 0: the policy's log-probs are taken at this temperature"),
+        (args.lr > 0 and args.base_lr > 0, "--lr and --base_lr must be > 0"),
+        (args.beta >= 0 and args.grad_clip >= 0, "--beta and --grad_clip cannot be negative (0: off)"),
         (args.clip_eps > 0 and (args.clip_eps_high is None or args.clip_eps_high > 0), "--clip_eps and --clip_eps_high must be > 0"),
         (args.minibatches >= 1 and args.ppo_epochs >= 1 and args.micro_batch >= 0,
          "--minibatches and --ppo_epochs must be at least 1, --micro_batch at least 0"),
@@ -145,15 +157,69 @@ def validate(args):
         (args.ref_update_every >= 0, "--ref_update_every cannot be negative (0: never)"),
         (args.eval_every >= 1 and args.eval_samples >= 1, "--eval_every and --eval_samples must be at least 1"),
         (1 <= args.eval_problems <= args.n_test, "--eval_problems must be between 1 and --n_test"),
-        (args.device == "cpu" or torch.cuda.is_available(), f"--device {args.device} is not available here: use --device cpu"),
+        (args.eval_temperature >= 0 and 0 < args.eval_top_p <= 1, "--eval_temperature must be >= 0 and --eval_top_p in (0, 1]"),
+        (args.log_samples >= 0, "--log_samples cannot be negative"),
+        (args.save_every >= 0, "--save_every cannot be negative (0: only at the end)"),
+        (args.max_skips >= 1, "--max_skips must be at least 1"),
+        (args.model in MODELS, f"--model {args.model} is not a preset: choose from {', '.join(MODELS)}"),
     ]
-    for ok, msg in checks:
+    for ok, msg in checks + [(device_error(args.device) is None, device_error(args.device))]:
         if not ok:
             parser.error(msg)
     try:
         parse_rewards(args.rewards)
+        task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
     except ValueError as e:
-        parser.error(f"--rewards: {e}")
+        parser.error(f"--rewards: {e}" if "reward" in str(e) else str(e).replace("n_test", "--n_test"))
+    try:
+        tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(f"--tokenizer {args.tokenizer}: {e}")
+    # context length: the longest prompt plus --max_new_tokens (rollouts and evaluation), and the
+    # longest base-corpus document if the base stage is to be trained
+    block, n = MODELS[args.model]["block_size"], longest_prompt(task, tok)
+    if n + args.max_new_tokens > block:
+        parser.error(f"--max_new_tokens {args.max_new_tokens}: the longest prompt ({n} tokens with --tokenizer "
+                     f"{args.tokenizer}) plus it exceeds --model {args.model}'s context of {block}: use at most {block - n}")
+    if not args.resume and (args.no_cache or not os.path.isfile(cache_path(args))) and longest_document(task, tok) > block:
+        parser.error(f"--max_digits {args.max_digits}: the base corpus's longest document ({longest_document(task, tok)} "
+                     f"tokens) exceeds --model {args.model}'s context of {block}: lower --max_digits")
+    error = runs.check_run_dir(args)
+    if error:
+        parser.error(error)
+    if args.resume:  # the checkpoint must be one this run can continue
+        try:
+            ckpt = load_checkpoint(os.path.join(args.out_dir, args.run_name, "ckpt.pt"), "cpu", tokenizer=args.tokenizer,
+                                   config=dict(MODELS[args.model], vocab_size=tok.vocab_size), full=True)[2]
+        except SystemExit as e:
+            parser.error(f"--resume: {str(e.code).removeprefix('error: ')}")
+        if "random" not in ckpt:
+            parser.error(f"--resume: the checkpoint of {args.run_name} predates exact resume (format 1): start a new --run_name")
+
+
+def device_error(device):
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        return f"--device {device}: use cpu, cuda or cuda:N"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return f"--device {device}: there is no CUDA device here: use --device cpu"
+    if index and int(index) >= torch.cuda.device_count():
+        return f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here: use a lower index"
+    return None
+
+
+def longest_prompt(task, tok):
+    """The most tokens a question's prompt takes: the test set's, and the largest operands'."""
+    big = 10 ** task.max_digits - 1
+    return max(len(tok.encode(render_prompt(p))) for p in [f"Compute {big} + {big}"] + [p["prompt"] for p in task.test_set])
+
+
+def longest_document(task, tok):
+    """The most tokens a base-corpus document takes: the largest operands, rechecked (pretrain.py)."""
+    big = 10 ** task.max_digits - 1
+    p = {"prompt": f"Compute {big} + {big}", "answer": str(2 * big), "a": big, "b": big}
+    completion = task.completion(p, random.Random(0), style_weights=(0, 0, 1))  # a guess, then the worked sum
+    return len(tok.encode(render_prompt(p["prompt"]))) + len(tok.encode(completion)) + 1  # + <|endoftext|>
 
 
 def nanmean(x):
@@ -164,20 +230,162 @@ def nanstd(x):
     return x[~x.isnan()].std().item() if (~x.isnan()).sum() > 1 else math.nan
 
 
-def atomic_write(path, text):
-    with open(f"{path}.tmp", "w") as f:
-        f.write(text)
-    os.replace(f"{path}.tmp", path)
-
-
-def append_jsonl(path, record):
-    # one write of one whole line: an interrupted run keeps every earlier line intact
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 # -----------------------------------------------------------------------------
 # stage 2: GRPO
+
+@dataclass
+class Run:
+    """What every step touches."""
+    dir: str
+    tok: object
+    task: AdditionTask
+    model: torch.nn.Module        # the policy's own module: sampling, evaluation, checkpoints
+    policy: torch.nn.Module       # the trainable dist.Policy over it (DDP/FSDP-wrapped, or not)
+    ref: torch.nn.Module | None   # dist.Policy over the frozen reference; None with --beta 0
+    opt: torch.optim.Optimizer
+    reward_fns: list
+    questions: random.Random      # the question stream, alike on every rank
+    shuffle: torch.Generator      # the mini-batch shuffler, alike on every rank
+    sampling: torch.Generator     # this rank's sampling stream
+    sync: object                  # FSDP: every decode step is a collective, so all ranks decode until all are done
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = dist.setup(args.device)
+    try:
+        run_dir = train(args, rank, world, device)
+    except SystemExit:  # --max_skips: every rank decides alike, so every rank can leave the group
+        dist.cleanup()
+        raise
+    dist.cleanup()  # not on an error: that rank exits and torchrun ends the others
+    return run_dir
+
+
+def train(args, rank, world, device):
+    torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
+    kernels.USE = "never" if args.no_kernels else "cuda"  # a CPU takes the references
+    with runs.StopSignal() as stop:  # from here a SIGTERM / SIGINT stops the run at the next step boundary
+        return train_steps(args, rank, world, device, stop)
+
+
+def train_steps(args, rank, world, device, stop):
+    """Set up (or resume), evaluate the starting policy, then the GRPO steps, each: rollout, update,
+    log, evaluate, save; a stop request or --max_skips ends it with a checkpoint."""
+    t_start = time.time()
+    run, start = set_up(args, rank, world, device)
+    log_path = os.path.join(run.dir, "log.jsonl")
+    if start == 1:
+        m = evaluate_and_log(run, args, 0)
+        print_eval(0, m, args)
+        if rank == 0:
+            runs.append_jsonl(log_path, {"step": 0, "elapsed": time.time() - t_start, **m})
+
+    t_rl, streak = time.time(), 0
+    for step in range(start, args.rl_steps + 1):
+        if stop.requested():  # a preemption or a Ctrl-C, on any rank: all stop here
+            save(run, args, step - 1)
+            dist.print0(f"stopped by {stop.name or 'a signal'} after step {step - 1}, checkpoint saved: "
+                        f"resume with {runs.resume_hint(args)}")
+            return run.dir
+        t0 = time.time()
+        out, texts, scores, rewards, advantages = rollout_step(run, args, rank, world)
+        t_rollout, t0 = time.time() - t0, time.time()
+        um = update_step(run, args, step, out, advantages)
+        rec = log_step(run, args, step, out, texts, scores, rewards, um, t_rollout, time.time() - t0)
+        rec["elapsed"] = time.time() - t_start
+        if step % args.eval_every == 0 or step == args.rl_steps:
+            rec.update(evaluate_and_log(run, args, step))
+        print_step(rec, args, (time.time() - t_rl) / (step - start + 1))
+        if rank == 0:
+            runs.append_jsonl(log_path, rec)
+        if "eval_accuracy" in rec:
+            print_eval(step, rec, args)
+        streak = streak + 1 if um["skipped_steps"] else 0
+        if (args.save_every and step % args.save_every == 0) or step == args.rl_steps or streak == args.max_skips:
+            save(run, args, step)
+        if streak == args.max_skips:  # the weights are the last finite ones: skipped updates never touch them
+            raise SystemExit(f"error: {streak} steps in a row had a non-finite loss or gradient norm (to step {step}): "
+                             f"stopped, the last finite weights are in {run.dir}/ckpt.pt; lower --lr")
+
+    if args.rl_steps == 0:
+        save(run, args, 0)
+    if rank == 0 and not args.no_plot:
+        from plot import plot_run
+        print(f"curves: {plot_run(run.dir)}")
+    dist.print0(f"done in {(time.time() - t_start) / 60:.1f} min: {run.dir}")
+    return run.dir
+
+
+def set_up(args, rank, world, device):
+    """The run directory, the models, the optimiser and the random streams: fresh from the base stage,
+    or from the checkpoint of the run being resumed, with every state it saved -> (Run, first step)."""
+    args.run_name = dist.gather_object(args.run_name or time.strftime("%Y%m%d-%H%M%S"))[0]  # rank 0's clock
+    run_dir = os.path.join(args.out_dir, args.run_name)
+    tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
+    task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
+    ckpt = None
+    if args.resume:  # validate has checked it: this tokenizer, this model shape, this format
+        model, _, ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"), device, full=True)
+    start = 1 if ckpt is None else ckpt["step"] + 1
+    runs.start_run(run_dir, args, world, start)
+    dist.print0(f"run: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
+    if ckpt is None:  # the base model: rank 0 trains (or loads) and caches it, then the others load the cache
+        if rank == 0:
+            model = base_model(args, tok, task, device, log=dist.print0)
+        dist.barrier()
+        if rank != 0:
+            model = load_checkpoint(cache_path(args), device)[0]
+    else:
+        dist.print0(f"resuming {run_dir} after step {start - 1}")
+    ref = None
+    if args.beta > 0:  # beta 0: no reference model at all; else replicated or sharded as the policy is
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if ckpt is not None and ckpt.get("ref") is not None:
+            ref_model.load_state_dict(ckpt["ref"])
+        ref = dist.Policy(dist.shard(ref_model) if args.fsdp else ref_model)
+    policy = dist.wrap(model, args.fsdp)
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if ckpt is not None and ckpt.get("optim") is not None:
+        dist.load_optim_state_dict(model, opt, ckpt["optim"])
+    run = Run(run_dir, tok, task, model, policy, ref, opt, parse_rewards(args.rewards),
+              questions=random.Random(f"rl-{args.seed}"), shuffle=torch.Generator().manual_seed(args.seed),
+              sampling=torch.Generator(device).manual_seed(args.seed + rank),  # per-rank sampling seeds
+              sync=dist.all_done if args.fsdp else None)
+    if ckpt is not None and not runs.restore_random(ckpt["random"], *streams(run)):
+        run.sampling.manual_seed(args.seed + rank + 7919 * (start - 1))  # new streams, not the ones it would have had
+        dist.print0(f"note: the checkpoint was written by {len(ckpt['random']['own']['sampling'])} processes, not "
+                    f"{world}: sampling streams are re-seeded, so this run is not the uninterrupted one bit for bit")
+    return run, start
+
+
+def streams(run):
+    """(shared, own): the random streams of a run, as runs.random_state takes them."""
+    return {"questions": run.questions, "shuffle": run.shuffle}, {"sampling": run.sampling}
+
+
+def rollout_step(run, args, rank, world):
+    """G outputs per question from the current policy, pi_theta_old: every rank draws the step's
+    questions alike and samples its own block of them -> rollout, texts, scores, rewards, advantages."""
+    run.model.eval()
+    q = args.questions // world
+    problems = run.task.train_problems(run.questions, args.questions)[rank * q:(rank + 1) * q]
+    out, texts, scores = rollout(run.model, run.tok, problems, args.group_size, args, run.sampling, args.temperature,
+                                 reward_fns=run.reward_fns, all_done=run.sync)
+    rewards = sum(w * scores[name] for name, _, w in run.reward_fns)  # eq. 4; NaN if any declined
+    advantages = group_advantages(rewards, args.group_size, scale=args.adv_scale).to(out.batch.rows.device)  # eq. 3
+    return out, texts, scores, rewards, advantages
+
+
+def update_step(run, args, step, out, advantages):
+    """eq. 1 on mini-batches of the rollout, then the reference reset every --ref_update_every steps."""
+    run.model.train()
+    um = grpo_update(run.policy, run.ref, run.opt, out, advantages, args, run.shuffle)
+    if run.ref is not None and args.ref_update_every and step % args.ref_update_every == 0:
+        p = run.policy
+        run.ref.load_state_dict(p.module.state_dict() if hasattr(p, "module") else p.state_dict())
+    return um
+
 
 @torch.no_grad()
 def logprobs_in_chunks(policy, batch, rows, temperature):
@@ -189,8 +397,9 @@ def grpo_update(policy, ref, opt, out, advantages, args, generator):
     Train on one rollout (this rank's rows): --ppo_epochs passes, each over --minibatches random
     mini-batches, one optimiser step per mini-batch, its gradient accumulated over micro-batches.
     policy and ref are dist.Policy modules (DDP/FSDP-wrapped or not). The loss divisor and every
-    metric are summed over ranks. Returns metrics averaged over all tokens (and over optimiser
-    steps for loss and grad norm).
+    metric are summed over ranks. A mini-batch whose loss or gradient norm is not finite takes no
+    optimiser step (weights and optimiser state stay as they were): counted in skipped_steps.
+    Returns metrics averaged over all tokens (and over the steps taken for loss and grad norm).
     """
     batch, mask = out.batch, out.batch.completion_mask  # (B, C) each, this rank's rows
     if args.mask_truncated:
@@ -207,7 +416,7 @@ def grpo_update(policy, ref, opt, out, advantages, args, generator):
     # metrics stay on the device, summed, until the end: no host sync per micro-batch
     names = ("kl", "ratio", "clip_low", "clip_high", "entropy", "tokens")
     sums = torch.zeros(len(names), device=mask.device)
-    losses, norms, diff = [], [], None
+    losses, norms, skipped, diff = [], [], 0, None
     for _ in range(args.ppo_epochs):
         for mb in torch.randperm(B, generator=generator).chunk(args.minibatches):  # (B / minibatches,) rows
             # the divisor of the whole mini-batch on all ranks: micro-batching and the world size
@@ -231,182 +440,76 @@ def grpo_update(policy, ref, opt, out, advantages, args, generator):
                     valid = batch.completion_mask[idx]
                     diff = ((logp - out.sampler_logp[idx]).abs() * valid).sum() / valid.sum().clamp(min=1)
             total = dist.all_sum(total).item()  # one sync per optimiser step, the same on every rank
-            if not math.isfinite(total):          # so all ranks stop together
-                raise RuntimeError(f"non-finite loss {total}; lower --lr")
-            norms.append(torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf")))
-            losses.append(total)
-            opt.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf")).item()
+            if math.isfinite(total) and math.isfinite(grad_norm):  # both global: every rank decides alike
+                opt.step()
+                losses.append(total), norms.append(grad_norm)
+            else:
+                skipped += 1
             opt.zero_grad(set_to_none=True)
     sums = dist.all_sum(torch.cat([sums, diff.reshape(1) / world])).tolist()
     metrics = {k: v / max(sums[-2], 1) for k, v in zip(names[:-1], sums)}
-    return {"loss": sum(losses) / len(losses), "grad_norm": sum(g.item() for g in norms) / len(norms),
+    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    return {"loss": mean(losses), "grad_norm": mean(norms), "skipped_steps": skipped,
             "clip_frac": metrics["clip_low"] + metrics["clip_high"], **metrics, "sampler_logp_diff": sums[-1]}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    rank, world, device = dist.setup(args.device)
-    run_dir = train(args, rank, world, device)
-    dist.cleanup()  # not on an error: that rank exits and torchrun ends the others
-    return run_dir
+def log_step(run, args, step, out, texts, scores, rewards, um, t_rollout, t_train):
+    """The step's record for log.jsonl: the whole step's rows, gathered from every rank in rank order."""
+    lengths = dist.gather_rows(out.batch.completion_mask.sum(1).cpu())
+    rewards = dist.gather_rows(rewards)
+    scores = {k: dist.gather_rows(v) for k, v in scores.items()}
+    truncated = dist.gather_rows(out.truncated.float().cpu())
+    reflection = dist.gather_rows(torch.tensor([float("wait" in t.lower()) for t in texts]))
+    groups = rewards.view(-1, args.group_size)
+    return {
+        "step": step, "reward": nanmean(rewards), "reward_std": nanstd(rewards),
+        **{f"reward_{k}": nanmean(v) for k, v in scores.items()},
+        **{f"reward_{k}_std": nanstd(v) for k, v in scores.items()},
+        "unscored": rewards.isnan().float().mean().item(),
+        "accuracy": nanmean(scores["accuracy"]), "format": nanmean(scores["format"]),
+        "length": lengths.mean().item(), "length_min": lengths.min().item(), "length_max": lengths.max().item(),
+        "truncated": truncated.mean().item(),
+        "zero_var_groups": (groups.std(1) == 0).float().mean().item(),
+        "reflection": reflection.mean().item(),
+        **um,
+        "tokens_per_s": lengths.sum().item() / (t_rollout + t_train),
+        "rollout_s": t_rollout, "train_s": t_train,
+    }
 
 
-def train(args, rank, world, device):
-    torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
-    kernels.USE = "never" if args.no_kernels else "cuda"  # a CPU takes the references
-    try:
-        task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
-    except ValueError as e:
-        parser.error(str(e).replace("n_test", "--n_test"))
-    run = args.run_name or time.strftime("%Y%m%d-%H%M%S")  # under torchrun, give --run_name: ranks' clocks may differ
-    run_dir = os.path.join(args.out_dir, run)
-    ckpt, start = None, 1
-    if args.resume:
-        path = os.path.join(run_dir, "ckpt.pt")
-        if not args.run_name or not os.path.isfile(path):
-            parser.error(f"--resume needs the --run_name of a run with a checkpoint; none at {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        start = ckpt["step"] + 1
-    elif os.path.exists(os.path.join(run_dir, "log.jsonl")):
-        parser.error(f"{run_dir} already holds a run: pick another --run_name, or --resume it")
-    dist.barrier()  # every rank has checked before rank 0 writes
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        name = "args.json" if ckpt is None else f"args-resume-{start}.json"  # the run's own args.json stays
-        atomic_write(os.path.join(run_dir, name), json.dumps({**vars(args), "world_size": world}, indent=2))
-        if ckpt is not None:  # the log goes on from the checkpoint; lines past it are set aside, not lost
-            with open(os.path.join(run_dir, "log.jsonl")) as f:
-                lines = [line for line in f if line.strip()]
-            past = [json.loads(line)["step"] >= start for line in lines]
-            if any(past):
-                atomic_write(os.path.join(run_dir, f"log-after-step-{start - 1}.jsonl"),
-                             "".join(line for line, p in zip(lines, past) if p))
-            atomic_write(os.path.join(run_dir, "log.jsonl"), "".join(line for line, p in zip(lines, past) if not p))
-    dist.print0(f"run: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
-
-    tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
-    t_start = time.time()
-    # the base model: rank 0 trains (or loads) and caches it, then the others load the cache
-    if rank == 0:
-        model = base_model(args, tok, task, device, log=dist.print0)
-    dist.barrier()
-    if rank != 0:
-        model = load_checkpoint(cache_path(args), device)[0]
-    ref = None
-    if args.beta > 0:  # beta 0: no reference model at all; else replicated or sharded as the policy is
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        if ckpt is not None and ckpt.get("ref") is not None:
-            ref_model.load_state_dict(ckpt["ref"])
-        ref = dist.Policy(dist.shard(ref_model) if args.fsdp else ref_model)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        dist.print0(f"resuming {run_dir} after step {start - 1}")
-    policy = dist.wrap(model, args.fsdp)
-    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    if ckpt is not None and ckpt.get("optim") is not None:
-        dist.load_optim_state_dict(model, opt, ckpt["optim"])
-    log_path = os.path.join(run_dir, "log.jsonl")
-    # FSDP: every decode step is a collective, so all ranks decode until every rank is done
-    sync = dist.all_done if args.fsdp else None
-
-    if ckpt is None:
-        m = evaluate_and_log(model, tok, task, args, 0, run_dir, sync)
-        print_eval(0, m, args)
-        if rank == 0:
-            append_jsonl(log_path, {"step": 0, "elapsed": time.time() - t_start, **m})
-
-    reward_fns = parse_rewards(args.rewards)
-    rng = random.Random(f"rl-{args.seed}")
-    for _ in range(1, start):  # a resumed run gets the questions the whole run would have had
-        task.train_problems(rng, args.questions)
-    offset = 7919 * (start - 1)  # a resumed run's sampling streams are new ones (0 for a fresh run)
-    gen = torch.Generator(device).manual_seed(args.seed + rank + offset)  # per-rank sampling seeds
-    shuffle = torch.Generator().manual_seed(args.seed + offset)
-    q = args.questions // world
-    t_rl = time.time()
-    for step in range(start, args.rl_steps + 1):
-        # rollout: G outputs per question from the current policy, pi_theta_old; every rank draws
-        # the step's questions alike and samples its own block of them
-        t0 = time.time()
-        model.eval()
-        problems = task.train_problems(rng, args.questions)[rank * q:(rank + 1) * q]
-        out, texts, scores = rollout(model, tok, problems, args.group_size, args, gen, args.temperature,
-                                     reward_fns=reward_fns, all_done=sync)
-        rewards = sum(w * scores[name] for name, _, w in reward_fns)  # eq. 4; NaN if any declined
-        advantages = group_advantages(rewards, args.group_size, scale=args.adv_scale).to(device)  # eq. 3
-        t_rollout = time.time() - t0
-
-        # update: eq. 1 on mini-batches of the rollout
-        t0 = time.time()
-        model.train()
-        um = grpo_update(policy, ref, opt, out, advantages, args, shuffle)
-        if ref is not None and args.ref_update_every and step % args.ref_update_every == 0:
-            ref.load_state_dict(policy.module.state_dict() if hasattr(policy, "module") else policy.state_dict())
-        t_train = time.time() - t0
-
-        # log: the whole step's rows, gathered from every rank in rank order
-        lengths = dist.gather_rows(out.batch.completion_mask.sum(1).cpu())
-        rewards = dist.gather_rows(rewards)
-        scores = {k: dist.gather_rows(v) for k, v in scores.items()}
-        truncated = dist.gather_rows(out.truncated.float().cpu())
-        reflection = dist.gather_rows(torch.tensor([float("wait" in t.lower()) for t in texts]))
-        groups = rewards.view(-1, args.group_size)
-        elapsed, per_step = time.time() - t_start, (time.time() - t_rl) / (step - start + 1)
-        rec = {
-            "step": step, "reward": nanmean(rewards), "reward_std": nanstd(rewards),
-            **{f"reward_{k}": nanmean(v) for k, v in scores.items()},
-            **{f"reward_{k}_std": nanstd(v) for k, v in scores.items()},
-            "unscored": rewards.isnan().float().mean().item(),
-            "accuracy": nanmean(scores["accuracy"]), "format": nanmean(scores["format"]),
-            "length": lengths.mean().item(), "length_min": lengths.min().item(), "length_max": lengths.max().item(),
-            "truncated": truncated.mean().item(),
-            "zero_var_groups": (groups.std(1) == 0).float().mean().item(),
-            "reflection": reflection.mean().item(),
-            **um,
-            "tokens_per_s": lengths.sum().item() / (t_rollout + t_train),
-            "rollout_s": t_rollout, "train_s": t_train, "elapsed": elapsed,
-        }
-        if step % args.eval_every == 0 or step == args.rl_steps:
-            rec.update(evaluate_and_log(model, tok, task, args, step, run_dir, sync))
-        left = per_step * (args.rl_steps - step)
-        dist.print0(f"step {step:3d}/{args.rl_steps} | reward {rec['reward']:.3f} | acc {rec['accuracy']:.3f} | "
-                    f"format {rec['format']:.3f} | len {rec['length']:5.1f} | kl {rec['kl']:.4f} | clip {rec['clip_frac']:.3f} | "
-                    f"{rec['tokens_per_s']:5.0f} tok/s | rollout {t_rollout:.1f}s train {t_train:.1f}s | "
-                    f"{elapsed / 60:.1f} min, ~{left / 60:.1f} min left")
-        if rec["truncated"] > 0.5:
-            dist.print0(f"  warning: {rec['truncated']:.0%} of completions hit --max_new_tokens={args.max_new_tokens} (no reward signal)")
-        if rank == 0:
-            append_jsonl(log_path, rec)
-        if "eval_accuracy" in rec:
-            print_eval(step, rec, args)
-            save(model, ref, opt, args, run_dir, step=step)
-
-    if args.rl_steps == 0:
-        save(model, ref, opt, args, run_dir, step=0)
-    if rank == 0 and not args.no_plot:
-        from plot import plot_run
-        print(f"curves: {plot_run(run_dir)}")
-    dist.print0(f"done in {(time.time() - t_start) / 60:.1f} min: {run_dir}")
-    return run_dir
+def print_step(rec, args, per_step):
+    step, left = rec["step"], per_step * (args.rl_steps - rec["step"])
+    dist.print0(f"step {step:3d}/{args.rl_steps} | reward {rec['reward']:.3f} | acc {rec['accuracy']:.3f} | "
+                f"format {rec['format']:.3f} | len {rec['length']:5.1f} | kl {rec['kl']:.4f} | clip {rec['clip_frac']:.3f} | "
+                f"{rec['tokens_per_s']:5.0f} tok/s | rollout {rec['rollout_s']:.1f}s train {rec['train_s']:.1f}s | "
+                f"{rec['elapsed'] / 60:.1f} min, ~{left / 60:.1f} min left")
+    if rec["skipped_steps"]:
+        dist.print0(f"  warning: {rec['skipped_steps']} update(s) skipped: non-finite loss or gradient norm")
+    if rec["truncated"] > 0.5:
+        dist.print0(f"  warning: {rec['truncated']:.0%} of completions hit --max_new_tokens={args.max_new_tokens} (no reward signal)")
 
 
-def evaluate_and_log(model, tok, task, args, step, run_dir, all_done):
+def evaluate_and_log(run, args, step):
     """Held-out metrics (rollout.evaluate); rank 0 appends its sample completions to samples.jsonl."""
-    m, samples = evaluate(model, tok, task, args, step, all_done)
+    m, samples = evaluate(run.model, run.tok, run.task, args, step, run.sync)
     if dist.rank() == 0:
         for s in samples:
-            append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
+            runs.append_jsonl(os.path.join(run.dir, "samples.jsonl"), s)
     return m
 
 
-def save(model, ref, opt, args, run_dir, step):
-    """A full (unsharded) checkpoint, written by rank 0: it loads, and --resume continues, at any
-    world size. The collectives under FSDP need every rank."""
-    weights, optim = dist.full_state_dict(model), dist.full_optim_state_dict(model, opt)
-    ref_weights = None if ref is None else dist.full_state_dict(ref.model)
+def save(run, args, step):
+    """A full (unsharded) checkpoint, written by rank 0: weights, reference, optimiser state and every
+    random state (runs.random_state), so that --resume continues exactly. It loads at any world size.
+    The collectives (FSDP's gathers, the sampling states) need every rank."""
+    weights, optim = dist.full_state_dict(run.model), dist.full_optim_state_dict(run.model, run.opt)
+    ref_weights = None if run.ref is None else dist.full_state_dict(run.ref.model)
+    random_state = runs.random_state(*streams(run))
     if dist.rank() == 0:
-        save_checkpoint(os.path.join(run_dir, "ckpt.pt"), model, args.tokenizer, state_dict=weights, ref=ref_weights,
-                        optim=optim, tokenizer_dir=args.tokenizer_dir, step=step, args=vars(args))
+        save_checkpoint(os.path.join(run.dir, "ckpt.pt"), run.model, args.tokenizer, state_dict=weights, ref=ref_weights,
+                        optim=optim, random=random_state, tokenizer_dir=args.tokenizer_dir, step=step, args=vars(args),
+                        world_size=dist.world())
 
 
 if __name__ == "__main__":

@@ -212,3 +212,25 @@ def test_rollout_must_split_into_minibatches(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--questions", "3", "--group_size", "5", "--minibatches", "4"])
     assert "15 outputs per process does not split into --minibatches 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_a_non_finite_loss_skips_the_update(minibatches):
+    # a NaN advantage (as from a reward function gone wrong) makes its mini-batch's loss NaN: that
+    # optimiser step is skipped, the weights and the optimiser state untouched; the others go on
+    import copy
+    import torch
+    from dist import Policy
+    model, out, A = small_rollout()
+    A[0] = float("nan")
+    before = copy.deepcopy(model)
+    args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "12", "--beta", "0",
+                             "--minibatches", str(minibatches)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    m = train.grpo_update(Policy(model), None, opt, out, A, args, torch.Generator().manual_seed(0))
+    assert m["skipped_steps"] == 1
+    moved = any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
+    if minibatches == 1:
+        assert not moved and not opt.state and m["loss"] != m["loss"]  # nothing taken: NaN loss
+    else:
+        assert moved and all(s["step"] == 1 for s in opt.state.values()) and m["loss"] == m["loss"]
