@@ -35,6 +35,8 @@ import time
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from tasks import add_task_args, make_task
+
 # -----------------------------------------------------------------------------
 # flags
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -49,10 +51,8 @@ parser.add_argument("--no_kernels", action="store_true", help="on CUDA, use the 
 parser.add_argument("--preset", choices=["r1zero"], default=None,
                     help="r1zero: the paper's RL settings (lr, beta, G, questions, ref update, mini-batches, epochs, "
                          "temperature, clip ratio); flags given explicitly still win")
-# task
-parser.add_argument("--min_digits", type=int, default=2, help="fewest digits of an operand")
-parser.add_argument("--max_digits", type=int, default=2, help="most digits of an operand")
-parser.add_argument("--n_test", type=int, default=200, help="held-out problems, never trained on")
+# task: --task and its flags (tasks.py)
+add_task_args(parser)
 # tokenizer and model
 parser.add_argument("--tokenizer", default="byte", help="byte, or a tiktoken encoding: gpt2, cl100k_base, o200k_base")
 parser.add_argument("--tokenizer_dir", default="tokenizers", help="where named encodings' <name>.tiktoken files are")
@@ -64,9 +64,9 @@ parser.add_argument("--template_frac", type=float, default=0.5, help="share of t
 parser.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
 parser.add_argument("--no_cache", action="store_true", help="retrain the base model even if it is cached")
 # stage 2: GRPO rewards and rollouts
-parser.add_argument("--rewards", default="accuracy:1,format:1",
-                    help="weighted sum of reward functions, name:weight,...: built-ins accuracy, format, language, "
-                         "or module.function of your own (eq. 4: accuracy:1,format:1)")
+parser.add_argument("--rewards", default=None,
+                    help="weighted sum of reward functions, name:weight,...: built-ins accuracy, format, language, countdown, "
+                         "code, or module.function of your own (default: the task's; eq. 4: accuracy:1,format:1)")
 parser.add_argument("--rl_steps", type=int, default=60, help="GRPO steps")
 parser.add_argument("--questions", type=int, default=16, help="questions per step (paper: 32)")
 parser.add_argument("--group_size", type=int, default=8, help="G, outputs sampled per question (paper: 16)")
@@ -107,7 +107,6 @@ from model import load_checkpoint, save_checkpoint  # noqa: E402
 from pretrain import base_model, cache_path  # noqa: E402
 from rewards import parse_rewards  # noqa: E402
 from rollout import evaluate, print_eval, rollout  # noqa: E402
-from tasks import AdditionTask  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
 
@@ -144,14 +143,14 @@ def validate(args):
         (not args.fsdp or "RANK" in os.environ, "--fsdp needs a distributed launch: torchrun --nproc_per_node=N train.py --fsdp"),
         (args.ref_update_every >= 0, "--ref_update_every cannot be negative (0: never)"),
         (args.eval_every >= 1 and args.eval_samples >= 1, "--eval_every and --eval_samples must be at least 1"),
-        (1 <= args.eval_problems <= args.n_test, "--eval_problems must be between 1 and --n_test"),
+        (args.eval_problems >= 1, "--eval_problems must be at least 1"),
         (args.device == "cpu" or torch.cuda.is_available(), f"--device {args.device} is not available here: use --device cpu"),
     ]
     for ok, msg in checks:
         if not ok:
             parser.error(msg)
     try:
-        parse_rewards(args.rewards)
+        parse_rewards(args.rewards or "accuracy:1")
     except ValueError as e:
         parser.error(f"--rewards: {e}")
 
@@ -255,9 +254,14 @@ def train(args, rank, world, device):
     torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
     kernels.USE = "never" if args.no_kernels else "cuda"  # a CPU takes the references
     try:
-        task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
+        task = make_task(args, log=dist.print0)
     except ValueError as e:
         parser.error(str(e).replace("n_test", "--n_test"))
+    args.rewards = args.rewards or task.rewards
+    if args.eval_problems > len(task.test_set):
+        parser.error(f"--eval_problems must be between 1 and --n_test (the held-out set has {len(task.test_set)})")
+    if not hasattr(task, "corpus"):
+        parser.error(f"task {args.task} has no base corpus for a toy base model: start from a pretrained model (--init)")
     run = args.run_name or time.strftime("%Y%m%d-%H%M%S")  # under torchrun, give --run_name: ranks' clocks may differ
     run_dir = os.path.join(args.out_dir, run)
     ckpt, start = None, 1
@@ -331,7 +335,7 @@ def train(args, rank, world, device):
         model.eval()
         problems = task.train_problems(rng, args.questions)[rank * q:(rank + 1) * q]
         out, texts, scores = rollout(model, tok, problems, args.group_size, args, gen, args.temperature,
-                                     reward_fns=reward_fns, all_done=sync)
+                                     reward_fns=reward_fns, all_done=sync, correct=task.correct)
         rewards = sum(w * scores[name] for name, _, w in reward_fns)  # eq. 4; NaN if any declined
         advantages = group_advantages(rewards, args.group_size, scale=args.adv_scale).to(device)  # eq. 3
         t_rollout = time.time() - t0
