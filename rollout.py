@@ -148,7 +148,7 @@ def main():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="out/<run>/ckpt.pt (its task flags are the defaults of the task group)")
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--eval_problems", type=int, default=100, help="held-out problems (0: all)")
+    g.add_argument("--eval_problems", type=int, default=100, help="the first this many held-out problems (0 or more than there are: all)")
     g.add_argument("--eval_samples", type=int, default=4, help="k, samples per problem: pass@1 is their mean accuracy")
     g.add_argument("--eval_temperature", type=float, default=0.6, help="sampling temperature (R1 paper: 0.6)")
     g.add_argument("--eval_top_p", type=float, default=0.95, help="top-p (R1 paper: 0.95)")
@@ -169,9 +169,9 @@ def main():
         task = make_task(args, log=lambda s: print(s, file=sys.stderr))
     except ValueError as e:
         parser.error(str(e))
-    args.eval_problems = args.eval_problems or len(task.test_set)
-    if not 1 <= args.eval_problems <= len(task.test_set) or args.eval_samples < 1:
-        parser.error(f"--eval_problems must be between 1 and {len(task.test_set)}, --eval_samples at least 1")
+    if args.eval_problems < 0 or args.eval_samples < 1:
+        parser.error("--eval_problems must be at least 0 (0: all), --eval_samples at least 1")
+    args.eval_problems = min(args.eval_problems or len(task.test_set), len(task.test_set))  # printed with the results
     args.log_samples = 0
     m = evaluate(model, tok, task, args, step=meta["step"])[0]
     settings = {"ckpt": args.ckpt, "step": meta["step"], "task": args.task, "problems": args.eval_problems, "k": args.eval_samples,

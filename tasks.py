@@ -15,8 +15,8 @@ A problem is a dict {"prompt": question, "answer": reference, ...fields}; the re
 (rewards.py) get every field as a keyword list. A task has `test_set` (held out, never trained
 on), `train_problems(rng, n)`, `rewards` (its default --rewards), `correct` (the reward function
 reported as accuracy: for countdown that is countdown_reward), `same(a, b, problem)` (are two
-final answers the same, for majority votes), and optionally `textbook` / `corpus` for the toy base
-model (tasks without them need a pretrained model). Adding a task is one class with `from_args`:
+final answers the same, for majority votes), and `has_corpus`: whether it has `textbook` / `corpus` for
+the toy base model (tasks without one need a pretrained model). Adding a task is one class with `from_args`:
 
     class Squares(GeneratedTask):                       # e.g. "Compute 12^2"
         def _draw(self, rng):
@@ -130,6 +130,11 @@ class GeneratedTask:
             if p["prompt"] not in self._test_prompts:
                 out.append(p)
         return out
+
+    @property
+    def has_corpus(self) -> bool:
+        """A base corpus for the toy needs the written-out solution (`worked`)."""
+        return hasattr(self, "worked")
 
     def same(self, a: str, b: str, p: dict) -> bool:
         """Two final answers are one vote when the correctness check would call them equal."""
@@ -368,6 +373,7 @@ class FileTask:
 
     rewards, correct = "accuracy:1,format:1", staticmethod(accuracy_reward)
     base_flags: list[str] = []
+    has_corpus = False
     same = GeneratedTask.same
 
     def __init__(self, train_file=None, test_file=None, log=print):
@@ -512,7 +518,7 @@ if __name__ == "__main__":
     add_task_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     task = make_task(parser.parse_args())
-    if not hasattr(task, "corpus"):
+    if not task.has_corpus:
         raise SystemExit(f"task has no base corpus; its first problem: {task.test_set[0]}")
     for prompt, completion in task.textbook(2, seed=0) + task.corpus(6, seed=0):
         print("..." + prompt[-32:] + completion, end="\n\n")

@@ -260,7 +260,7 @@ def train(args, rank, world, device):
     args.rewards = args.rewards or task.rewards
     if args.eval_problems > len(task.test_set):
         parser.error(f"--eval_problems must be between 1 and --n_test (the held-out set has {len(task.test_set)})")
-    if not hasattr(task, "corpus"):
+    if not task.has_corpus:
         parser.error(f"task {args.task} has no base corpus for a toy base model: start from a pretrained model (--init)")
     run = args.run_name or time.strftime("%Y%m%d-%H%M%S")  # under torchrun, give --run_name: ranks' clocks may differ
     run_dir = os.path.join(args.out_dir, run)
