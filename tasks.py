@@ -63,7 +63,7 @@ import json
 import random
 from fractions import Fraction
 
-from rewards import accuracy_reward, countdown_reward, countdown_value, format_reward, parse_rewards
+from rewards import accuracy_reward, countdown_reward, countdown_value, parse_rewards
 
 # Table 1 of the paper; {prompt} is replaced with the question
 TEMPLATE = (

@@ -150,7 +150,8 @@ def validate(args):
         if not ok:
             parser.error(msg)
     try:
-        parse_rewards(args.rewards or "accuracy:1")
+        if args.rewards:  # None: the task's own, set once the task is built
+            parse_rewards(args.rewards)
     except ValueError as e:
         parser.error(f"--rewards: {e}")
 
@@ -255,6 +256,7 @@ def train(args, rank, world, device):
     kernels.USE = "never" if args.no_kernels else "cuda"  # a CPU takes the references
     try:
         task = make_task(args, log=dist.print0)
+        task.train_problems(random.Random(0), 1)  # a file task without --train_file fails here, before any work
     except ValueError as e:
         parser.error(str(e).replace("n_test", "--n_test"))
     args.rewards = args.rewards or task.rewards

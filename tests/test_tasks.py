@@ -1,4 +1,5 @@
 import json
+import os
 import random
 import re
 
@@ -196,3 +197,22 @@ def test_missing_files_and_overlap_are_reported(tmp_path):
     assert task.overlap == 2 and len(said) == 1 and "2 of the 3 held-out problems" in said[0]
     with pytest.raises(TaskError, match="give --train_file"):
         make_task(args_for(["--task", "gsm8k", "--test_file", test])).train_problems(random.Random(0), 1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "gsm8k"], "give --test_file"),
+    (["--task", "gsm8k", "--test_file", "{f}"], "task gsm8k trains on a file: give --train_file"),
+    (["--task", "math", "--test_file", "{f}", "--train_file", "{f}"], "{f}:1: missing field 'problem'"),
+    (["--task", "linear"], "task linear has no base corpus for a toy base model"),
+    (["--task", "countdown", "--cd_numbers", "three"], "--cd_numbers 'three': give a count (3) or a range (3-4)"),
+    (["--task", "gsm8k", "--test_file", "{f}", "--train_file", "{f}", "--eval_problems", "5"],
+     "--eval_problems must be between 1 and --n_test (the held-out set has 2)"),
+])
+def test_train_py_rejects_bad_task_input_in_one_line_before_any_work(tmp_path, capsys, argv, message):
+    import train
+    f = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "a", "answer": "#### 1"}, {"question": "b", "answer": "#### 2"}])
+    argv = [a.format(f=f) for a in argv] + ["--out_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2 and message.format(f=f) in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")  # nothing written, nothing trained
