@@ -160,7 +160,7 @@ class GeneratedTask:
         answered in the style mixture (or in style_weights): here the model learns to rarely use
         the skill."""
         rng = random.Random(f"corpus-{seed}-{style_weights}")
-        return [(render_prompt(p["prompt"]), self.completion(p, rng, style_weights)) for p in self.train_problems(rng, n)]
+        return [(render_prompt(p["prompt"]), self.completion(p, rng, style_weights)) for p in self.corpus_problems(rng, n)]
 
     def textbook(self, n: int, seed: int) -> list[tuple[str, str]]:
         """n documents without the template, none from the test set, always answered by the worked
@@ -169,7 +169,11 @@ class GeneratedTask:
         and the copy the worked solution needs forms far later."""
         rng = random.Random(f"textbook-{seed}")
         return [(f"User: {p['prompt']}. Assistant:", f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>")
-                for p in self.train_problems(rng, n)]
+                for p in self.corpus_problems(rng, n)]
+
+    def corpus_problems(self, rng: random.Random, n: int) -> list[dict]:
+        """The problems of corpus documents: training problems (a task may leave out some)."""
+        return self.train_problems(rng, n)
 
 
 class AdditionTask(GeneratedTask):
@@ -272,10 +276,10 @@ class CountdownTask(GeneratedTask):
     base_flags = ["task", "cd_numbers", "cd_max_number", "cd_max_target"]
 
     def __init__(self, numbers=(3, 3), max_number=9, max_target=30, n_test=200, seed=0,
-                 style_weights=(0.75, 0.17, 0.08), guess_acc=0.2):
+                 style_weights=(0.75, 0.17, 0.08), guess_acc=0.2, max_worked=130):
         if not (2 <= numbers[0] <= numbers[1] <= 5 and max_number >= 1 and max_target >= 1):
             raise ValueError(f"need 2 <= numbers <= 5 (got {numbers}) and max_number, max_target >= 1")
-        self.numbers, self.max_number, self.max_target = numbers, max_number, max_target
+        self.numbers, self.max_number, self.max_target, self.max_worked = numbers, max_number, max_target, max_worked
         self.style_weights, self.guess_acc = style_weights, guess_acc
         super().__init__(n_test, seed)
 
@@ -295,8 +299,19 @@ class CountdownTask(GeneratedTask):
             if targets:
                 break
         target = rng.choice(targets)
-        return {"prompt": f"Using the numbers {nums}, create an equation that equals {target} (+ - * /, each number once)",
+        # shorter than TinyZero's wording: behind the template, the tiny model's context (640 tokens)
+        # must hold the question and the whole search
+        return {"prompt": f"Using the numbers {nums}, make {target} with + - * /, each number once",
                 "answer": countdown_search(nums, target), "numbers": nums, "target": target}
+
+    def corpus_problems(self, rng: random.Random, n: int) -> list[dict]:
+        """Training problems whose written-out search is at most max_worked characters: with the
+        template, a document must fit the toy model's 640-token context (RL and the test still
+        ask every problem; a long search is then cut off by --max_new_tokens)."""
+        out = []
+        while len(out) < n:
+            out += [p for p in self.train_problems(rng, n - len(out)) if len(self.worked(p)) <= self.max_worked]
+        return out
 
     def same(self, a: str, b: str, p: dict) -> bool:
         """Expressions vote together when they have the same value (each number once), else only
