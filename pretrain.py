@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from model import load_checkpoint, make_model, save_checkpoint
 from sample import forward_rows, pack
+from tasks import TASKS
 
-# every flag the base model depends on: the cache key
+# every flag the base model depends on: the cache key (with its task's own, tasks.py's base_flags)
 BASE_FLAGS = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps", "base_batch",
               "base_lr", "template_frac"]
 
@@ -57,7 +58,8 @@ def lm_loss(model, tok, packs, device):
 
 
 def cache_path(args):
-    key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in BASE_FLAGS}, sort_keys=True).encode()).hexdigest()[:12]
+    flags = BASE_FLAGS + TASKS[args.task].base_flags  # addition adds none: its key is what it always was
+    key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in flags}, sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(args.out_dir, "cache", f"base-{key}.pt")
 
 

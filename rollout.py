@@ -1,9 +1,20 @@
 """
 Rollouts: G completions sampled from the policy for each question, scored by reward functions.
-Evaluation is a rollout on held-out questions, measured as in the R1 paper: pass@1 averaged over
-k samples per question at temperature 0.6, top-p 0.95, with those settings printed beside it.
+Evaluation is a rollout on held-out questions, measured as in the R1 paper: k samples per question
+at temperature 0.6, top-p 0.95 (the settings are printed beside the numbers), reported as
 
-    python rollout.py --ckpt out/default/ckpt.pt      # held-out pass@1 of a checkpoint
+    pass@1   the mean correctness over the k samples, averaged over questions (R1's protocol)
+    pass@k   the chance that at least one of k samples is correct, by the unbiased estimator of
+             Chen et al. 2021 (Codex, eq. 1) from n >= k samples: 1 - C(n-c, k) / C(n, k)
+    cons@k   the majority vote: correct when the most frequent final answer among the k samples
+             is (answers the task calls the same, e.g. "0.5" and "1/2", vote together)
+
+per `subject` and `level` as well when the problems have them (MATH). "Correct" is the task's own
+check (tasks.py: math accuracy, or countdown's). train.py's periodic evaluation is `evaluate`.
+
+    python rollout.py --ckpt out/default/ckpt.pt                  # the task of the run that wrote it
+    python rollout.py --ckpt out/default/ckpt.pt --eval_samples 16 --json    # JSON only, for scripts
+    python rollout.py --ckpt CKPT --task gsm8k --test_file gsm8k_test.jsonl
 
 Under torchrun each rank evaluates an equal block of the held-out questions and the results are
 gathered (dist.py); with FSDP every decode step is a collective, so all ranks decode until every
@@ -11,30 +22,33 @@ rank is done.
 """
 
 import argparse
+import json
 import math
+import sys
 
 import torch
 
 import dist
-from rewards import accuracy_reward, format_reward
+from rewards import accuracy_reward, extract_answer, format_reward
 from sample import generate
-from tasks import render_prompt
-
-# measured on every rollout and evaluation whatever --rewards trains on
-METRICS = [("accuracy", accuracy_reward), ("format", format_reward)]
+from tasks import add_task_args, make_task, render_prompt
 
 
-def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, reward_fns=(), all_done=None):
-    """Sample G completions per problem and score them with reward_fns and METRICS: name -> (B,)
-    tensor, NaN where a function declined to score. Rows i*G..i*G+G-1 answer problems[i]."""
-    prompts = [render_prompt(p["prompt"]) for p in problems]
-    out = generate(model, [tok.encode(p) for p in prompts], G, args.max_new_tokens, [tok.eot, tok.end_answer],
-                   tok.pad, temperature=temperature, top_p=top_p, generator=generator, all_done=all_done)
+def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, reward_fns=(), all_done=None,
+            correct=accuracy_reward):
+    """Sample G completions per problem and score them with reward_fns, and with `correct` (logged
+    as accuracy) and format_reward: name -> (B,) tensor, NaN where a function declined to score.
+    Rows i*G..i*G+G-1 answer problems[i]."""
+    prompts = [render_prompt(p["prompt"], tok.chat) for p in problems]
+    # a real BPE's tokenizer ends completions on text as well (sample.generate's stop_texts)
+    stop = dict(stop_texts=tok.stop_texts, decode=tok.decode) if tok.stop_texts else {}
+    out = generate(model, [tok.encode(p) for p in prompts], G, args.max_new_tokens, tok.stop_ids, tok.pad,
+                   temperature=temperature, top_p=top_p, generator=generator, all_done=all_done, **stop)
     texts = [tok.decode([t for t in ids if t != tok.eot]) for ids in out.batch.completions.tolist()]
     prompts = [p for p in prompts for _ in range(G)]
-    fields = {k: [p[k] for p in problems for _ in range(G)] for k in problems[0]}
+    fields = {k: [p.get(k) for p in problems for _ in range(G)] for k in problems[0]}
     scores = {}
-    for name, fn in [(n, f) for n, f, _ in reward_fns] + METRICS:
+    for name, fn in [(n, f) for n, f, _ in reward_fns] + [("accuracy", correct), ("format", format_reward)]:
         if name not in scores:
             r = list(fn(prompts, texts, **fields))
             if len(r) != len(texts):
@@ -43,53 +57,131 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
     return out, texts, scores
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chen et al. 2021's unbiased pass@k from n samples of which c are correct, as a product
+    (the binomials themselves overflow a float for large n)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def majority_correct(texts, correct, same) -> float:
+    """cons@k of one question: cluster the final answers (same(a, b): one vote), and score the
+    largest cluster's first answer; ties go to the cluster seen first; no answer never votes."""
+    clusters = []  # [answer, its first index, count]
+    for i, t in enumerate(texts):
+        a = extract_answer(t)
+        if a is None or not a.strip():
+            continue
+        for c in clusters:
+            if same(a, c[0]):
+                c[2] += 1
+                break
+        else:
+            clusters.append([a, i, 1])
+    if not clusters:
+        return 0.0
+    best = max(clusters, key=lambda c: c[2])  # max keeps the first of equals
+    return float(correct[best[1]] == 1)
+
+
 @torch.no_grad()
 def evaluate(model, tok, task, args, step, all_done=None):
-    """pass@1 on the first --eval_problems held-out problems, averaged over --eval_samples samples
-    each -> (metrics, the first --log_samples completions of rank 0's block, for samples.jsonl)."""
+    """Held-out pass@1 (over --eval_samples samples), pass@k and cons@k (k = --eval_samples) on the
+    first --eval_problems held-out problems, with per-subject / per-level tables when the problems
+    have those fields -> (metrics, the first --log_samples completions of rank 0's block)."""
     model.eval()
-    k = args.eval_problems // dist.world()
+    n, k = args.eval_samples, args.eval_problems // dist.world()
     problems = task.test_set[dist.rank() * k:(dist.rank() + 1) * k]
     gen = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed + 1 + dist.rank())  # the same draws every time
-    acc, fmt, lengths, samples = [], [], [], []
+    acc, fmt, lengths, cons, samples = [], [], [], [], []
     for i in range(0, len(problems), 25):
         chunk = problems[i:i + 25]
-        out, texts, scores = rollout(model, tok, chunk, args.eval_samples, args, gen, args.eval_temperature, args.eval_top_p,
-                                     all_done=all_done)
+        out, texts, scores = rollout(model, tok, chunk, n, args, gen, args.eval_temperature, args.eval_top_p,
+                                     all_done=all_done, correct=task.correct)
         acc.append(scores["accuracy"]), fmt.append(scores["format"]), lengths.append(out.batch.completion_mask.sum(1).cpu())
+        right = scores["accuracy"].view(len(chunk), n)  # (problems, samples)
+        cons.append(torch.tensor([majority_correct(texts[j * n:(j + 1) * n], right[j].tolist(),
+                                                   lambda a, b, p=p: task.same(a, b, p)) for j, p in enumerate(chunk)]))
         if i == 0:
-            samples = [{"step": step, "prompt": p["prompt"], "answer": p["answer"], "completion": texts[j * args.eval_samples],
-                        "accuracy": scores["accuracy"][j * args.eval_samples].item()} for j, p in enumerate(chunk[:args.log_samples])]
-    gathered = [dist.gather_rows(torch.cat(x)) for x in (acc, fmt, lengths)]
-    return {f"eval_{name}": x.mean().item() for name, x in zip(("accuracy", "format", "length"), gathered)}, samples
+            samples = [{"step": step, "prompt": p["prompt"], "answer": p.get("answer"), "completion": texts[j * n],
+                        "accuracy": scores["accuracy"][j * n].item()} for j, p in enumerate(chunk[:args.log_samples])]
+    acc, fmt, lengths, cons = (dist.gather_rows(torch.cat(x)) for x in (acc, fmt, lengths, cons))
+    per_problem = acc.view(-1, n)  # (problems, samples), every rank's block in rank order
+    passk = [pass_at_k(n, int((row == 1).sum()), n) for row in per_problem]
+    m = {"eval_accuracy": acc.mean().item(), "eval_format": fmt.mean().item(), "eval_length": lengths.mean().item(),
+         f"eval_pass@{n}": sum(passk) / len(passk), f"eval_cons@{n}": cons.mean().item()}
+    evaluated = task.test_set[:len(passk)]
+    for field in ("subject", "level"):  # MATH's tables: pass@1 and count per value
+        if any(field in p for p in evaluated):
+            table = {}
+            for p, row in zip(evaluated, per_problem):
+                t = table.setdefault(str(p.get(field)), [0.0, 0])
+                t[0], t[1] = t[0] + row.mean().item(), t[1] + 1
+            m[f"eval_by_{field}"] = {v: {"pass@1": s / c, "problems": c} for v, (s, c) in sorted(table.items())}
+    return m, samples
 
 
 def print_eval(step, m, args):
-    dist.print0(f"eval step {step:3d} | held-out pass@1 {m['eval_accuracy']:.3f} (k={args.eval_samples}, "
-                f"T={args.eval_temperature}, top-p={args.eval_top_p}) | format {m['eval_format']:.3f} | length {m['eval_length']:.1f}")
+    n = args.eval_samples
+    dist.print0(f"eval step {step:3d} | held-out pass@1 {m['eval_accuracy']:.3f} (k={n}, T={args.eval_temperature}, "
+                f"top-p={args.eval_top_p}) | pass@{n} {m[f'eval_pass@{n}']:.3f} | cons@{n} {m[f'eval_cons@{n}']:.3f} | "
+                f"format {m['eval_format']:.3f} | length {m['eval_length']:.1f}")
+    for field in ("subject", "level"):
+        for value, row in m.get(f"eval_by_{field}", {}).items():
+            dist.print0(f"    {field} {value:<28} pass@1 {row['pass@1']:.3f}  ({row['problems']} problems)")
+
+
+def load_model(spec, device):
+    """(model, tokenizer, {"args": the flags of the run that wrote it, "step": its RL step}) for a
+    checkpoint path."""
+    from model import load_checkpoint
+    if spec.startswith("hf:"):
+        raise SystemExit("error: hf: models are loaded by hf.py, which this build does not have yet")
+    model, tok = load_checkpoint(spec, device)
+    ckpt = torch.load(spec, map_location="cpu", weights_only=True)
+    return model, tok, {"args": ckpt.get("args") or {}, "step": ckpt.get("step", 0)}
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Held-out pass@1 of a checkpoint written by train.py.")
-    parser.add_argument("--ckpt", required=True, help="e.g. out/default/ckpt.pt; its task flags pick the held-out set")
-    parser.add_argument("--eval_problems", type=int, default=100, help="held-out problems")
-    parser.add_argument("--eval_samples", type=int, default=4, help="samples per problem; pass@1 is their mean accuracy")
-    parser.add_argument("--eval_temperature", type=float, default=0.6, help="sampling temperature (R1 paper: 0.6)")
-    parser.add_argument("--eval_top_p", type=float, default=0.95, help="top-p (R1 paper: 0.95)")
-    parser.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a completion")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser = argparse.ArgumentParser(description="Held-out pass@1, pass@k and cons@k of a checkpoint.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="out/<run>/ckpt.pt (its task flags are the defaults of the task group)")
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--eval_problems", type=int, default=100, help="the first this many held-out problems (0 or more than there are: all)")
+    g.add_argument("--eval_samples", type=int, default=4, help="k, samples per problem: pass@1 is their mean accuracy")
+    g.add_argument("--eval_temperature", type=float, default=0.6, help="sampling temperature (R1 paper: 0.6)")
+    g.add_argument("--eval_top_p", type=float, default=0.95, help="top-p (R1 paper: 0.95)")
+    g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a completion")
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's)")
+    g.add_argument("--json", action="store_true", help="print the metrics and settings as one JSON object, nothing else")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    task_flags = [a.dest for a in add_task_args(parser)._group_actions]
+    known = parser.parse_known_args()[0]
+    model, tok, meta = load_model(known.ckpt, known.device)
+    run = meta["args"]
+    # the task flags of the run that wrote the checkpoint are the defaults; flags given here win
+    parser.set_defaults(**{k: run[k] for k in task_flags if k in run})
     args = parser.parse_args()
-
-    from model import load_checkpoint
-    from tasks import AdditionTask
-    model, tok = load_checkpoint(args.ckpt, args.device)
-    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
-    run = ckpt.get("args") or {}  # the flags of the run that wrote it
-    task = AdditionTask(run.get("min_digits", 2), run.get("max_digits", 2), run.get("n_test", 200), seed=run.get("seed", 1337))
-    if not 1 <= args.eval_problems <= len(task.test_set):
-        parser.error(f"--eval_problems must be between 1 and {len(task.test_set)}")
-    args.seed, args.log_samples = run.get("seed", 1337), 0
-    print_eval(ckpt.get("step", 0), evaluate(model, tok, task, args, step=ckpt.get("step", 0))[0], args)
+    if args.seed is None:
+        args.seed = run.get("seed", 1337)
+    try:
+        task = make_task(args, log=lambda s: print(s, file=sys.stderr))
+    except ValueError as e:
+        parser.error(str(e))
+    if args.eval_problems < 0 or args.eval_samples < 1:
+        parser.error("--eval_problems must be at least 0 (0: all), --eval_samples at least 1")
+    args.eval_problems = min(args.eval_problems or len(task.test_set), len(task.test_set))  # printed with the results
+    args.log_samples = 0
+    m = evaluate(model, tok, task, args, step=meta["step"])[0]
+    settings = {"ckpt": args.ckpt, "step": meta["step"], "task": args.task, "problems": args.eval_problems, "k": args.eval_samples,
+                "temperature": args.eval_temperature, "top_p": args.eval_top_p, "max_new_tokens": args.max_new_tokens,
+                "seed": args.seed}
+    if args.json:
+        print(json.dumps({"settings": settings, **{key.removeprefix("eval_"): v for key, v in m.items()}}))
+    else:
+        print(f"{args.task}, {args.eval_problems} held-out problems")
+        print_eval(meta["step"], m, args)
 
 
 if __name__ == "__main__":

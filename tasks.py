@@ -1,11 +1,37 @@
-"""
-The toy math task: two-digit addition, in the R1-Zero prompt template.
+r"""
+Tasks: the problems RL trains on, the held-out set it is measured on, the rewards that score them,
+and (for the CPU toy) the base-model corpus. A registry: `--task NAME` picks one of TASKS.
 
-A problem is a dict {"prompt": "Compute 82 + 97", "answer": "179", "a": 82, "b": 97}; the reward
-functions get its fields. The test set is drawn from its own seed and removed from everything
-trained on.
+    addition   a + b (the default toy): generated, with its base corpus
+    countdown  TinyZero's Countdown: 3-4 numbers and a target reachable with + - * /, each number once
+               (checked by search when generated); reward: countdown + format; with a base corpus
+    linear     linear equations `3x + 7 = 22`, integer or (--linear_fractions) fraction answers
+    gsm8k      a local JSONL in GSM8K's format: `question`, `answer` ending in `#### 42`
+    math       a local JSONL in MATH / MATH-500's format: `problem`, `answer` or a `solution` whose last
+               \boxed{} is the answer; `level` and `subject` (MATH's `type`) kept for per-subject tables
+    jsonl      any JSONL: --prompt_field, --answer_field; every other field goes to the reward functions
 
-The base-model corpus is the miniature of a pretrained LM that can reason but rarely does:
+A problem is a dict {"prompt": question, "answer": reference, ...fields}; the reward functions
+(rewards.py) get every field as a keyword list. A task has `test_set` (held out, never trained
+on), `train_problems(rng, n)`, `rewards` (its default --rewards), `correct` (the reward function
+reported as accuracy: for countdown that is countdown_reward), `same(a, b, problem)` (are two
+final answers the same, for majority votes), and `has_corpus`: whether it has `textbook` / `corpus` for
+the toy base model (tasks without one need a pretrained model). Adding a task is one class with `from_args`:
+
+    class Squares(GeneratedTask):                       # e.g. "Compute 12^2"
+        def _draw(self, rng):
+            n = rng.randint(1, 99)
+            return {"prompt": f"Compute {n}^2", "answer": str(n * n)}
+        @classmethod
+        def from_args(cls, args, log=print):
+            return cls(args.n_test, args.seed)
+    TASKS["squares"] = Squares
+
+Nothing is downloaded: file tasks read the paths given (--train_file, --test_file); a malformed
+line is one error naming the file, the line and the field; held-out problems that also appear in
+the training file are reported.
+
+The addition corpus is the miniature of a pretrained LM that can reason but rarely does:
 
     textbook  (no template) the question, then always the worked sum: where the skill is learned
         User: Compute 82 + 97. Assistant: <think> Compute 82 + 97 in columns. 2+7=9, so 9.
@@ -25,11 +51,19 @@ template zero-shot; here the template is in the corpus so a 1M-parameter model c
 Operands have a fixed number of digits by default: column k is then the k-th digit of both
 operands from the left as well as from the right, which a tiny model learns to look up several
 times faster than mixed lengths (three-digit sums take it longer than the whole CPU budget).
+Countdown's corpus has the same three styles; its worked solution is the game's depth-first
+search, written out: every pair and operation tried in order, intermediates positive integers
+(the game's rules), until the target appears.
 
-    python tasks.py     # prints a few corpus documents
+    python tasks.py                    # prints a few corpus documents
+    python tasks.py --task countdown
 """
 
+import json
 import random
+from fractions import Fraction
+
+from rewards import accuracy_reward, countdown_reward, countdown_value, parse_rewards
 
 # Table 1 of the paper; {prompt} is replaced with the question
 TEMPLATE = (
@@ -61,7 +95,88 @@ def render_prompt(question: str, chat: str | None = None) -> str:
     return CHAT[chat].format(system=SYSTEM, prompt=question)
 
 
-class AdditionTask:
+
+class GeneratedTask:
+    """A task whose problems are drawn from a seeded random.Random: subclasses give `_draw(rng)`,
+    and for a base corpus `worked(p)` (the written-out solution) and `guess(p, rng)`."""
+
+    rewards, correct = "accuracy:1,format:1", staticmethod(accuracy_reward)
+    base_flags: list[str] = []  # the flags its corpus depends on, beyond pretrain.BASE_FLAGS
+    style_weights, guess_acc = (0.75, 0.17, 0.08), 0.2
+
+    def __init__(self, n_test=200, seed=0):
+        self.seed = seed
+        rng = random.Random(f"test-{seed}")
+        test, seen = [], set()
+        for _ in range(100 * n_test + 1000):
+            if len(test) == n_test:
+                break
+            p = self._draw(rng)
+            if p["prompt"] not in seen:
+                seen.add(p["prompt"])
+                test.append(p)
+        else:
+            raise ValueError(f"n_test={n_test}: could not draw that many distinct problems: lower it")
+        self.test_set, self._test_prompts = test, seen
+
+    def _draw(self, rng: random.Random) -> dict:
+        raise NotImplementedError
+
+    def train_problems(self, rng: random.Random, n: int) -> list[dict]:
+        """n problems that are not in the test set."""
+        out = []
+        while len(out) < n:
+            p = self._draw(rng)
+            if p["prompt"] not in self._test_prompts:
+                out.append(p)
+        return out
+
+    @property
+    def has_corpus(self) -> bool:
+        """A base corpus for the toy needs the written-out solution (`worked`)."""
+        return hasattr(self, "worked")
+
+    def same(self, a: str, b: str, p: dict) -> bool:
+        """Two final answers are one vote when the correctness check would call them equal."""
+        return accuracy_reward([""], [f"<answer> {a} </answer>"], answer=[b])[0] == 1.0
+
+    # --- the base-model corpus ---
+
+    def completion(self, p: dict, rng: random.Random, style_weights=None) -> str:
+        """One corpus completion for problem p (starts with a space, as after 'Assistant:')."""
+        style = rng.choices(["direct", "worked", "reflect"], weights=style_weights or self.style_weights)[0]
+        if style == "worked":
+            return f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
+        guess = self.guess(p, rng)
+        if style == "reflect":
+            return (f" <think> It is about {guess}. Wait, let me recheck. {self.worked(p)} </think>"
+                    f" <answer> {p['answer']} </answer>")
+        if rng.random() < 0.5:
+            return f" <answer> {guess} </answer>"
+        return f" <think> I know this one. </think> <answer> {guess} </answer>"
+
+    def corpus(self, n: int, seed: int, style_weights=None) -> list[tuple[str, str]]:
+        """n templated documents, none from the test set, asked as the RL and test prompts are and
+        answered in the style mixture (or in style_weights): here the model learns to rarely use
+        the skill."""
+        rng = random.Random(f"corpus-{seed}-{style_weights}")
+        return [(render_prompt(p["prompt"]), self.completion(p, rng, style_weights)) for p in self.corpus_problems(rng, n)]
+
+    def textbook(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """n documents without the template, none from the test set, always answered by the worked
+        solution: here the model learns the skill. Short documents are where a tiny model learns it
+        quickly: behind the ~380-token template attention starts spread over every template token,
+        and the copy the worked solution needs forms far later."""
+        rng = random.Random(f"textbook-{seed}")
+        return [(f"User: {p['prompt']}. Assistant:", f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>")
+                for p in self.corpus_problems(rng, n)]
+
+    def corpus_problems(self, rng: random.Random, n: int) -> list[dict]:
+        """The problems of corpus documents: training problems (a task may leave out some)."""
+        return self.train_problems(rng, n)
+
+
+class AdditionTask(GeneratedTask):
     """a + b, each operand with min_digits..max_digits digits (1-digit operands include 0)."""
 
     def __init__(self, min_digits=2, max_digits=2, n_test=200, seed=0,
@@ -73,31 +188,16 @@ class AdditionTask:
         if n_test > n_operands ** 2 // 2:
             raise ValueError(f"n_test={n_test} would hold out more than half of the {n_operands ** 2} problems: lower it")
         self.style_weights, self.guess_acc = style_weights, guess_acc
-        self.seed = seed
-        rng = random.Random(f"test-{seed}")
-        test, seen = [], set()
-        while len(test) < n_test:
-            p = self._draw(rng)
-            if p["prompt"] not in seen:
-                seen.add(p["prompt"])
-                test.append(p)
-        self.test_set, self._test_prompts = test, seen
+        super().__init__(n_test, seed)
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        return cls(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
 
     def _draw(self, rng: random.Random) -> dict:
         a, b = (rng.randint(10 ** (n - 1) if n > 1 else 0, 10 ** n - 1)
                 for n in (rng.randint(self.min_digits, self.max_digits) for _ in range(2)))
         return {"prompt": f"Compute {a} + {b}", "answer": str(a + b), "a": a, "b": b}
-
-    def train_problems(self, rng: random.Random, n: int) -> list[dict]:
-        """n problems that are not in the test set."""
-        out = []
-        while len(out) < n:
-            p = self._draw(rng)
-            if p["prompt"] not in self._test_prompts:
-                out.append(p)
-        return out
-
-    # --- the base-model corpus ---
 
     def guess(self, p: dict, rng: random.Random) -> str:
         """A one-shot answer: right with probability guess_acc, else one digit off."""
@@ -128,37 +228,312 @@ class AdditionTask:
             steps.append(f"Carry 1 left, so 1{partial}.")
         return " ".join(steps)
 
-    def completion(self, p: dict, rng: random.Random, style_weights=None) -> str:
-        """One corpus completion for problem p (starts with a space, as after 'Assistant:')."""
-        style = rng.choices(["direct", "worked", "reflect"], weights=style_weights or self.style_weights)[0]
-        if style == "worked":
-            return f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
-        guess = self.guess(p, rng)
-        if style == "reflect":
-            return (f" <think> It is about {guess}. Wait, let me recheck. {self.worked(p)} </think>"
-                    f" <answer> {p['answer']} </answer>")
-        if rng.random() < 0.5:
-            return f" <answer> {guess} </answer>"
-        return f" <think> I know this one. </think> <answer> {guess} </answer>"
 
-    def corpus(self, n: int, seed: int, style_weights=None) -> list[tuple[str, str]]:
-        """n templated documents, none from the test set, asked as the RL and test prompts are and
-        answered in the style mixture (or in style_weights): here the model learns to rarely use
-        the skill."""
-        rng = random.Random(f"corpus-{seed}-{style_weights}")
-        return [(render_prompt(p["prompt"]), self.completion(p, rng, style_weights)) for p in self.train_problems(rng, n)]
+# --- Countdown ---
 
-    def textbook(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """n documents without the template, none from the test set, always answered by the worked
-        sum: here the model learns the skill. Short documents are where a tiny model learns it
-        quickly: behind the ~380-token template attention starts spread over every template token,
-        and the copy the worked sum needs forms far later."""
-        rng = random.Random(f"textbook-{seed}")
-        return [(f"User: {p['prompt']}. Assistant:", f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>")
-                for p in self.train_problems(rng, n)]
+def combine(x, y):
+    """The game's moves on two numbers (value, expression): every result that is a positive
+    integer, larger operand first for - and /, no /1 (it repeats *1)."""
+    (a, ea), (b, eb) = (x, y) if x[0] >= y[0] else (y, x)
+    out = [(a + b, "+", f"{ea} + {eb}"), (a * b, "*", f"{ea} * {eb}")]
+    if a > b:
+        out.append((a - b, "-", f"{ea} - {eb}"))
+    if b > 1 and a % b == 0:
+        out.append((a // b, "/", f"{ea} / {eb}"))
+    return [(v, op, e, a, b) for v, op, e in out]
+
+
+def countdown_search(nums, target=None, trace=None):
+    """Depth-first search over the game: combine a pair, recurse on the shorter list, and so on
+    until one number is left. With a target: the first expression found (None if unreachable),
+    writing every move tried into `trace`; without: the set of every reachable value."""
+    items, reach = [(n, str(n)) for n in nums], set()
+
+    def dfs(items):
+        for i in range(len(items)):
+            for j in range(i + 1, len(items)):
+                rest = items[:i] + items[i + 1:j] + items[j + 1:]
+                for v, op, e, a, b in combine(items[i], items[j]):
+                    if trace is not None:
+                        trace.append(f"{a}{op}{b}={v}" + (":" if rest else ""))
+                    if not rest:
+                        reach.add(v)
+                        if v == target:
+                            return e
+                    elif (found := dfs(rest + [(v, f"({e})")])) is not None:
+                        return found
+        return None
+
+    found = dfs(items)
+    return reach if target is None else found
+
+
+class CountdownTask(GeneratedTask):
+    """Countdown as TinyZero poses it: numbers in 1..max_number, a target in 1..max_target that the
+    search reaches using every number once (the reward accepts any correct expression)."""
+
+    rewards, correct = "countdown:1,format:1", staticmethod(countdown_reward)
+    base_flags = ["task", "cd_numbers", "cd_max_number", "cd_max_target"]
+
+    def __init__(self, numbers=(3, 3), max_number=9, max_target=30, n_test=200, seed=0,
+                 style_weights=(0.75, 0.17, 0.08), guess_acc=0.2, max_worked=130):
+        if not (2 <= numbers[0] <= numbers[1] <= 5 and max_number >= 1 and max_target >= 1):
+            raise ValueError(f"need 2 <= numbers <= 5 (got {numbers}) and max_number, max_target >= 1")
+        self.numbers, self.max_number, self.max_target, self.max_worked = numbers, max_number, max_target, max_worked
+        self.style_weights, self.guess_acc = style_weights, guess_acc
+        super().__init__(n_test, seed)
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        lo, _, hi = args.cd_numbers.partition("-")
+        try:
+            numbers = (int(lo), int(hi or lo))
+        except ValueError:
+            raise ValueError(f"--cd_numbers {args.cd_numbers!r}: give a count (3) or a range (3-4)") from None
+        return cls(numbers, args.cd_max_number, args.cd_max_target, args.n_test, seed=args.seed)
+
+    def _draw(self, rng: random.Random) -> dict:
+        while True:  # until the numbers reach some target in range
+            nums = [rng.randint(1, self.max_number) for _ in range(rng.randint(*self.numbers))]
+            targets = sorted(v for v in countdown_search(nums) if v <= self.max_target)
+            if targets:
+                break
+        target = rng.choice(targets)
+        # shorter than TinyZero's wording: behind the template, the tiny model's context (640 tokens)
+        # must hold the question and the whole search
+        return {"prompt": f"Using the numbers {nums}, make {target} with + - * /, each number once",
+                "answer": countdown_search(nums, target), "numbers": nums, "target": target}
+
+    def corpus_problems(self, rng: random.Random, n: int) -> list[dict]:
+        """Training problems whose written-out search is at most max_worked characters: with the
+        template, a document must fit the toy model's 640-token context (RL and the test still
+        ask every problem; a long search is then cut off by --max_new_tokens)."""
+        out = []
+        while len(out) < n:
+            out += [p for p in self.train_problems(rng, n - len(out)) if len(self.worked(p)) <= self.max_worked]
+        return out
+
+    def same(self, a: str, b: str, p: dict) -> bool:
+        """Expressions vote together when they have the same value (each number once), else only
+        when written alike."""
+        va, vb = countdown_value(a, p["numbers"]), countdown_value(b, p["numbers"])
+        return va == vb if va is not None and vb is not None else a.replace(" ", "") == b.replace(" ", "")
+
+    @staticmethod
+    def worked(p: dict) -> str:
+        """The search, written out: it restates the numbers and the target (a copy a tiny model
+        learns first), then every move tried, a list of final values at the last level."""
+        trace = []
+        countdown_search(p["numbers"], p["target"], trace)
+        nums = " ".join(map(str, p["numbers"]))
+        return f"Numbers {nums}, target {p['target']}. " + " ".join(trace) + f" Found {p['answer']}."
+
+    def guess(self, p: dict, rng: random.Random) -> str:
+        """A one-shot answer: the solution with probability guess_acc, else the numbers shuffled
+        with random operations (right only by chance)."""
+        if rng.random() < self.guess_acc:
+            return p["answer"]
+        nums = rng.sample(p["numbers"], len(p["numbers"]))
+        expr = str(nums[0])
+        for n in nums[1:]:
+            expr = f"({expr}) {rng.choice('+-*/')} {n}" if len(expr) > 2 else f"{expr} {rng.choice('+-*/')} {n}"
+        return expr
+
+
+# --- linear equations ---
+
+class LinearTask(GeneratedTask):
+    """a x + b = c with a in 2..9, b in -20..20 (not 0); x an integer in -10..10, or with
+    fractions a fraction k/a in lowest terms. No base corpus: it needs a pretrained model."""
+
+    def __init__(self, fractions=False, n_test=200, seed=0):
+        self.fractions = fractions
+        super().__init__(n_test, seed)
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        return cls(args.linear_fractions, args.n_test, seed=args.seed)
+
+    def _draw(self, rng: random.Random) -> dict:
+        a, b = rng.randint(2, 9), rng.choice([i for i in range(-20, 21) if i])
+        x = Fraction(rng.randint(-30, 30), a) if self.fractions else Fraction(rng.randint(-10, 10))
+        c = a * x + b  # an integer: a x is k or a times an integer
+        return {"prompt": f"Solve for x: {a}x {'+' if b > 0 else '-'} {abs(b)} = {c}", "answer": str(x),
+                "a": a, "b": b, "c": int(c)}
+
+
+# --- tasks read from local JSONL files ---
+
+class TaskError(ValueError):
+    """Bad task input (a file, a line, a field): shown as a one-line error."""
+
+
+def last_boxed(text: str):
+    r"""The content of the last oxed{...} (braces matched), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+class FileTask:
+    """Problems read from JSONL files: `parse(record)` turns one line's object into a problem (or
+    raises KeyError(field) / TaskError). Training draws from the train file; the test file is the
+    held-out set."""
+
+    rewards, correct = "accuracy:1,format:1", staticmethod(accuracy_reward)
+    base_flags: list[str] = []
+    has_corpus = False
+    same = GeneratedTask.same
+
+    def __init__(self, train_file=None, test_file=None, log=print):
+        if not test_file:
+            raise TaskError(f"task {self.name} reads its held-out problems from a file: give --test_file PATH.jsonl")
+        self.test_set = self.read(test_file)
+        self.train = self.read(train_file) if train_file else None
+        self.overlap = 0
+        if self.train:
+            seen = {p["prompt"].strip() for p in self.train}
+            self.overlap = sum(p["prompt"].strip() in seen for p in self.test_set)
+            if self.overlap:
+                log(f"warning: {self.overlap} of the {len(self.test_set)} held-out problems of {test_file} "
+                    f"also appear in {train_file}: the held-out accuracy is not held out")
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        return cls(args.train_file, args.test_file, log=log)
+
+    def read(self, path: str) -> list[dict]:
+        try:
+            f = open(path, encoding="utf-8")
+        except OSError as e:
+            raise TaskError(f"cannot read {path}: {e.strerror}") from None
+        out = []
+        with f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TaskError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise TaskError(f"{path}:{i}: not a JSON object")
+                try:
+                    out.append(self.parse(rec))
+                except KeyError as e:
+                    raise TaskError(f"{path}:{i}: missing field {e.args[0]!r}") from None
+                except TaskError as e:
+                    raise TaskError(f"{path}:{i}: {e}") from None
+        if not out:
+            raise TaskError(f"{path} holds no problems")
+        return out
+
+    def train_problems(self, rng: random.Random, n: int) -> list[dict]:
+        """n problems drawn (with replacement) from the training file."""
+        if not self.train:
+            raise TaskError(f"task {self.name} trains on a file: give --train_file PATH.jsonl")
+        return [rng.choice(self.train) for _ in range(n)]
+
+
+class GSM8KTask(FileTask):
+    """GSM8K's own format: `question`, and `answer` = the worked solution, then `#### 42`."""
+
+    name = "gsm8k"
+
+    def parse(self, rec):
+        solution = str(rec["answer"])
+        if "####" not in solution:
+            raise TaskError("field 'answer' has no final '#### <answer>'")
+        final = solution.rpartition("####")[2].strip().replace(",", "")
+        return {"prompt": str(rec["question"]).strip(), "answer": final, "solution": solution}
+
+
+class MathTask(FileTask):
+    r"""MATH / MATH-500: `problem`, and `answer`, or else the last oxed{} of `solution`; `level`
+    and `subject` (MATH's `type`) kept for per-subject and per-level tables."""
+
+    name = "math"
+
+    def parse(self, rec):
+        if "answer" in rec:
+            answer = str(rec["answer"])
+        else:
+            answer = last_boxed(str(rec["solution"]))
+            if answer is None:
+                raise TaskError("no field 'answer', and field 'solution' has no \\boxed{} answer")
+        p = {"prompt": str(rec["problem"]).strip(), "answer": answer.strip()}
+        for field, key in (("subject", "subject"), ("type", "subject"), ("level", "level")):
+            if field in rec and key not in p:
+                p[key] = str(rec[field])
+        return p
+
+
+class JsonlTask(FileTask):
+    """Any JSONL: the prompt and answer from named fields (no answer field: "" makes none, e.g.
+    for code with `tests`); every other field is passed on to the reward functions. Its accuracy
+    is the first reward of --rewards."""
+
+    name = "jsonl"
+
+    def __init__(self, train_file=None, test_file=None, prompt_field="prompt", answer_field="answer",
+                 rewards=None, log=print):
+        self.prompt_field, self.answer_field = prompt_field, answer_field
+        if rewards:
+            self.rewards, self.correct = rewards, parse_rewards(rewards)[0][1]
+        super().__init__(train_file, test_file, log)
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        return cls(args.train_file, args.test_file, args.prompt_field, args.answer_field, args.rewards, log=log)
+
+    def parse(self, rec):
+        p = {k: v for k, v in rec.items() if k not in (self.prompt_field, self.answer_field)}
+        p["prompt"] = str(rec[self.prompt_field]).strip()
+        if self.answer_field:
+            p["answer"] = str(rec[self.answer_field]).strip()
+        return p
+
+
+TASKS = {"addition": AdditionTask, "countdown": CountdownTask, "linear": LinearTask,
+         "gsm8k": GSM8KTask, "math": MathTask, "jsonl": JsonlTask}
+
+
+def add_task_args(parser):
+    """The task flags, one group (train.py and rollout.py)."""
+    g = parser.add_argument_group("task")
+    g.add_argument("--task", choices=list(TASKS), default="addition", help="what to train and evaluate on (tasks.py)")
+    g.add_argument("--n_test", type=int, default=200, help="generated tasks: held-out problems, never trained on")
+    g.add_argument("--min_digits", type=int, default=2, help="addition: fewest digits of an operand")
+    g.add_argument("--max_digits", type=int, default=2, help="addition: most digits of an operand")
+    g.add_argument("--cd_numbers", default="3", help="countdown: how many numbers, 3 or a range 3-4 (TinyZero: 3-4)")
+    g.add_argument("--cd_max_number", type=int, default=9, help="countdown: numbers are 1..this (TinyZero: 99)")
+    g.add_argument("--cd_max_target", type=int, default=30, help="countdown: targets are 1..this (TinyZero: 99)")
+    g.add_argument("--linear_fractions", action="store_true", help="linear: answers may be fractions (7/3)")
+    g.add_argument("--train_file", default=None, help="gsm8k, math, jsonl: the training problems, a local .jsonl")
+    g.add_argument("--test_file", default=None, help="gsm8k, math, jsonl: the held-out problems, a local .jsonl")
+    g.add_argument("--prompt_field", default="prompt", help="jsonl: the field holding the question")
+    g.add_argument("--answer_field", default="answer", help="jsonl: the field holding the reference answer ('' for none)")
+    return g
+
+
+def make_task(args, log=print):
+    """The task of --task and its flags; TaskError / ValueError for bad input."""
+    return TASKS[args.task].from_args(args, log=log)
 
 
 if __name__ == "__main__":
-    task = AdditionTask()
+    import argparse
+    parser = argparse.ArgumentParser(description="Print a few corpus documents of a task.")
+    add_task_args(parser)
+    parser.add_argument("--seed", type=int, default=0)
+    task = make_task(parser.parse_args())
+    if not task.has_corpus:
+        raise SystemExit(f"task has no base corpus; its first problem: {task.test_set[0]}")
     for prompt, completion in task.textbook(2, seed=0) + task.corpus(6, seed=0):
         print("..." + prompt[-32:] + completion, end="\n\n")

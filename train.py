@@ -30,6 +30,7 @@ pretrained weights yet).
 import argparse
 import contextlib
 import copy
+import json
 import math
 import os
 import random
@@ -40,6 +41,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import runs
+from tasks import add_task_args, make_task
 
 # -----------------------------------------------------------------------------
 # flags
@@ -57,24 +59,30 @@ parser.add_argument("--no_kernels", action="store_true", help="on CUDA, use the 
 parser.add_argument("--preset", choices=["r1zero"], default=None,
                     help="r1zero: the paper's RL settings (lr, beta, G, questions, ref update, mini-batches, epochs, "
                          "temperature, clip ratio); flags given explicitly still win")
-# task
-parser.add_argument("--min_digits", type=int, default=2, help="fewest digits of an operand")
-parser.add_argument("--max_digits", type=int, default=2, help="most digits of an operand")
-parser.add_argument("--n_test", type=int, default=200, help="held-out problems, never trained on")
-# tokenizer and model
-parser.add_argument("--tokenizer", default="byte", help="byte, or a tiktoken encoding: gpt2, cl100k_base, o200k_base")
+# task: --task and its flags (tasks.py)
+add_task_args(parser)
+# the starting model: a pretrained one (--init), or the toy base stage on a preset
+parser.add_argument("--init", default=None, help="start from hf:DIR (a local Hugging Face model directory: weights and "
+                                                  "tokenizer) or a ckpt.pt of ours; default: train the toy base stage")
+parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: forward passes under bf16 autocast with fp32 parameters and optimiser state (the "
+                         "reference model held in bf16); fp32: everything in fp32")
+parser.add_argument("--grad_checkpoint", action="store_true", help="recompute each block's activations in the backward (less memory, ~1/3 more compute)")
+parser.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], default="auto",
+                    help="prompt format: the R1-Zero template (none), an instruct model's chat format, or auto: the tokenizer's")
+parser.add_argument("--tokenizer", default="byte", help="without --init: byte, or a tiktoken encoding: gpt2, cl100k_base, o200k_base")
 parser.add_argument("--tokenizer_dir", default="tokenizers", help="where named encodings' <name>.tiktoken files are")
-parser.add_argument("--model", default="tiny", help="model preset: tiny, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
-# stage 1: base model
+parser.add_argument("--model", default="tiny", help="without --init: model preset: tiny, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
+# stage 1: the toy base model (without --init)
 parser.add_argument("--base_steps", type=int, default=700, help="pretraining steps on the task corpus")
 parser.add_argument("--base_batch", type=int, default=48, help="documents per pretraining step")
 parser.add_argument("--template_frac", type=float, default=0.5, help="share of the base steps (the last ones) where half the documents are templated: first all worked, then the style mixture; the rest are textbook ones")
 parser.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
 parser.add_argument("--no_cache", action="store_true", help="retrain the base model even if it is cached")
 # stage 2: GRPO rewards and rollouts
-parser.add_argument("--rewards", default="accuracy:1,format:1",
-                    help="weighted sum of reward functions, name:weight,...: built-ins accuracy, format, language, "
-                         "or module.function of your own (eq. 4: accuracy:1,format:1)")
+parser.add_argument("--rewards", default=None,
+                    help="weighted sum of reward functions, name:weight,...: built-ins accuracy, format, language, countdown, "
+                         "code, or module.function of your own (default: the task's; eq. 4: accuracy:1,format:1)")
 parser.add_argument("--rl_steps", type=int, default=60, help="GRPO steps")
 parser.add_argument("--questions", type=int, default=16, help="questions per step (paper: 32)")
 parser.add_argument("--group_size", type=int, default=8, help="G, outputs sampled per question (paper: 16)")
@@ -115,15 +123,22 @@ from model import PRESETS as MODELS, load_checkpoint, save_checkpoint  # noqa: E
 from pretrain import base_model, cache_path  # noqa: E402
 from rewards import parse_rewards  # noqa: E402
 from rollout import evaluate, print_eval, rollout  # noqa: E402
-from tasks import AdditionTask, render_prompt  # noqa: E402
+from tasks import render_prompt  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
 
 def parse_args(argv=None):
-    """Flags, with a --preset's values as defaults: a preset fills the namespace first, and
-    argparse only sets defaults for what is not there yet, so explicit flags still win."""
-    preset = parser.parse_known_args(argv)[0].preset
-    args = parser.parse_args(argv, namespace=argparse.Namespace(**PRESETS.get(preset, {})))
+    """Flags, with a --preset's values as defaults, and on --resume the resumed run's own flags
+    (its args.json): they fill the namespace first, and argparse only sets defaults for what is not
+    there yet, so explicit flags still win."""
+    known = parser.parse_known_args(argv)[0]
+    defaults = dict(PRESETS.get(known.preset, {}))
+    saved = os.path.join(known.out_dir, known.run_name or "", "args.json")
+    if known.resume and known.run_name and os.path.isfile(saved):
+        with open(saved) as f:
+            run_args = json.load(f)
+        defaults.update({k: v for k, v in run_args.items() if k in vars(known) and k not in ("resume", "run_name", "out_dir")})
+    args = parser.parse_args(argv, namespace=argparse.Namespace(**defaults))
     validate(args)
     return args
 
@@ -156,45 +171,101 @@ def validate(args):
         (not args.fsdp or "RANK" in os.environ, "--fsdp needs a distributed launch: torchrun --nproc_per_node=N train.py --fsdp"),
         (args.ref_update_every >= 0, "--ref_update_every cannot be negative (0: never)"),
         (args.eval_every >= 1 and args.eval_samples >= 1, "--eval_every and --eval_samples must be at least 1"),
-        (1 <= args.eval_problems <= args.n_test, "--eval_problems must be between 1 and --n_test"),
+        (args.eval_problems >= 1, "--eval_problems must be at least 1"),
         (args.eval_temperature >= 0 and 0 < args.eval_top_p <= 1, "--eval_temperature must be >= 0 and --eval_top_p in (0, 1]"),
         (args.log_samples >= 0, "--log_samples cannot be negative"),
         (args.save_every >= 0, "--save_every cannot be negative (0: only at the end)"),
         (args.max_skips >= 1, "--max_skips must be at least 1"),
-        (args.model in MODELS, f"--model {args.model} is not a preset: choose from {', '.join(MODELS)}"),
+        (not (args.init and args.init.startswith("hf:") and args.tokenizer != "byte"),
+         "--tokenizer: an --init hf:DIR model brings its own tokenizer; leave --tokenizer out"),
     ]
     for ok, msg in checks + [(device_error(args.device) is None, device_error(args.device))]:
         if not ok:
             parser.error(msg)
     try:
+        task = make_task(args, log=lambda line: None)  # set_up builds it again, and says what it reports
+        task.train_problems(random.Random(0), 1)  # a file task without --train_file fails here
+        args.rewards = args.rewards or task.rewards
         parse_rewards(args.rewards)
-        task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
     except ValueError as e:
         parser.error(f"--rewards: {e}" if "reward" in str(e) else str(e).replace("n_test", "--n_test"))
-    try:
-        tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(f"--tokenizer {args.tokenizer}: {e}")
+    if args.eval_problems > len(task.test_set):
+        parser.error(f"--eval_problems {args.eval_problems}: the held-out set has {len(task.test_set)} problems: use at most that")
+    if not args.init and not task.has_corpus:
+        parser.error(f"--task {args.task} has no base corpus for a toy base model: start from a pretrained one (--init hf:DIR)")
+    tok, config = starting_point(args)
     # context length: the longest prompt plus --max_new_tokens (rollouts and evaluation), and the
     # longest base-corpus document if the base stage is to be trained
-    block, n = MODELS[args.model]["block_size"], longest_prompt(task, tok)
+    block, n = config["block_size"], longest_prompt(task, tok)
     if n + args.max_new_tokens > block:
-        parser.error(f"--max_new_tokens {args.max_new_tokens}: the longest prompt ({n} tokens with --tokenizer "
-                     f"{args.tokenizer}) plus it exceeds --model {args.model}'s context of {block}: use at most {block - n}")
-    if not args.resume and (args.no_cache or not os.path.isfile(cache_path(args))) and longest_document(task, tok) > block:
-        parser.error(f"--max_digits {args.max_digits}: the base corpus's longest document ({longest_document(task, tok)} "
-                     f"tokens) exceeds --model {args.model}'s context of {block}: lower --max_digits")
-    error = runs.check_run_dir(args)
-    if error:
+        parser.error(f"--max_new_tokens {args.max_new_tokens}: the longest prompt ({n} tokens with tokenizer {tok.name}) "
+                     f"plus it exceeds the model's context of {block}: use at most {block - n}")
+    if not args.init and not args.resume and (args.no_cache or not os.path.isfile(cache_path(args))):
+        if (m := longest_document(task, tok)) > block:
+            parser.error(f"--task {args.task}: the base corpus's longest document ({m} tokens) exceeds --model "
+                         f"{args.model}'s context of {block}: use a smaller problem size")
+    if error := memory_error(args, config, world):
+        parser.error(error)
+    if error := runs.check_run_dir(args):
         parser.error(error)
     if args.resume:  # the checkpoint must be one this run can continue
         try:
-            ckpt = load_checkpoint(os.path.join(args.out_dir, args.run_name, "ckpt.pt"), "cpu", tokenizer=args.tokenizer,
-                                   config=dict(MODELS[args.model], vocab_size=tok.vocab_size), full=True)[2]
+            ckpt = load_checkpoint(os.path.join(args.out_dir, args.run_name, "ckpt.pt"), "cpu", tokenizer=tok.name,
+                                   config=config, full=True)[2]
         except SystemExit as e:
             parser.error(f"--resume: {str(e.code).removeprefix('error: ')}")
         if "random" not in ckpt:
             parser.error(f"--resume: the checkpoint of {args.run_name} predates exact resume (format 1): start a new --run_name")
+
+
+def starting_point(args):
+    """(tokenizer, model config as a dict of ModelConfig fields) of what the run starts from, read
+    without loading any weights: --init hf:DIR's config.json and tokenizer.json, --init CKPT's
+    config and tokenizer, or the --model preset with --tokenizer. The tokenizer's prompt format
+    is set from --chat."""
+    from dataclasses import asdict
+    try:
+        if args.init and args.init.startswith("hf:"):
+            from hf import HFTokenizer, config_from_hf, read_json
+            path = args.init.removeprefix("hf:")
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"no such model directory: {path}")
+            config = asdict(config_from_hf(read_json(os.path.join(path, "config.json"), "config.json")))
+            tok = HFTokenizer(path)
+        elif args.init:
+            if not os.path.isfile(args.init):
+                raise FileNotFoundError(f"no such checkpoint: {args.init} (a directory of Hugging Face weights is hf:DIR)")
+            ckpt = torch.load(args.init, map_location="cpu", weights_only=True, mmap=True)
+            config, tok = ckpt["config"], get_tokenizer(ckpt["tokenizer"], ckpt.get("tokenizer_dir", "tokenizers"))
+        else:
+            if args.model not in MODELS:
+                parser.error(f"--model {args.model} is not a preset: choose from {', '.join(MODELS)}")
+            tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
+            config = dict(MODELS[args.model], vocab_size=tok.vocab_size)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        flag = f"--init {args.init}" if args.init else f"--tokenizer {args.tokenizer}"
+        parser.error(f"{flag}: {' '.join(str(e).split())}")
+    if config.get("vocab_size", 0) < tok.vocab_size:
+        parser.error(f"--init {args.init}: the tokenizer has {tok.vocab_size} tokens, the model's embedding only {config['vocab_size']}")
+    tok.chat = tok.chat if args.chat == "auto" else None if args.chat == "none" else args.chat
+    return tok, config
+
+
+def memory_error(args, config, world):
+    """The training state needs, per parameter: fp32 weights, gradient and two AdamW moments (16
+    bytes) and the reference's copy (2 in bf16, 4 in fp32; none with --beta 0), divided over the
+    ranks with --fsdp. Activations and the KV cache come on top. An error if that alone exceeds
+    the device's free memory, before anything is allocated."""
+    from model import GPT, ModelConfig, free_memory
+    with torch.device("meta"):
+        n = sum(p.numel() for p in GPT(ModelConfig(**config)).parameters())
+    per_param = 16 + (0 if args.beta == 0 else 2 if args.dtype == "bf16" else 4)
+    need, free = n * per_param / (world if args.fsdp else 1), free_memory(args.device)
+    if need > free:
+        return (f"--init/--model: training {n / 1e9:.2f}B parameters needs ~{need / 2**30:.1f} GiB for weights, gradients, "
+                f"AdamW and the reference, {free / 2**30:.1f} GiB are free on {args.device}: use --fsdp over more GPUs, "
+                f"--beta 0, or a smaller model")
+    return None
 
 
 def device_error(device):
@@ -209,17 +280,16 @@ def device_error(device):
 
 
 def longest_prompt(task, tok):
-    """The most tokens a question's prompt takes: the test set's, and the largest operands'."""
-    big = 10 ** task.max_digits - 1
-    return max(len(tok.encode(render_prompt(p))) for p in [f"Compute {big} + {big}"] + [p["prompt"] for p in task.test_set])
+    """The most tokens a prompt takes: over the held-out set and a sample of training problems."""
+    problems = task.test_set + task.train_problems(random.Random(0), 256)
+    return max(len(tok.encode(render_prompt(p["prompt"], tok.chat))) for p in problems)
 
 
 def longest_document(task, tok):
-    """The most tokens a base-corpus document takes: the largest operands, rechecked (pretrain.py)."""
-    big = 10 ** task.max_digits - 1
-    p = {"prompt": f"Compute {big} + {big}", "answer": str(2 * big), "a": big, "b": big}
-    completion = task.completion(p, random.Random(0), style_weights=(0, 0, 1))  # a guess, then the worked sum
-    return len(tok.encode(render_prompt(p["prompt"]))) + len(tok.encode(completion)) + 1  # + <|endoftext|>
+    """The most tokens a base-corpus document takes (pretrain.py), over a sample of the longest
+    style: a guess, then the worked solution."""
+    docs = task.textbook(64, seed=0) + task.corpus(256, seed=0, style_weights=(0, 0, 1))
+    return max(len(tok.encode(p)) + len(tok.encode(c)) + 1 for p, c in docs)  # + <|endoftext|>
 
 
 def nanmean(x):
@@ -238,7 +308,7 @@ class Run:
     """What every step touches."""
     dir: str
     tok: object
-    task: AdditionTask
+    task: object                  # tasks.py: problems, held-out set, correctness
     model: torch.nn.Module        # the policy's own module: sampling, evaluation, checkpoints
     policy: torch.nn.Module       # the trainable dist.Policy over it (DDP/FSDP-wrapped, or not)
     ref: torch.nn.Module | None   # dist.Policy over the frozen reference; None with --beta 0
@@ -265,7 +335,10 @@ def main(argv=None):
 def train(args, rank, world, device):
     torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
     kernels.USE = "never" if args.no_kernels else "cuda"  # a CPU takes the references
-    with runs.StopSignal() as stop:  # from here a SIGTERM / SIGINT stops the run at the next step boundary
+    # --dtype bf16: matmuls in bf16 under autocast, parameters and optimiser state in fp32 (a bf16
+    # weight keeps ~3 significant digits, so an update of lr ~1e-6 would round away)
+    precision = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=args.dtype == "bf16")
+    with runs.StopSignal() as stop, precision:  # from here a SIGTERM / SIGINT stops the run at the next step boundary
         return train_steps(args, rank, world, device, stop)
 
 
@@ -322,25 +395,24 @@ def set_up(args, rank, world, device):
     or from the checkpoint of the run being resumed, with every state it saved -> (Run, first step)."""
     args.run_name = dist.gather_object(args.run_name or time.strftime("%Y%m%d-%H%M%S"))[0]  # rank 0's clock
     run_dir = os.path.join(args.out_dir, args.run_name)
-    tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
-    task = AdditionTask(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
+    tok, _ = starting_point(args)
+    task = make_task(args, log=dist.print0)
     ckpt = None
     if args.resume:  # validate has checked it: this tokenizer, this model shape, this format
         model, _, ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"), device, full=True)
     start = 1 if ckpt is None else ckpt["step"] + 1
     runs.start_run(run_dir, args, world, start)
     dist.print0(f"run: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
-    if ckpt is None:  # the base model: rank 0 trains (or loads) and caches it, then the others load the cache
-        if rank == 0:
-            model = base_model(args, tok, task, device, log=dist.print0)
-        dist.barrier()
-        if rank != 0:
-            model = load_checkpoint(cache_path(args), device)[0]
+    if ckpt is None:
+        model = initial_model(args, tok, task, rank, device)
     else:
         dist.print0(f"resuming {run_dir} after step {start - 1}")
+    model.grad_checkpointing = args.grad_checkpoint
     ref = None
     if args.beta > 0:  # beta 0: no reference model at all; else replicated or sharded as the policy is
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        # held in the training dtype, without gradients: under --dtype bf16 half the policy's bytes
+        ref_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+        ref_model = copy.deepcopy(model).to(ref_dtype).eval().requires_grad_(False)
         if ckpt is not None and ckpt.get("ref") is not None:
             ref_model.load_state_dict(ckpt["ref"])
         ref = dist.Policy(dist.shard(ref_model) if args.fsdp else ref_model)
@@ -359,6 +431,23 @@ def set_up(args, rank, world, device):
     return run, start
 
 
+def initial_model(args, tok, task, rank, device):
+    """The policy RL starts from, in fp32 (the optimiser's master weights whatever --dtype): --init's
+    weights, or the toy base stage (rank 0 trains or loads the cached one, then the others load it)."""
+    if args.init and args.init.startswith("hf:"):
+        from hf import load_hf
+        try:
+            return load_hf(args.init.removeprefix("hf:"), device, torch.float32)[0]
+        except (ValueError, FileNotFoundError, MemoryError) as e:
+            raise SystemExit(f"error: --init {args.init}: {e}")
+    if args.init:
+        return load_checkpoint(args.init, device)[0]
+    if rank == 0:
+        model = base_model(args, tok, task, device, log=dist.print0)
+    dist.barrier()
+    return model if rank == 0 else load_checkpoint(cache_path(args), device)[0]
+
+
 def streams(run):
     """(shared, own): the random streams of a run, as runs.random_state takes them."""
     return {"questions": run.questions, "shuffle": run.shuffle}, {"sampling": run.sampling}
@@ -371,7 +460,7 @@ def rollout_step(run, args, rank, world):
     q = args.questions // world
     problems = run.task.train_problems(run.questions, args.questions)[rank * q:(rank + 1) * q]
     out, texts, scores = rollout(run.model, run.tok, problems, args.group_size, args, run.sampling, args.temperature,
-                                 reward_fns=run.reward_fns, all_done=run.sync)
+                                 reward_fns=run.reward_fns, all_done=run.sync, correct=run.task.correct)
     rewards = sum(w * scores[name] for name, _, w in run.reward_fns)  # eq. 4; NaN if any declined
     advantages = group_advantages(rewards, args.group_size, scale=args.adv_scale).to(out.batch.rows.device)  # eq. 3
     return out, texts, scores, rewards, advantages
@@ -507,7 +596,7 @@ def save(run, args, step):
     ref_weights = None if run.ref is None else dist.full_state_dict(run.ref.model)
     random_state = runs.random_state(*streams(run))
     if dist.rank() == 0:
-        save_checkpoint(os.path.join(run.dir, "ckpt.pt"), run.model, args.tokenizer, state_dict=weights, ref=ref_weights,
+        save_checkpoint(os.path.join(run.dir, "ckpt.pt"), run.model, run.tok.name, state_dict=weights, ref=ref_weights,
                         optim=optim, random=random_state, tokenizer_dir=args.tokenizer_dir, step=step, args=vars(args),
                         world_size=dist.world())
 
