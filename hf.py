@@ -300,7 +300,7 @@ def save_hf(model: GPT, tokenizer: Tokenizer, path: str):
     """Write model and tokenizer as a Hugging Face directory (config.json, model.safetensors,
     tokenizer.json, tokenizer_config.json, generation_config.json), each file atomically. The
     tokenizer files of an hf: tokenizer are copied; our byte tokenizer is written as a byte-level BPE."""
-    if isinstance(tokenizer, HFTokenizer):
+    if tokenizer.name.startswith("hf:"):  # not isinstance: under `python -m hf` this module is also __main__
         src = tokenizer.name.removeprefix("hf:")
         files = {n: open(os.path.join(src, n), "rb").read() for n in
                  ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja") if os.path.isfile(os.path.join(src, n))}

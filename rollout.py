@@ -137,16 +137,21 @@ def load_model(spec, device):
     checkpoint path."""
     from model import load_checkpoint
     if spec.startswith("hf:"):
-        raise SystemExit("error: hf: models are loaded by hf.py, which this build does not have yet")
-    model, tok = load_checkpoint(spec, device)
-    ckpt = torch.load(spec, map_location="cpu", weights_only=True)
+        from hf import load_hf
+        try:
+            model, tok = load_hf(spec.removeprefix("hf:"), device)
+        except (ValueError, FileNotFoundError, MemoryError) as e:
+            raise SystemExit(f"error: --ckpt {spec}: {e}")
+        return model, tok, {"args": {}, "step": 0}
+    model, tok, ckpt = load_checkpoint(spec, device, full=True)
     return model, tok, {"args": ckpt.get("args") or {}, "step": ckpt.get("step", 0)}
 
 
 def main():
     parser = argparse.ArgumentParser(description="Held-out pass@1, pass@k and cons@k of a checkpoint.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="out/<run>/ckpt.pt (its task flags are the defaults of the task group)")
+    parser.add_argument("--ckpt", required=True, help="out/<run>/ckpt.pt (its task flags are the defaults of the task group), "
+                                                     "or hf:DIR, a local Hugging Face model directory")
     g = parser.add_argument_group("evaluation")
     g.add_argument("--eval_problems", type=int, default=100, help="the first this many held-out problems (0 or more than there are: all)")
     g.add_argument("--eval_samples", type=int, default=4, help="k, samples per problem: pass@1 is their mean accuracy")
@@ -154,6 +159,8 @@ def main():
     g.add_argument("--eval_top_p", type=float, default=0.95, help="top-p (R1 paper: 0.95)")
     g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a completion")
     g.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's)")
+    g.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], default=None,
+                   help="prompt format (default: the run's --chat; auto: the tokenizer's chat format, none: the R1-Zero template)")
     g.add_argument("--json", action="store_true", help="print the metrics and settings as one JSON object, nothing else")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     task_flags = [a.dest for a in add_task_args(parser)._group_actions]
@@ -165,6 +172,8 @@ def main():
     args = parser.parse_args()
     if args.seed is None:
         args.seed = run.get("seed", 1337)
+    chat = args.chat or run.get("chat", "auto")
+    tok.chat = tok.chat if chat == "auto" else None if chat == "none" else chat
     try:
         task = make_task(args, log=lambda s: print(s, file=sys.stderr))
     except ValueError as e:

@@ -262,3 +262,45 @@ def test_bad_input_is_one_clear_line(tmp_path, tok_dir):
         tok.save(os.path.join(path, "tokenizer.json"))
         with pytest.raises(ValueError, match="not a byte-level BPE|not supported"):
             load_hf(path)
+
+
+def length_reward(prompts, completions, **fields):
+    """A reward a random model's completions already vary in, so that two GRPO steps move the weights."""
+    return [len(c) / 100 for c in completions]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_train_from_an_hf_directory_then_export_it(tmp_path, tok_dir, dtype):
+    """End to end on a CPU: train.py --init hf:DIR runs GRPO steps from a transformers-made
+    checkpoint to a ckpt.pt of ours, which `python -m hf export` turns back into a directory that
+    transformers loads with our logits; the evaluation CLI reads both."""
+    import train
+    path, _ = make_dir(tmp_path, tok_dir, "qwen2", tied=True)
+    out = str(tmp_path / "out")
+    train.main(["--init", f"hf:{path}", "--dtype", dtype, "--out_dir", out, "--run_name", "hf", "--rl_steps", "2",
+                "--questions", "2", "--group_size", "4", "--max_new_tokens", "12", "--eval_problems", "4",
+                "--eval_samples", "2", "--n_test", "8", "--lr", "1e-2", "--no_plot", "--device", "cpu",
+                "--rewards", "test_hf.length_reward:1"])
+    ckpt = os.path.join(out, "hf", "ckpt.pt")
+    log = [json.loads(line) for line in open(os.path.join(out, "hf", "log.jsonl"))]
+    assert [r["step"] for r in log] == [0, 1, 2] and all(r["skipped_steps"] == 0 for r in log[1:])
+    start, _ = load_hf(path)
+    trained = torch.load(ckpt, weights_only=True)
+    assert trained["tokenizer"] == f"hf:{os.path.abspath(path)}" and trained["args"]["chat"] == "auto"
+    assert any(not torch.equal(v, start.state_dict()[k]) for k, v in trained["model"].items())  # it trained
+    assert trained["ref"]["embed.weight"].dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+
+    export_dir = str(tmp_path / "exported")
+    cli = subprocess.run([sys.executable, "-m", "hf", "export", ckpt, export_dir], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert cli.returncode == 0, cli.stderr
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).eval()
+    ours, tok = load_hf(export_dir)
+    ids = torch.tensor([tok.encode(render_prompt("Compute 82 + 97", tok.chat))])
+    with torch.no_grad():
+        assert torch.allclose(our_logits(ours, ids), theirs(ids).logits, **TOL)
+    for spec in (ckpt, f"hf:{export_dir}"):
+        cli = subprocess.run([sys.executable, "rollout.py", "--ckpt", spec, "--eval_problems", "2", "--eval_samples", "2",
+                              "--max_new_tokens", "8", "--json", "--device", "cpu", "--n_test", "8"],
+                             capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert cli.returncode == 0 and 0 <= json.loads(cli.stdout)["accuracy"] <= 1, cli.stderr
