@@ -328,8 +328,11 @@ def export(ckpt_path: str, out: str):
     """One of our checkpoints (ckpt.pt) -> a Hugging Face directory."""
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    name = ckpt["tokenizer"]
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        name = ckpt["tokenizer"]
+    except Exception as e:  # a torn or foreign file
+        raise ValueError(f"{ckpt_path} is not a checkpoint of this code ({type(e).__name__})") from None
     if name != "byte" and not name.startswith("hf:"):
         raise ValueError(f"cannot export the tokenizer '{name}': export supports byte and hf: tokenizers")
     tok = get_tokenizer(name)

@@ -347,6 +347,19 @@ def load_checkpoint(path, device="cpu", tokenizer=None, config=None, full=False)
     return (model.eval(), tok, ckpt) if full else (model.eval(), tok)
 
 
+def load_model(spec, device="cpu", dtype=None):
+    """(model, tokenizer, checkpoint dict or {}) for a CLI's --ckpt: hf:DIR, a local Hugging Face
+    directory (hf.py), or a ckpt.pt of ours. Bad input is one line (SystemExit)."""
+    if spec.startswith("hf:"):
+        from hf import load_hf
+        try:
+            return (*load_hf(spec.removeprefix("hf:"), device, dtype), {})
+        except (ValueError, OSError, MemoryError) as e:
+            raise SystemExit(f"error: {spec}: {e}")
+    model, tok, ckpt = load_checkpoint(spec, device, full=True)
+    return (model if dtype is None else model.to(dtype)), tok, ckpt
+
+
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "tiny"
     model = make_model(name, vocab_size=262 if name == "tiny" else 151_936)

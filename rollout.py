@@ -132,23 +132,10 @@ def print_eval(step, m, args):
             dist.print0(f"    {field} {value:<28} pass@1 {row['pass@1']:.3f}  ({row['problems']} problems)")
 
 
-def load_model(spec, device):
-    """(model, tokenizer, {"args": the flags of the run that wrote it, "step": its RL step}) for a
-    checkpoint path."""
-    from model import load_checkpoint
-    if spec.startswith("hf:"):
-        from hf import load_hf
-        try:
-            model, tok = load_hf(spec.removeprefix("hf:"), device)
-        except (ValueError, FileNotFoundError, MemoryError) as e:
-            raise SystemExit(f"error: --ckpt {spec}: {e}")
-        return model, tok, {"args": {}, "step": 0}
-    model, tok, ckpt = load_checkpoint(spec, device, full=True)
-    return model, tok, {"args": ckpt.get("args") or {}, "step": ckpt.get("step", 0)}
-
-
 def main():
-    parser = argparse.ArgumentParser(description="Held-out pass@1, pass@k and cons@k of a checkpoint.",
+    from model import load_model
+    from runs import Parser
+    parser = Parser(description="Held-out pass@1, pass@k and cons@k of a checkpoint.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="out/<run>/ckpt.pt (its task flags are the defaults of the task group), "
                                                      "or hf:DIR, a local Hugging Face model directory")
@@ -165,8 +152,8 @@ def main():
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     task_flags = [a.dest for a in add_task_args(parser)._group_actions]
     known = parser.parse_known_args()[0]
-    model, tok, meta = load_model(known.ckpt, known.device)
-    run = meta["args"]
+    model, tok, ckpt = load_model(known.ckpt, known.device)
+    run, step = ckpt.get("args") or {}, ckpt.get("step", 0)
     # the task flags of the run that wrote the checkpoint are the defaults; flags given here win
     parser.set_defaults(**{k: run[k] for k in task_flags if k in run})
     args = parser.parse_args()
@@ -178,19 +165,27 @@ def main():
         task = make_task(args, log=lambda s: print(s, file=sys.stderr))
     except ValueError as e:
         parser.error(str(e))
-    if args.eval_problems < 0 or args.eval_samples < 1:
-        parser.error("--eval_problems must be at least 0 (0: all), --eval_samples at least 1")
+    for ok, msg in [(args.eval_problems >= 0, "--eval_problems must be at least 0 (0: all)"),
+                    (args.eval_samples >= 1, "--eval_samples must be at least 1"),
+                    (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
+                    (args.eval_temperature >= 0, "--eval_temperature must be >= 0 (0: greedy)"),
+                    (0 < args.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)")]:
+        if not ok:
+            parser.error(msg)
     args.eval_problems = min(args.eval_problems or len(task.test_set), len(task.test_set))  # printed with the results
     args.log_samples = 0
-    m = evaluate(model, tok, task, args, step=meta["step"])[0]
-    settings = {"ckpt": args.ckpt, "step": meta["step"], "task": args.task, "problems": args.eval_problems, "k": args.eval_samples,
+    try:
+        m = evaluate(model, tok, task, args, step=step)[0]
+    except ValueError as e:  # a prompt plus --max_new_tokens longer than the model's context
+        parser.error(f"--max_new_tokens {args.max_new_tokens}: {e}")
+    settings = {"ckpt": args.ckpt, "step": step, "task": args.task, "problems": args.eval_problems, "k": args.eval_samples,
                 "temperature": args.eval_temperature, "top_p": args.eval_top_p, "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed}
     if args.json:
         print(json.dumps({"settings": settings, **{key.removeprefix("eval_"): v for key, v in m.items()}}))
     else:
         print(f"{args.task}, {args.eval_problems} held-out problems")
-        print_eval(meta["step"], m, args)
+        print_eval(step, m, args)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ re-run for every new token. tests/test_sample.py checks the two give the same to
     python sample.py --ckpt hf:/models/Qwen2.5-0.5B-Instruct --prompt "Compute 82 + 97"
 """
 
-import argparse
 from dataclasses import dataclass
 
 import torch
@@ -225,7 +224,8 @@ def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, gen
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Sample completions from a checkpoint.")
+    from runs import Parser
+    parser = Parser(description="Sample completions from a checkpoint.")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py, e.g. out/<run>/ckpt.pt, or "
                         "hf:DIR, a Hugging Face model directory")
     parser.add_argument("--prompt", required=True, help="the question; wrapped in the prompt format unless --raw")
@@ -239,24 +239,26 @@ def main():
     parser.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling mass (1.0: off)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights of an hf: model")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the weights' dtype")
     args = parser.parse_args()
+    for ok, msg in [(args.num_samples >= 1, "--num_samples must be at least 1"),
+                    (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
+                    (args.temperature >= 0, "--temperature must be >= 0 (0: greedy)"),
+                    (args.top_k >= 0, "--top_k cannot be negative (0: off)"),
+                    (0 < args.top_p <= 1, "--top_p must be in (0, 1] (1: off)")]:
+        if not ok:
+            parser.error(msg)
 
-    from hf import load_hf
-    from model import load_checkpoint
+    from model import load_model
+    model, tok, _ = load_model(args.ckpt, args.device, torch.bfloat16 if args.dtype == "bf16" else None)
     try:
-        if args.ckpt.startswith("hf:"):
-            model, tok = load_hf(args.ckpt.removeprefix("hf:"), args.device,
-                                 torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-        else:
-            model, tok = load_checkpoint(args.ckpt, args.device)
         chat = tok.chat if args.chat == "auto" else None if args.chat == "none" else args.chat
         prompt = tok.encode(args.prompt if args.raw else render_prompt(args.prompt, chat))
         out = generate(model, [prompt], args.num_samples, args.max_new_tokens, tok.stop_ids, tok.pad,
                        args.temperature, args.top_k, args.top_p, torch.Generator(args.device).manual_seed(args.seed),
                        stop_texts=tok.stop_texts, decode=tok.decode)
-    except (ValueError, OSError, MemoryError) as e:
-        raise SystemExit(f"error: {e}")
+    except ValueError as e:  # a prompt too long for the model's context
+        parser.error(str(e))
     for i, ids in enumerate(out.batch.completions.tolist()):
         print(f"--- sample {i}{' (truncated)' if out.truncated[i] else ''}\n{tok.decode(ids)}")
 

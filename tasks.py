@@ -63,7 +63,7 @@ import json
 import random
 from fractions import Fraction
 
-from rewards import accuracy_reward, countdown_reward, countdown_value, parse_rewards
+from rewards import accuracy_reward, countdown_reward, countdown_value, last_boxed, parse_rewards
 
 # Table 1 of the paper; {prompt} is replaced with the question
 TEMPLATE = (
@@ -366,19 +366,6 @@ class LinearTask(GeneratedTask):
 
 class TaskError(ValueError):
     """Bad task input (a file, a line, a field): shown as a one-line error."""
-
-
-def last_boxed(text: str):
-    r"""The content of the last oxed{...} (braces matched), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
 
 
 class FileTask:

@@ -1,11 +1,14 @@
 """
-DeepSeek-R1-Zero in miniature: train a tiny base model on a task corpus, then run GRPO on it.
+DeepSeek-R1-Zero in miniature: train a tiny base model on a task corpus, then run GRPO on it; or
+run GRPO on a pretrained model read from a local Hugging Face directory.
 
     python train.py                       # the default toy run: a few minutes on a laptop CPU
-    python train.py --preset r1zero       # the paper's RL settings (for a GPU and a real model)
+    python train.py --init hf:/models/Qwen2.5-0.5B --task gsm8k --train_file ... --test_file ... \
+        --preset r1zero --dtype bf16      # the paper's RL settings on a real model (a GPU)
     torchrun --standalone --nproc_per_node=2 train.py     # the same, in 2 processes (dist.py)
 
-Stage 1 (base, pretrain.py): a small transformer learns the corpus of tasks.py; it is cached.
+Stage 1 (base, pretrain.py): a small transformer learns the corpus of the task (tasks.py, --task);
+it is cached. With --init (hf:DIR, or a ckpt.pt of ours) there is no stage 1.
 Stage 2 (rl): GRPO (grpo.py, eq. 1-3) with the rule-based rewards of rewards.py (eq. 4). Each
 step samples --group_size outputs for each of --questions questions from the current policy
 (pi_theta_old), turns rewards into group-normalised advantages, then trains on the rollout for
@@ -22,9 +25,9 @@ SIGINT), curves.png (python plot.py out/<run>). --resume continues a run exactly
 checkpoint left it. A step whose loss or gradient norm is not finite skips its optimiser update
 (logged as skipped_steps); --max_skips such steps in a row end the run. Every flag that can be
 checked is checked before any work (validate). Log-probs come from the Triton kernels of kernels/
-on CUDA (--no_kernels: off), from the plain PyTorch reference on a CPU. Simplified: a constant RL
-learning rate (as the paper); models start from the toy base stage (there is no loader for
-pretrained weights yet).
+on CUDA (--no_kernels: off), from the plain PyTorch reference on a CPU. --dtype bf16 runs the
+forward passes under bf16 autocast over fp32 parameters and optimiser state. Simplified: a
+constant RL learning rate (as the paper).
 """
 
 import argparse

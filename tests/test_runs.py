@@ -226,7 +226,7 @@ BAD = [  # argv, the flag the one line must name, and a part of its message
     (["--tokenizer", "nope"], "--tokenizer nope", "unknown tokenizer"),
     (["--tokenizer", "cl100k_base", "--tokenizer_dir", "{tmp}"], "--tokenizer cl100k_base", "needs {tmp}/cl100k_base.tiktoken"),
     (["--max_new_tokens", "700"], "--max_new_tokens 700", "use at most 263"),
-    (["--min_digits", "6", "--max_digits", "6", "--no_cache"], "--max_digits 6", "670 tokens"),
+    (["--min_digits", "6", "--max_digits", "6", "--no_cache"], "--task addition", "longest document (670 tokens)"),
     (["--min_digits", "3", "--max_digits", "2"], "--min_digits", "between 1 and --max_digits"),
     (["--n_test", "9999", "--min_digits", "1", "--max_digits", "1"], "--n_test", "more than half"),
     (["--device", "tpu"], "--device tpu", "use cpu, cuda or cuda:N"),
@@ -241,11 +241,18 @@ BAD = [  # argv, the flag the one line must name, and a part of its message
     (["--lr", "0"], "--lr", "must be > 0"),
     (["--lr", "fast"], "--lr", "invalid float value"),
     (["--eval_top_p", "0"], "--eval_top_p", "(0, 1]"),
-    (["--eval_problems", "500"], "--eval_problems", "between 1 and --n_test"),
+    (["--eval_problems", "500"], "--eval_problems 500", "the held-out set has 4 problems"),
     (["--rewards", "accuracy:1,acc:1"], "--rewards", "unknown reward 'acc'"),
     (["--questions", "3", "--run_name", "x", "WORLD_SIZE=2"], "--questions 3", "does not split across 2 processes"),
     (["--run_name", "x", "WORLD_SIZE=2", "--fsdp"], "--fsdp", "needs a distributed launch"),
     (["--group_size", "1"], "--group_size", "at least 2"),
+    (["--init", "hf:{tmp}/nowhere"], "--init hf:{tmp}/nowhere", "no such model directory"),
+    (["--init", "hf:{tmp}"], "--init hf:{tmp}", "config.json"),
+    (["--init", "{tmp}/none.pt"], "--init {tmp}/none.pt", "no such checkpoint"),
+    (["--init", "hf:{tmp}", "--tokenizer", "gpt2"], "--tokenizer", "brings its own tokenizer"),
+    (["--task", "gsm8k"], "--test_file", "reads its held-out problems from a file"),
+    (["--task", "linear"], "--task linear", "no base corpus"),
+    (["--task", "nope"], "--task", "invalid choice"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda", "no CUDA device here")])
 
 
@@ -271,6 +278,18 @@ def test_bad_input_is_one_line_naming_the_flag(argv, flag, message, out, tmp_pat
     ("sample", ["--ckpt", "{tmp}/torn.pt", "--prompt", "hi"], "is not a checkpoint of this code"),
     ("rollout", ["--ckpt", "{tmp}/torn.pt"], "is not a checkpoint of this code"),
     ("rollout", ["--ckpt", "{tmp}/none.pt"], "checkpoint not found"),
+    ("rollout", ["--ckpt", "hf:{tmp}/nowhere"], "no such model directory"),
+    ("rollout", ["--ckpt", "{out}/straight/ckpt.pt", "--eval_top_p", "0"], "--eval_top_p must be in (0, 1]"),
+    ("rollout", ["--ckpt", "{out}/straight/ckpt.pt", "--eval_samples", "0"], "--eval_samples must be at least 1"),
+    ("rollout", ["--ckpt", "{out}/straight/ckpt.pt", "--max_new_tokens", "700"], "longer than the model's context"),
+    ("sample", ["--ckpt", "hf:{tmp}/nowhere", "--prompt", "hi"], "no such model directory"),
+    ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--num_samples", "0"], "--num_samples must be at least 1"),
+    ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--top_k", "-1"], "--top_k cannot be negative"),
+    ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--top_p", "0"], "--top_p must be in (0, 1]"),
+    ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
+    ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--max_new_tokens", "700"], "longer than the model's context"),
+    ("hf", ["export", "{tmp}/none.pt", "{tmp}/exported"], "checkpoint not found"),
+    ("hf", ["export", "{tmp}/torn.pt", "{tmp}/exported"], "torn.pt"),
 ])
 def test_other_clis_bad_input_is_one_line(cli, argv, message, out, tmp_path, monkeypatch, capsys):
     (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 not a whole zip")

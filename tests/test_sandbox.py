@@ -18,7 +18,6 @@ import platform
 import re
 import signal
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
