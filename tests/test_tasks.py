@@ -211,7 +211,7 @@ def test_missing_files_and_overlap_are_reported(tmp_path):
     (["--task", "linear"], "task linear has no base corpus for a toy base model"),
     (["--task", "countdown", "--cd_numbers", "three"], "--cd_numbers 'three': give a count (3) or a range (3-4)"),
     (["--task", "gsm8k", "--test_file", "{f}", "--train_file", "{f}", "--eval_problems", "5"],
-     "--eval_problems must be between 1 and --n_test (the held-out set has 2)"),
+     "--eval_problems 5: the held-out set has 2 problems"),
 ])
 def test_train_py_rejects_bad_task_input_in_one_line_before_any_work(tmp_path, capsys, argv, message):
     import train
