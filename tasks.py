@@ -51,9 +51,13 @@ template zero-shot; here the template is in the corpus so a 1M-parameter model c
 Operands have a fixed number of digits by default: column k is then the k-th digit of both
 operands from the left as well as from the right, which a tiny model learns to look up several
 times faster than mixed lengths (three-digit sums take it longer than the whole CPU budget).
-Countdown's corpus has the same three styles; its worked solution is the game's depth-first
-search, written out: every pair and operation tried in order, intermediates positive integers
-(the game's rules), until the target appears.
+Countdown's corpus has the same three styles; its worked solution is the path of the first
+solution the game's depth-first search finds (intermediates positive integers, the game's rules),
+one move at a time: `Numbers 5 9 2, target 16. 9+5=14, 14+2=16. Found (9 + 5) + 2.` The
+whole search written out (every move tried) runs to ~350 characters (142 on average, so the
+corpus had to leave out the long ones while the test still asked them); the path is ~60, fits
+every problem, and each written move leaves a smaller problem (after 9+5=14: which of 14+2,
+14*2, 14-2 is 16).
 
     python tasks.py                    # prints a few corpus documents
     python tasks.py --task countdown
@@ -243,28 +247,30 @@ def combine(x, y):
     return [(v, op, e, a, b) for v, op, e in out]
 
 
-def countdown_search(nums, target=None, trace=None):
+def countdown_search(nums, target=None, path=None):
     """Depth-first search over the game: combine a pair, recurse on the shorter list, and so on
     until one number is left. With a target: the first expression found (None if unreachable),
-    writing every move tried into `trace`; without: the set of every reachable value."""
-    items, reach = [(n, str(n)) for n in nums], set()
+    its moves (`a*b=v`, in order) written into `path`; without: the set of every reachable value."""
+    items, reach, moves = [(n, str(n)) for n in nums], set(), []
 
     def dfs(items):
         for i in range(len(items)):
             for j in range(i + 1, len(items)):
                 rest = items[:i] + items[i + 1:j] + items[j + 1:]
                 for v, op, e, a, b in combine(items[i], items[j]):
-                    if trace is not None:
-                        trace.append(f"{a}{op}{b}={v}" + (":" if rest else ""))
+                    moves.append(f"{a}{op}{b}={v}")
                     if not rest:
                         reach.add(v)
                         if v == target:
                             return e
                     elif (found := dfs(rest + [(v, f"({e})")])) is not None:
                         return found
+                    moves.pop()
         return None
 
     found = dfs(items)
+    if path is not None and found is not None:
+        path += moves
     return reach if target is None else found
 
 
@@ -276,10 +282,10 @@ class CountdownTask(GeneratedTask):
     base_flags = ["task", "cd_numbers", "cd_max_number", "cd_max_target"]
 
     def __init__(self, numbers=(3, 3), max_number=9, max_target=30, n_test=200, seed=0,
-                 style_weights=(0.75, 0.17, 0.08), guess_acc=0.2, max_worked=130):
+                 style_weights=(0.75, 0.17, 0.08), guess_acc=0.2):
         if not (2 <= numbers[0] <= numbers[1] <= 5 and max_number >= 1 and max_target >= 1):
             raise ValueError(f"need 2 <= numbers <= 5 (got {numbers}) and max_number, max_target >= 1")
-        self.numbers, self.max_number, self.max_target, self.max_worked = numbers, max_number, max_target, max_worked
+        self.numbers, self.max_number, self.max_target = numbers, max_number, max_target
         self.style_weights, self.guess_acc = style_weights, guess_acc
         super().__init__(n_test, seed)
 
@@ -304,15 +310,6 @@ class CountdownTask(GeneratedTask):
         return {"prompt": f"Using the numbers {nums}, make {target} with + - * /, each number once",
                 "answer": countdown_search(nums, target), "numbers": nums, "target": target}
 
-    def corpus_problems(self, rng: random.Random, n: int) -> list[dict]:
-        """Training problems whose written-out search is at most max_worked characters: with the
-        template, a document must fit the toy model's 640-token context (RL and the test still
-        ask every problem; a long search is then cut off by --max_new_tokens)."""
-        out = []
-        while len(out) < n:
-            out += [p for p in self.train_problems(rng, n - len(out)) if len(self.worked(p)) <= self.max_worked]
-        return out
-
     def same(self, a: str, b: str, p: dict) -> bool:
         """Expressions vote together when they have the same value (each number once), else only
         when written alike."""
@@ -321,12 +318,12 @@ class CountdownTask(GeneratedTask):
 
     @staticmethod
     def worked(p: dict) -> str:
-        """The search, written out: it restates the numbers and the target (a copy a tiny model
-        learns first), then every move tried, a list of final values at the last level."""
-        trace = []
-        countdown_search(p["numbers"], p["target"], trace)
+        """The solution's moves, one per line of arithmetic: it restates the numbers and the target (a
+        copy a tiny model learns first), then the moves of the first solution the search finds."""
+        path = []
+        countdown_search(p["numbers"], p["target"], path)
         nums = " ".join(map(str, p["numbers"]))
-        return f"Numbers {nums}, target {p['target']}. " + " ".join(trace) + f" Found {p['answer']}."
+        return f"Numbers {nums}, target {p['target']}. " + ", ".join(path) + f". Found {p['answer']}."
 
     def guess(self, p: dict, rng: random.Random) -> str:
         """A one-shot answer: the solution with probability guess_acc, else the numbers shuffled
