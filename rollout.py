@@ -40,11 +40,12 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
     as accuracy) and format_reward: name -> (B,) tensor, NaN where a function declined to score.
     Rows i*G..i*G+G-1 answer problems[i]."""
     prompts = [render_prompt(p["prompt"], tok.chat) for p in problems]
-    # a real BPE's tokenizer ends completions on text as well (sample.generate's stop_texts)
-    stop = dict(stop_texts=tok.stop_texts, decode=tok.decode) if tok.stop_texts else {}
+    # a completion ends on a stop id or, for a real BPE whose vocabulary lacks </answer>, on its text
     out = generate(model, [tok.encode(p) for p in prompts], G, args.max_new_tokens, tok.stop_ids, tok.pad,
-                   temperature=temperature, top_p=top_p, generator=generator, all_done=all_done, **stop)
-    texts = [tok.decode([t for t in ids if t != tok.eot]) for ids in out.batch.completions.tolist()]
+                   temperature=temperature, top_p=top_p, generator=generator, all_done=all_done,
+                   stop_texts=tok.stop_texts, decode=tok.decode)
+    eos = set(tok.stop_ids) - {tok.end_answer}  # end-of-sequence ids are no text; </answer> is
+    texts = [tok.decode([t for t in ids if t not in eos]) for ids in out.batch.completions.tolist()]
     prompts = [p for p in prompts for _ in range(G)]
     fields = {k: [p.get(k) for p in problems for _ in range(G)] for k in problems[0]}
     scores = {}

@@ -91,7 +91,7 @@ def test_sample_and_eval_clis_read_the_checkpoint(run):
     (["--group_size", "1"], "--group_size must be at least 2"),
     (["--lr", "fast"], "invalid float value"),
     (["--no_such_flag"], "unrecognized arguments"),
-    (["--eval_problems", "500"], "--eval_problems must be between 1 and --n_test"),
+    (["--eval_problems", "500"], "--eval_problems 500: the held-out set has 200 problems"),
     (["--rewards", "accuracy:1,acc:1"], "--rewards: unknown reward 'acc'"),
     (["--fsdp"], "--fsdp needs a distributed launch"),
 ])
