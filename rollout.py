@@ -166,13 +166,11 @@ def main():
         task = make_task(args, log=lambda s: print(s, file=sys.stderr))
     except ValueError as e:
         parser.error(str(e))
-    for ok, msg in [(args.eval_problems >= 0, "--eval_problems must be at least 0 (0: all)"),
-                    (args.eval_samples >= 1, "--eval_samples must be at least 1"),
-                    (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
-                    (args.eval_temperature >= 0, "--eval_temperature must be >= 0 (0: greedy)"),
-                    (0 < args.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)")]:
-        if not ok:
-            parser.error(msg)
+    parser.check([(args.eval_problems >= 0, "--eval_problems must be at least 0 (0: all)"),
+                  (args.eval_samples >= 1, "--eval_samples must be at least 1"),
+                  (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
+                  (args.eval_temperature >= 0, "--eval_temperature must be >= 0 (0: greedy)"),
+                    (0 < args.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)")])
     args.eval_problems = min(args.eval_problems or len(task.test_set), len(task.test_set))  # printed with the results
     args.log_samples = 0
     try:

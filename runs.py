@@ -35,6 +35,12 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def check(self, checks):
+        """checks: (ok, message) pairs; the first that is not ok is the one-line error."""
+        for ok, message in checks:
+            if not ok:
+                self.error(message)
+
 
 # -----------------------------------------------------------------------------
 # files that a crash or a kill -9 never leaves half-written

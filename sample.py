@@ -241,13 +241,11 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the weights' dtype")
     args = parser.parse_args()
-    for ok, msg in [(args.num_samples >= 1, "--num_samples must be at least 1"),
-                    (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
-                    (args.temperature >= 0, "--temperature must be >= 0 (0: greedy)"),
-                    (args.top_k >= 0, "--top_k cannot be negative (0: off)"),
-                    (0 < args.top_p <= 1, "--top_p must be in (0, 1] (1: off)")]:
-        if not ok:
-            parser.error(msg)
+    parser.check([(args.num_samples >= 1, "--num_samples must be at least 1"),
+                  (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
+                  (args.temperature >= 0, "--temperature must be >= 0 (0: greedy)"),
+                  (args.top_k >= 0, "--top_k cannot be negative (0: off)"),
+                    (0 < args.top_p <= 1, "--top_p must be in (0, 1] (1: off)")])
 
     from model import load_model
     model, tok, _ = load_model(args.ckpt, args.device, torch.bfloat16 if args.dtype == "bf16" else None)

@@ -182,9 +182,7 @@ def validate(args):
         (not (args.init and args.init.startswith("hf:") and args.tokenizer != "byte"),
          "--tokenizer: an --init hf:DIR model brings its own tokenizer; leave --tokenizer out"),
     ]
-    for ok, msg in checks + [(device_error(args.device) is None, device_error(args.device))]:
-        if not ok:
-            parser.error(msg)
+    parser.check(checks + [(device_error(args.device) is None, device_error(args.device))])
     try:
         task = make_task(args, log=lambda line: None)  # set_up builds it again, and says what it reports
         task.train_problems(random.Random(0), 1)  # a file task without --train_file fails here
