@@ -27,9 +27,9 @@ the toy base model (tasks without one need a pretrained model). Adding a task is
             return cls(args.n_test, args.seed)
     TASKS["squares"] = Squares
 
-Nothing is downloaded: file tasks read the paths given (--train_file, --test_file); a malformed
-line is one error naming the file, the line and the field; held-out problems that also appear in
-the training file are reported.
+The file tasks (gsm8k, math, jsonl) live in jsonl_tasks.py: nothing is downloaded, they read the
+paths given (--train_file, --test_file), and a malformed line is one TaskError naming the file,
+the line and the field.
 
 The addition corpus is the miniature of a pretrained LM that can reason but rarely does:
 
@@ -63,11 +63,11 @@ every problem, and each written move leaves a smaller problem (after 9+5=14: whi
     python tasks.py --task countdown
 """
 
-import json
 import random
 from fractions import Fraction
 
-from rewards import accuracy_reward, countdown_reward, countdown_value, last_boxed, parse_rewards
+from jsonl_tasks import GSM8KTask, JsonlTask, MathTask
+from rewards import accuracy_reward, answers_match, countdown_reward, countdown_value
 
 # Table 1 of the paper; {prompt} is replaced with the question
 TEMPLATE = (
@@ -141,8 +141,8 @@ class GeneratedTask:
         return hasattr(self, "worked")
 
     def same(self, a: str, b: str, p: dict) -> bool:
-        """Two final answers are one vote when the correctness check would call them equal."""
-        return accuracy_reward([""], [f"<answer> {a} </answer>"], answer=[b])[0] == 1.0
+        """Two final answers are one vote when the accuracy check would call them equal."""
+        return answers_match(a, b)
 
     # --- the base-model corpus ---
 
@@ -359,131 +359,6 @@ class LinearTask(GeneratedTask):
                 "a": a, "b": b, "c": int(c)}
 
 
-# --- tasks read from local JSONL files ---
-
-class TaskError(ValueError):
-    """Bad task input (a file, a line, a field): shown as a one-line error."""
-
-
-class FileTask:
-    """Problems read from JSONL files: `parse(record)` turns one line's object into a problem (or
-    raises KeyError(field) / TaskError). Training draws from the train file; the test file is the
-    held-out set."""
-
-    rewards, correct = "accuracy:1,format:1", staticmethod(accuracy_reward)
-    base_flags: list[str] = []
-    has_corpus = False
-    same = GeneratedTask.same
-
-    def __init__(self, train_file=None, test_file=None, log=print):
-        if not test_file:
-            raise TaskError(f"task {self.name} reads its held-out problems from a file: give --test_file PATH.jsonl")
-        self.test_set = self.read(test_file)
-        self.train = self.read(train_file) if train_file else None
-        self.overlap = 0
-        if self.train:
-            seen = {p["prompt"].strip() for p in self.train}
-            self.overlap = sum(p["prompt"].strip() in seen for p in self.test_set)
-            if self.overlap:
-                log(f"warning: {self.overlap} of the {len(self.test_set)} held-out problems of {test_file} "
-                    f"also appear in {train_file}: the held-out accuracy is not held out")
-
-    @classmethod
-    def from_args(cls, args, log=print):
-        return cls(args.train_file, args.test_file, log=log)
-
-    def read(self, path: str) -> list[dict]:
-        try:
-            f = open(path, encoding="utf-8")
-        except OSError as e:
-            raise TaskError(f"cannot read {path}: {e.strerror}") from None
-        out = []
-        with f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskError(f"{path}:{i}: not a JSON object ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise TaskError(f"{path}:{i}: not a JSON object")
-                try:
-                    out.append(self.parse(rec))
-                except KeyError as e:
-                    raise TaskError(f"{path}:{i}: missing field {e.args[0]!r}") from None
-                except TaskError as e:
-                    raise TaskError(f"{path}:{i}: {e}") from None
-        if not out:
-            raise TaskError(f"{path} holds no problems")
-        return out
-
-    def train_problems(self, rng: random.Random, n: int) -> list[dict]:
-        """n problems drawn (with replacement) from the training file."""
-        if not self.train:
-            raise TaskError(f"task {self.name} trains on a file: give --train_file PATH.jsonl")
-        return [rng.choice(self.train) for _ in range(n)]
-
-
-class GSM8KTask(FileTask):
-    """GSM8K's own format: `question`, and `answer` = the worked solution, then `#### 42`."""
-
-    name = "gsm8k"
-
-    def parse(self, rec):
-        solution = str(rec["answer"])
-        if "####" not in solution:
-            raise TaskError("field 'answer' has no final '#### <answer>'")
-        final = solution.rpartition("####")[2].strip().replace(",", "")
-        return {"prompt": str(rec["question"]).strip(), "answer": final, "solution": solution}
-
-
-class MathTask(FileTask):
-    r"""MATH / MATH-500: `problem`, and `answer`, or else the last oxed{} of `solution`; `level`
-    and `subject` (MATH's `type`) kept for per-subject and per-level tables."""
-
-    name = "math"
-
-    def parse(self, rec):
-        if "answer" in rec:
-            answer = str(rec["answer"])
-        else:
-            answer = last_boxed(str(rec["solution"]))
-            if answer is None:
-                raise TaskError("no field 'answer', and field 'solution' has no \\boxed{} answer")
-        p = {"prompt": str(rec["problem"]).strip(), "answer": answer.strip()}
-        for field, key in (("subject", "subject"), ("type", "subject"), ("level", "level")):
-            if field in rec and key not in p:
-                p[key] = str(rec[field])
-        return p
-
-
-class JsonlTask(FileTask):
-    """Any JSONL: the prompt and answer from named fields (no answer field: "" makes none, e.g.
-    for code with `tests`); every other field is passed on to the reward functions. Its accuracy
-    is the first reward of --rewards."""
-
-    name = "jsonl"
-
-    def __init__(self, train_file=None, test_file=None, prompt_field="prompt", answer_field="answer",
-                 rewards=None, log=print):
-        self.prompt_field, self.answer_field = prompt_field, answer_field
-        if rewards:
-            self.rewards, self.correct = rewards, parse_rewards(rewards)[0][1]
-        super().__init__(train_file, test_file, log)
-
-    @classmethod
-    def from_args(cls, args, log=print):
-        return cls(args.train_file, args.test_file, args.prompt_field, args.answer_field, args.rewards, log=log)
-
-    def parse(self, rec):
-        p = {k: v for k, v in rec.items() if k not in (self.prompt_field, self.answer_field)}
-        p["prompt"] = str(rec[self.prompt_field]).strip()
-        if self.answer_field:
-            p["answer"] = str(rec[self.answer_field]).strip()
-        return p
-
-
 TASKS = {"addition": AdditionTask, "countdown": CountdownTask, "linear": LinearTask,
          "gsm8k": GSM8KTask, "math": MathTask, "jsonl": JsonlTask}
 
@@ -507,7 +382,7 @@ def add_task_args(parser):
 
 
 def make_task(args, log=print):
-    """The task of --task and its flags; TaskError / ValueError for bad input."""
+    """The task of --task and its flags; ValueError (jsonl_tasks.TaskError among them) for bad input."""
     return TASKS[args.task].from_args(args, log=log)
 
 

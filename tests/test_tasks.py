@@ -183,7 +183,8 @@ def test_jsonl_maps_fields_and_passes_the_rest_to_the_rewards(tmp_path):
     ("jsonl", ['["prompt", "answer"]'], "{f}:1: not a JSON object"),
 ])
 def test_malformed_lines_name_the_file_the_line_and_the_field(tmp_path, task, lines, message):
-    from tasks import TaskError, make_task
+    from jsonl_tasks import TaskError
+    from tasks import make_task
     f = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(TaskError) as e:
         make_task(args_for(["--task", task, "--test_file", f]))
@@ -191,7 +192,8 @@ def test_malformed_lines_name_the_file_the_line_and_the_field(tmp_path, task, li
 
 
 def test_missing_files_and_overlap_are_reported(tmp_path):
-    from tasks import TaskError, make_task
+    from jsonl_tasks import TaskError
+    from tasks import make_task
     with pytest.raises(TaskError, match="give --test_file"):
         make_task(args_for(["--task", "gsm8k"]))
     with pytest.raises(TaskError, match="cannot read nowhere.jsonl"):

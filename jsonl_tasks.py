@@ -1,0 +1,148 @@
+r"""
+Tasks read from the user's local JSONL files (the registry is tasks.py): GSM8K, MATH / MATH-500 and
+any JSONL with a field mapping. One line is one problem; training draws from --train_file, the
+held-out set is --test_file.
+
+    gsm8k   `question`, `answer` ending in `#### 42` (the number after it, commas removed)
+    math    `problem`, and `answer` or a `solution` whose last \boxed{} is the answer; `level` and
+            `subject` (MATH's `type`) kept, for per-subject evaluation tables
+    jsonl   --prompt_field, --answer_field ('' for none); every other field goes to the reward
+            functions (e.g. `tests` for the code reward)
+
+Nothing is downloaded. A malformed line is one TaskError naming the file, the line and the field;
+held-out problems that also appear in the training file are reported. What is left out: files
+are read whole into memory (GSM8K's 7.5k problems, MATH's 12.5k are small).
+
+    python -m pytest tests/test_tasks.py
+"""
+
+import json
+import random
+
+from rewards import accuracy_reward, answers_match, last_boxed, parse_rewards
+
+
+class TaskError(ValueError):
+    """Bad task input (a file, a line, a field): shown as a one-line error."""
+
+
+class FileTask:
+    """Problems read from JSONL files: `parse(record)` turns one line's object into a problem (or
+    raises KeyError(field) / TaskError). Training draws from the train file; the test file is the
+    held-out set."""
+
+    rewards, correct = "accuracy:1,format:1", staticmethod(accuracy_reward)
+    base_flags: list[str] = []
+    has_corpus = False
+
+    def same(self, a: str, b: str, p: dict) -> bool:
+        """Two final answers are one vote when the accuracy check would call them equal."""
+        return answers_match(a, b)
+
+    def __init__(self, train_file=None, test_file=None, log=print):
+        if not test_file:
+            raise TaskError(f"task {self.name} reads its held-out problems from a file: give --test_file PATH.jsonl")
+        self.test_set = self.read(test_file)
+        self.train = self.read(train_file) if train_file else None
+        self.overlap = 0
+        if self.train:
+            seen = {p["prompt"].strip() for p in self.train}
+            self.overlap = sum(p["prompt"].strip() in seen for p in self.test_set)
+            if self.overlap:
+                log(f"warning: {self.overlap} of the {len(self.test_set)} held-out problems of {test_file} "
+                    f"also appear in {train_file}: the held-out accuracy is not held out")
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        return cls(args.train_file, args.test_file, log=log)
+
+    def read(self, path: str) -> list[dict]:
+        try:
+            f = open(path, encoding="utf-8")
+        except OSError as e:
+            raise TaskError(f"cannot read {path}: {e.strerror}") from None
+        out = []
+        with f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TaskError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise TaskError(f"{path}:{i}: not a JSON object")
+                try:
+                    out.append(self.parse(rec))
+                except KeyError as e:
+                    raise TaskError(f"{path}:{i}: missing field {e.args[0]!r}") from None
+                except TaskError as e:
+                    raise TaskError(f"{path}:{i}: {e}") from None
+        if not out:
+            raise TaskError(f"{path} holds no problems")
+        return out
+
+    def train_problems(self, rng: random.Random, n: int) -> list[dict]:
+        """n problems drawn (with replacement) from the training file."""
+        if not self.train:
+            raise TaskError(f"task {self.name} trains on a file: give --train_file PATH.jsonl")
+        return [rng.choice(self.train) for _ in range(n)]
+
+
+class GSM8KTask(FileTask):
+    """GSM8K's own format: `question`, and `answer` = the worked solution, then `#### 42`."""
+
+    name = "gsm8k"
+
+    def parse(self, rec):
+        solution = str(rec["answer"])
+        if "####" not in solution:
+            raise TaskError("field 'answer' has no final '#### <answer>'")
+        final = solution.rpartition("####")[2].strip().replace(",", "")
+        return {"prompt": str(rec["question"]).strip(), "answer": final, "solution": solution}
+
+
+class MathTask(FileTask):
+    r"""MATH / MATH-500: `problem`, and `answer`, or else the last oxed{} of `solution`; `level`
+    and `subject` (MATH's `type`) kept for per-subject and per-level tables."""
+
+    name = "math"
+
+    def parse(self, rec):
+        if "answer" in rec:
+            answer = str(rec["answer"])
+        else:
+            answer = last_boxed(str(rec["solution"]))
+            if answer is None:
+                raise TaskError("no field 'answer', and field 'solution' has no \\boxed{} answer")
+        p = {"prompt": str(rec["problem"]).strip(), "answer": answer.strip()}
+        for field, key in (("subject", "subject"), ("type", "subject"), ("level", "level")):
+            if field in rec and key not in p:
+                p[key] = str(rec[field])
+        return p
+
+
+class JsonlTask(FileTask):
+    """Any JSONL: the prompt and answer from named fields (no answer field: "" makes none, e.g.
+    for code with `tests`); every other field is passed on to the reward functions. Its accuracy
+    is the first reward of --rewards."""
+
+    name = "jsonl"
+
+    def __init__(self, train_file=None, test_file=None, prompt_field="prompt", answer_field="answer",
+                 rewards=None, log=print):
+        self.prompt_field, self.answer_field = prompt_field, answer_field
+        if rewards:
+            self.rewards, self.correct = rewards, parse_rewards(rewards)[0][1]
+        super().__init__(train_file, test_file, log)
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        return cls(args.train_file, args.test_file, args.prompt_field, args.answer_field, args.rewards, log=log)
+
+    def parse(self, rec):
+        p = {k: v for k, v in rec.items() if k not in (self.prompt_field, self.answer_field)}
+        p["prompt"] = str(rec[self.prompt_field]).strip()
+        if self.answer_field:
+            p["answer"] = str(rec[self.answer_field]).strip()
+        return p
