@@ -233,19 +233,42 @@ class HFTokenizer(Tokenizer):
         return super().decode([i for i in ids if i < self.vocab_size])
 
 
-def byte_tokenizer_json(tok: Tokenizer) -> dict:
-    """Our byte tokenizer as a tokenizer.json: a byte-level BPE with no merges (token b is byte b)
+def merges_of(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge list of a tiktoken BPE, in rank order: for each token of two or more bytes, the two
+    tokens BPE joins into it (its bytes merged using only the tokens of lower rank)."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            r, i = min((ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:])))
+            if r >= rank:
+                break
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((parts[0], parts[1]))
+        elif len(parts) > 2:
+            raise ValueError(f"token {token!r} is not the merge of two lower-ranked tokens: not a BPE vocabulary")
+    return merges
+
+
+def tokenizer_json(tok: Tokenizer) -> dict:
+    """Our tokenizer (byte, aha) as a tokenizer.json: a byte-level BPE with its merges, its split
+    regex as a Split pre-tokenizer (none for byte: any split gives the same tokens without merges),
     and the specials as added tokens, which `tokenizers` splits out of the text as tiktoken does."""
     chars = bytes_to_unicode()
+    text = lambda b: "".join(chars[x] for x in b)  # noqa: E731  bytes as byte-level unicode
+    ranks = tok.enc._mergeable_ranks
     added = [{"id": tok.enc.encode_single_token(t), "content": t, "single_word": False, "lstrip": False,
               "rstrip": False, "normalized": False, "special": True} for t in SPECIALS]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    pre = byte_level if tok.name == "byte" else {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": tok.enc._pat_str}, "behavior": "Isolated", "invert": False}, byte_level]}
     return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-            "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            "pre_tokenizer": pre, "post_processor": None, "decoder": byte_level,
             "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": {chars[b]: b for b in range(256)}, "merges": []}}
+                      "vocab": {text(t): i for t, i in ranks.items()},
+                      "merges": [f"{text(a)} {text(b)}" for a, b in merges_of(ranks)]}}
 
 
 # --- load and save ---
@@ -299,18 +322,18 @@ def write_atomic(path: str, write):
 def save_hf(model: GPT, tokenizer: Tokenizer, path: str):
     """Write model and tokenizer as a Hugging Face directory (config.json, model.safetensors,
     tokenizer.json, tokenizer_config.json, generation_config.json), each file atomically. The
-    tokenizer files of an hf: tokenizer are copied; our byte tokenizer is written as a byte-level BPE."""
+    tokenizer files of an hf: tokenizer are copied; ours (byte, aha) are written as byte-level BPEs."""
     if tokenizer.name.startswith("hf:"):  # not isinstance: under `python -m hf` this module is also __main__
         src = tokenizer.name.removeprefix("hf:")
         files = {n: open(os.path.join(src, n), "rb").read() for n in
                  ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja") if os.path.isfile(os.path.join(src, n))}
-    elif tokenizer.name == "byte":
-        files = {"tokenizer.json": json.dumps(byte_tokenizer_json(tokenizer), ensure_ascii=False).encode(),
+    elif tokenizer.name in ("byte", "aha"):
+        files = {"tokenizer.json": json.dumps(tokenizer_json(tokenizer), ensure_ascii=False).encode(),
                  "tokenizer_config.json": json.dumps({
                      "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIALS[0], "pad_token": SPECIALS[-1],
                      "model_max_length": model.config.block_size, "clean_up_tokenization_spaces": False}).encode()}
     else:
-        raise ValueError(f"cannot export the tokenizer '{tokenizer.name}': export supports byte and hf: tokenizers "
+        raise ValueError(f"cannot export the tokenizer '{tokenizer.name}': export supports aha, byte and hf: tokenizers "
                          f"(a tiktoken encoding's specials have no tokenizer.json form here)")
     eos = getattr(tokenizer, "eos_ids", [tokenizer.eot])
     files["generation_config.json"] = json.dumps({"eos_token_id": eos, "pad_token_id": tokenizer.pad}).encode()
@@ -333,8 +356,8 @@ def export(ckpt_path: str, out: str):
         name = ckpt["tokenizer"]
     except Exception as e:  # a torn or foreign file
         raise ValueError(f"{ckpt_path} is not a checkpoint of this code ({type(e).__name__})") from None
-    if name != "byte" and not name.startswith("hf:"):
-        raise ValueError(f"cannot export the tokenizer '{name}': export supports byte and hf: tokenizers")
+    if name not in ("byte", "aha") and not name.startswith("hf:"):
+        raise ValueError(f"cannot export the tokenizer '{name}': export supports aha, byte and hf: tokenizers")
     tok = get_tokenizer(name)
     model = build_model(ModelConfig(**ckpt["config"]), ckpt["model"].__getitem__)
     save_hf(model, tok, out)

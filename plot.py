@@ -1,6 +1,6 @@
 """
-Training curves in the spirit of the R1-Zero figures: reward, accuracy and mean response length
-against RL step, from a run's log.jsonl. A line a crash tore (at most the last one) is skipped and
+Training curves in the spirit of the R1-Zero figures: reward, accuracy, mean response length and
+the share of responses that reflect (reflection.py) against RL step, from a run's log.jsonl. A line a crash tore (at most the last one) is skipped and
 reported; a run still going is redrawn every few seconds with --follow.
 
     python plot.py out/<run>              # writes out/<run>/curves.png (train.py calls this at the end)
@@ -40,11 +40,13 @@ def smooth(values, k=5):
 
 def plot_run(run_dir):
     records = read_log(run_dir)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     panels = [
         ("reward", "reward (accuracy + format)", [("reward", "train, per step")]),
         ("accuracy", "accuracy", [("accuracy", "train, per step"), ("eval_accuracy", "held-out pass@1")]),
         ("length", "mean response length (tokens)", [("length", "train, per step"), ("eval_length", "held-out")]),
+        ("reflection", "responses that recheck an earlier step", [("reflection", "train, per step"),
+                                                                   ("eval_reflection", "held-out")]),
     ]
     for ax, (_, title, keys) in zip(axes, panels):
         for key, label in keys:

@@ -58,7 +58,7 @@ def lm_loss(model, tok, packs, device):
 
 
 def cache_path(args):
-    flags = BASE_FLAGS + TASKS[args.task].base_flags  # addition adds none: its key is what it always was
+    flags = BASE_FLAGS + TASKS[args.task].base_flags
     key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in flags}, sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(args.out_dir, "cache", f"base-{key}.pt")
 
@@ -81,7 +81,7 @@ def base_model(args, tok, task, device, log=print):
     n_template, half = round(args.template_frac * args.base_steps), args.base_batch // 2
     start_2, start_3 = args.base_steps - n_template, args.base_steps - n_template // 2
     textbook = iter(task.textbook(args.base_steps * args.base_batch, seed=args.seed))
-    worked = iter(task.corpus((start_3 - start_2) * half, seed=args.seed, style_weights=(0, 0.6, 0.4)))
+    worked = iter(task.corpus((start_3 - start_2) * half, seed=args.seed, style_weights=(0, 0.3, 0.7)))
     corpus = iter(task.corpus((args.base_steps - start_3) * half, seed=args.seed))
     take = lambda it, k: [next(it) for _ in range(k)]  # noqa: E731
     t0 = time.time()

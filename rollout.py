@@ -29,6 +29,7 @@ import sys
 import torch
 
 import dist
+from reflection import reflects
 from rewards import accuracy_reward, extract_answer, format_reward
 from sample import generate
 from tasks import add_task_args, make_task, render_prompt
@@ -95,23 +96,26 @@ def evaluate(model, tok, task, args, step, all_done=None):
     n, k = args.eval_samples, args.eval_problems // dist.world()
     problems = task.test_set[dist.rank() * k:(dist.rank() + 1) * k]
     gen = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed + 1 + dist.rank())  # the same draws every time
-    acc, fmt, lengths, cons, samples = [], [], [], [], []
+    acc, fmt, lengths, cons, refl, samples = [], [], [], [], [], []
     for i in range(0, len(problems), 25):
         chunk = problems[i:i + 25]
         out, texts, scores = rollout(model, tok, chunk, n, args, gen, args.eval_temperature, args.eval_top_p,
                                      all_done=all_done, correct=task.correct)
         acc.append(scores["accuracy"]), fmt.append(scores["format"]), lengths.append(out.batch.completion_mask.sum(1).cpu())
+        refl.append(torch.tensor([float(reflects(t)) for t in texts]))
         right = scores["accuracy"].view(len(chunk), n)  # (problems, samples)
         cons.append(torch.tensor([majority_correct(texts[j * n:(j + 1) * n], right[j].tolist(),
                                                    lambda a, b, p=p: task.same(a, b, p)) for j, p in enumerate(chunk)]))
         if i == 0:
             samples = [{"step": step, "prompt": p["prompt"], "answer": p.get("answer"), "completion": texts[j * n],
-                        "accuracy": scores["accuracy"][j * n].item()} for j, p in enumerate(chunk[:args.log_samples])]
-    acc, fmt, lengths, cons = (dist.gather_rows(torch.cat(x)) for x in (acc, fmt, lengths, cons))
+                        "accuracy": scores["accuracy"][j * n].item(), "reflects": reflects(texts[j * n])}
+                       for j, p in enumerate(chunk[:args.log_samples])]
+    acc, fmt, lengths, cons, refl = (dist.gather_rows(torch.cat(x)) for x in (acc, fmt, lengths, cons, refl))
     per_problem = acc.view(-1, n)  # (problems, samples), every rank's block in rank order
     passk = [pass_at_k(n, int((row == 1).sum()), n) for row in per_problem]
     m = {"eval_accuracy": acc.mean().item(), "eval_format": fmt.mean().item(), "eval_length": lengths.mean().item(),
-         f"eval_pass@{n}": sum(passk) / len(passk), f"eval_cons@{n}": cons.mean().item()}
+         f"eval_pass@{n}": sum(passk) / len(passk), f"eval_cons@{n}": cons.mean().item(),
+         "eval_reflection": refl.mean().item()}
     evaluated = task.test_set[:len(passk)]
     for field in ("subject", "level"):  # MATH's tables: pass@1 and count per value
         if any(field in p for p in evaluated):
@@ -127,7 +131,7 @@ def print_eval(step, m, args):
     n = args.eval_samples
     dist.print0(f"eval step {step:3d} | held-out pass@1 {m['eval_accuracy']:.3f} (k={n}, T={args.eval_temperature}, "
                 f"top-p={args.eval_top_p}) | pass@{n} {m[f'eval_pass@{n}']:.3f} | cons@{n} {m[f'eval_cons@{n}']:.3f} | "
-                f"format {m['eval_format']:.3f} | length {m['eval_length']:.1f}")
+                f"format {m['eval_format']:.3f} | length {m['eval_length']:.1f} | reflection {m['eval_reflection']:.2f}")
     for field in ("subject", "level"):
         for value, row in m.get(f"eval_by_{field}", {}).items():
             dist.print0(f"    {field} {value:<28} pass@1 {row['pass@1']:.3f}  ({row['problems']} problems)")

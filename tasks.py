@@ -181,22 +181,28 @@ class GeneratedTask:
 
 
 class AdditionTask(GeneratedTask):
-    """a + b, each operand with min_digits..max_digits digits (1-digit operands include 0)."""
+    """a + b, each operand with min_digits..max_digits digits (1-digit operands include 0). Its
+    corpus is built so that rechecking is what makes an answer right (the module docstring):
+    the first attempt adds the columns but forgets every carry; the recheck redoes each column
+    with its carry and corrects the attempt, or confirms it. With reflect=False (the ablation) the
+    same careful sum is written plainly, with no first attempt to re-examine."""
+
+    base_flags = ["no_reflect_docs"]
 
     def __init__(self, min_digits=2, max_digits=2, n_test=200, seed=0,
-                 style_weights=(0.75, 0.17, 0.08), guess_acc=0.2):
+                 style_weights=(0.7, 0.15, 0.15), guess_acc=0.2, reflect=True):
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         self.min_digits, self.max_digits = min_digits, max_digits
         n_operands = 10 ** max_digits - (10 ** (min_digits - 1) if min_digits > 1 else 0)
         if n_test > n_operands ** 2 // 2:
             raise ValueError(f"n_test={n_test} would hold out more than half of the {n_operands ** 2} problems: lower it")
-        self.style_weights, self.guess_acc = style_weights, guess_acc
+        self.style_weights, self.guess_acc, self.reflect = style_weights, guess_acc, reflect
         super().__init__(n_test, seed)
 
     @classmethod
     def from_args(cls, args, log=print):
-        return cls(args.min_digits, args.max_digits, args.n_test, seed=args.seed)
+        return cls(args.min_digits, args.max_digits, args.n_test, seed=args.seed, reflect=not args.no_reflect_docs)
 
     def _draw(self, rng: random.Random) -> dict:
         a, b = (rng.randint(10 ** (n - 1) if n > 1 else 0, 10 ** n - 1)
@@ -213,24 +219,65 @@ class AdditionTask(GeneratedTask):
         return ans[:i] + wrong + ans[i + 1:]
 
     @staticmethod
-    def worked(p: dict) -> str:
-        """Column addition from the right, writing the partial sum as it grows. It opens by restating
-        the question word for word: a copy that even a tiny model learns quickly (zero-padding
-        the operands, or starting the copy right after <think>, which the template also uses, made
-        it fail to learn the copy in our runs)."""
+    def columns(p: dict, carry=True) -> tuple[list[str], str]:
+        """Column addition from the right, writing the partial sum as it grows: the steps and the
+        result. carry=False is the slip of a hurried first attempt: each column's carry is dropped
+        (47 + 38 gives 75), the last column written whole (87 + 75 gives 152)."""
         a, b = p["a"], p["b"]
         n = max(len(str(a)), len(str(b)))
         da, db = str(a).zfill(n), str(b).zfill(n)  # a missing digit is written as 0
-        steps, partial, carry = [f"Compute {a} + {b} in columns."], "", 0
-        for x, y in zip(reversed(da), reversed(db)):
-            s = int(x) + int(y) + carry
-            partial = str(s % 10) + partial
-            step = f"{x}+{y}{'+1' if carry else ''}={s}, so {partial}"
-            carry = s // 10
-            steps.append(step + (", carry 1." if carry else "."))
-        if carry:
-            steps.append(f"Carry 1 left, so 1{partial}.")
-        return " ".join(steps)
+        steps, partial, c = [], "", 0
+        for i, (x, y) in enumerate(zip(reversed(da), reversed(db))):
+            s = int(x) + int(y) + c
+            partial = str(s if i == n - 1 and not carry else s % 10) + partial
+            step = f"{x}+{y}{'+1' if c else ''}={s}, so {partial}"
+            c = s // 10 if carry else 0
+            steps.append(step + (", carry 1." if c else "."))
+        if c:
+            partial = "1" + partial
+            steps.append(f"Carry 1 left, so {partial}.")
+        return steps, str(int(partial))
+
+    def worked(self, p: dict) -> str:
+        """The careful sum. It opens by restating the question word for word: a copy that even a
+        tiny model learns quickly (zero-padding the operands, or starting the copy right after
+        <think>, which the template also uses, made it fail to learn the copy in our runs)."""
+        return " ".join([f"Compute {p['a']} + {p['b']} in columns."] + self.columns(p)[0])
+
+    def attempt(self, p: dict) -> tuple[str, str]:
+        """The first attempt (the careful sum's words, every carry dropped) and its result."""
+        steps, result = self.columns(p, carry=False)
+        return " ".join([f"Compute {p['a']} + {p['b']} in columns."] + steps), result
+
+    def rechecked(self, p: dict) -> str:
+        """The attempt, then the recheck: each column again with its carry, and a verdict on the
+        attempt's result, corrected ("So 85, not 75.") or confirmed ("So 55, as before.")."""
+        first, result = self.attempt(p)
+        verdict = f"So {p['answer']}, as before." if result == p["answer"] else f"So {p['answer']}, not {result}."
+        return " ".join([first, "Wait, let me recheck."] + self.columns(p)[0] + [verdict])
+
+    def completion(self, p: dict, rng: random.Random, style_weights=None) -> str:
+        """direct: a guess; worked: the first attempt alone (its result, often wrong); reflect: the
+        attempt rechecked (always right). With reflect=False both worked styles are the careful sum."""
+        style = rng.choices(["direct", "worked", "reflect"], weights=style_weights or self.style_weights)[0]
+        if style == "direct":
+            guess = self.guess(p, rng)
+            return f" <answer> {guess} </answer>" if rng.random() < 0.5 else \
+                f" <think> I know this one. </think> <answer> {guess} </answer>"
+        if not self.reflect:
+            return f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
+        if style == "worked":
+            first, result = self.attempt(p)
+            return f" <think> {first} </think> <answer> {result} </answer>"
+        return f" <think> {self.rechecked(p)} </think> <answer> {p['answer']} </answer>"
+
+    def textbook(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """The skill, untemplated: every document is the rechecked attempt (or, with reflect=False,
+        the careful sum), so the careful sum is learned as the recheck of a first attempt."""
+        rng = random.Random(f"textbook-{seed}")
+        solve = self.rechecked if self.reflect else self.worked
+        return [(f"User: {p['prompt']}. Assistant:", f" <think> {solve(p)} </think> <answer> {p['answer']} </answer>")
+                for p in self.corpus_problems(rng, n)]
 
 
 # --- Countdown ---
@@ -370,6 +417,8 @@ def add_task_args(parser):
     g.add_argument("--n_test", type=int, default=200, help="generated tasks: held-out problems, never trained on")
     g.add_argument("--min_digits", type=int, default=2, help="addition: fewest digits of an operand")
     g.add_argument("--max_digits", type=int, default=2, help="addition: most digits of an operand")
+    g.add_argument("--no_reflect_docs", action="store_true", help="addition: the ablation: the base corpus's "
+                   "rechecked attempts written as plain careful sums (no first attempt, no 'Wait')")
     g.add_argument("--cd_numbers", default="3", help="countdown: how many numbers, 3 or a range 3-4 (TinyZero: 3-4)")
     g.add_argument("--cd_max_number", type=int, default=9, help="countdown: numbers are 1..this (TinyZero: 99)")
     g.add_argument("--cd_max_target", type=int, default=30, help="countdown: targets are 1..this (TinyZero: 99)")

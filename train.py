@@ -73,7 +73,7 @@ parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
 parser.add_argument("--grad_checkpoint", action="store_true", help="recompute each block's activations in the backward (less memory, ~1/3 more compute)")
 parser.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], default="auto",
                     help="prompt format: the R1-Zero template (none), an instruct model's chat format, or auto: the tokenizer's")
-parser.add_argument("--tokenizer", default="byte", help="without --init: byte, or a tiktoken encoding: gpt2, cl100k_base, o200k_base")
+parser.add_argument("--tokenizer", default="aha", help="without --init: aha (a BPE trained on the toy corpora, tokenizer.py), byte, or a tiktoken encoding: gpt2, cl100k_base, o200k_base")
 parser.add_argument("--tokenizer_dir", default="tokenizers", help="where named encodings' <name>.tiktoken files are")
 parser.add_argument("--model", default="tiny", help="without --init: model preset: tiny, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
 # stage 1: the toy base model (without --init)
@@ -124,6 +124,7 @@ import kernels  # noqa: E402
 from grpo import group_advantages, loss_normalizer  # noqa: E402
 from model import PRESETS as MODELS, load_checkpoint, save_checkpoint  # noqa: E402
 from pretrain import base_model, cache_path  # noqa: E402
+from reflection import reflects  # noqa: E402
 from rewards import parse_rewards  # noqa: E402
 from rollout import evaluate, print_eval, rollout  # noqa: E402
 from tasks import render_prompt  # noqa: E402
@@ -550,7 +551,8 @@ def log_step(run, args, step, out, texts, scores, rewards, um, t_rollout, t_trai
     rewards = dist.gather_rows(rewards)
     scores = {k: dist.gather_rows(v) for k, v in scores.items()}
     truncated = dist.gather_rows(out.truncated.float().cpu())
-    reflection = dist.gather_rows(torch.tensor([float("wait" in t.lower()) for t in texts]))
+    reflect = dist.gather_rows(torch.tensor([float(reflects(t)) for t in texts]))
+    acc = scores["accuracy"]
     groups = rewards.view(-1, args.group_size)
     return {
         "step": step, "reward": nanmean(rewards), "reward_std": nanstd(rewards),
@@ -561,7 +563,9 @@ def log_step(run, args, step, out, texts, scores, rewards, um, t_rollout, t_trai
         "length": lengths.mean().item(), "length_min": lengths.min().item(), "length_max": lengths.max().item(),
         "truncated": truncated.mean().item(),
         "zero_var_groups": (groups.std(1) == 0).float().mean().item(),
-        "reflection": reflection.mean().item(),
+        # reflection.py: the share that re-examines an earlier step, and whether doing so pays
+        "reflection": reflect.mean().item(),
+        "acc_reflect": nanmean(acc[reflect == 1]), "acc_no_reflect": nanmean(acc[reflect == 0]),
         **um,
         "tokens_per_s": lengths.sum().item() / (t_rollout + t_train),
         "rollout_s": t_rollout, "train_s": t_train,

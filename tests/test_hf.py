@@ -20,7 +20,7 @@ from tokenizers import Regex, Tokenizer as HFTok, decoders, models, normalizers,
 from hf import HFTokenizer, export, load_hf, save_hf
 from model import make_model, save_checkpoint
 from sample import generate
-from tasks import render_prompt
+from tasks import AdditionTask, render_prompt
 from tokenizer import get_tokenizer
 
 # Qwen2's split regex, as its tokenizer.json stores it
@@ -158,17 +158,22 @@ def test_save_hf_loads_back_into_transformers_without_warnings(tmp_path, tok_dir
 
 
 @torch.no_grad()
-def test_export_our_checkpoint_with_the_byte_tokenizer(tmp_path):
-    tok = get_tokenizer("byte")
+@pytest.mark.parametrize("name", ["byte", "aha"])
+def test_export_our_checkpoint_with_our_tokenizers(tmp_path, name):
+    tok = get_tokenizer(name)
     model = make_model("tiny", tok.vocab_size, n_layer=2).eval()
-    save_checkpoint(str(tmp_path / "ckpt.pt"), model, "byte", step=1)
+    save_checkpoint(str(tmp_path / "ckpt.pt"), model, name, step=1)
     export(str(tmp_path / "ckpt.pt"), str(tmp_path / "out"))
     back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
     assert type(back).__name__ == "LlamaForCausalLM"
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
-    text = render_prompt("Compute 82 + 97") + " <think> 2+7=9 </think> <answer> 179 </answer><|endoftext|> 数学"
-    assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
-    assert hf_tok.decode(tok.encode(text)) == text
+    # the toy corpus (aha's merges apply throughout), and text it never saw
+    texts = [render_prompt("Compute 82 + 97") + " <think> 2+7=9 </think> <answer> 179 </answer><|endoftext|> 数学",
+             *(p + c for p, c in AdditionTask().corpus(20, seed=5)), "  Wait,\n\nlet  me recheck 12.5%\t émigré 🙂 ab12"]
+    for text in texts:
+        assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+        assert hf_tok.decode(tok.encode(text)) == text
+    text = texts[0]
     ids = torch.tensor([tok.encode(text)])
     torch.testing.assert_close(back(ids).logits, our_logits(model, ids), **TOL)
     # a checkpoint whose tokenizer has no tokenizer.json form: one line, through the CLI

@@ -45,13 +45,48 @@ def test_corpus_mixture_and_reproducibility():
     assert abs(right / len(direct) - task.guess_acc) < 0.04
 
 
-def test_textbook_documents_ask_as_rl_does_without_the_template_and_always_work_the_sum():
+def test_textbook_documents_ask_as_rl_does_without_the_template_and_always_recheck():
     task = AdditionTask(seed=0)
     for prompt, completion in task.textbook(50, seed=0):
         q = re.fullmatch(r"User: (Compute \d\d \+ \d\d)\. Assistant:", prompt).group(1)
         a, b = map(int, re.findall(r"\d+", q))
-        assert completion == f" <think> {task.worked({'a': a, 'b': b})} </think> <answer> {a + b} </answer>"
+        p = {"a": a, "b": b, "answer": str(a + b)}
+        assert completion == f" <think> {task.rechecked(p)} </think> <answer> {a + b} </answer>"
         assert completion.startswith(f" <think> {q} in columns.")
+
+
+def test_the_first_attempt_forgets_carries_and_the_recheck_corrects_it():
+    # oracle: the hurried sum, digit by digit in Python, with no carry between columns
+    task = AdditionTask(min_digits=1, max_digits=4)
+    for p in task.train_problems(random.Random(2), 500):
+        da, db = str(p["a"]), str(p["b"])
+        n = max(len(da), len(db))
+        da, db = da.zfill(n), db.zfill(n)
+        hurried = str(int(da[0]) + int(db[0])) + "".join(str((int(x) + int(y)) % 10) for x, y in zip(da[1:], db[1:]))
+        first, result = task.attempt(p)
+        assert result == str(int(hurried)) and first.endswith(f"so {hurried}.") and "carry" not in first
+        text = task.rechecked(p)
+        assert text.startswith(first + " Wait, let me recheck. ")
+        assert text.endswith(f"So {p['answer']}, as before." if result == p["answer"] else f"So {p['answer']}, not {result}.")
+        # the recheck is the careful sum's columns: the worked solution after its opening sentence
+        assert task.worked(p).split(" in columns. ")[1] in text
+    # two-digit operands: the attempt is right exactly when the units do not carry
+    task = AdditionTask()
+    ps = task.train_problems(random.Random(3), 2000)
+    assert all((task.attempt(p)[1] == p["answer"]) == (p["a"] % 10 + p["b"] % 10 < 10) for p in ps)
+
+
+def test_the_ablation_writes_the_same_careful_sums_without_reflection():
+    task, plain = AdditionTask(seed=0), AdditionTask(seed=0, reflect=False)
+    docs, plain_docs = task.corpus(2000, seed=0), plain.corpus(2000, seed=0)
+    assert [p for p, _ in docs] == [p for p, _ in plain_docs]  # the same questions, in the same styles
+    for (prompt, c), (_, d) in zip(docs, plain_docs):
+        a, b = map(int, re.search(r"Compute (\d+) \+ (\d+)\. Assistant:$", prompt).groups())
+        if "columns" in c:  # an attempt, or an attempt rechecked: the careful sum, right
+            assert d == f" <think> {plain.worked({'a': a, 'b': b})} </think> <answer> {a + b} </answer>"
+        else:
+            assert c == d  # the guesses are untouched
+    assert not any("Wait" in c for _, c in plain.textbook(200, seed=0))
 
 
 # --- the registry: generated tasks ---
