@@ -1,4 +1,4 @@
-"""Checks of exercise 7 against sample.sample_next: greedy, then token frequencies over 20000
+"""Checks of exercise 7 against sample.sample_next: greedy, then token frequencies over 10000
 draws under temperature, top-k and top-p, the log-probs returned, and the generator's use."""
 
 import torch
@@ -13,7 +13,7 @@ EQUATION = "-"
 PROJECT = "sample.py: sample_next"
 REFERENCE = "from sample import sample_next"
 PLUG = [("sample", "sample_next")]
-N = 20000
+N = 10000
 
 
 def draws(fn, logits, kw, seed):
@@ -40,7 +40,7 @@ def check(m):
         ref_tok, _ = draws(sample.sample_next, z, kw, 0)
         got, exp = (torch.bincount(t, minlength=8).float() / N for t in (tok, ref_tok))
         worst = (got - exp).abs().argmax().item()
-        if abs(got[worst] - exp[worst]) > 0.02:
+        if abs(got[worst] - exp[worst]) > 0.03:
             raise Mismatch(f"with {kw} you draw token {worst} (logit {row[worst].item():g}) with frequency "
                            f"{got[worst]:.3f}; the project's sampler {exp[worst]:.3f} (all: {got.tolist()} vs "
                            f"{[round(x, 3) for x in exp.tolist()]})")
