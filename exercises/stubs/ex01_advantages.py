@@ -6,8 +6,6 @@ GRPO has no value model: an output is good or bad relative to the other outputs 
 same question. Fill in the body, then: python -m exercises check 1
 """
 
-import math
-
 import torch
 
 
