@@ -168,3 +168,16 @@ def test_plug_in_puts_the_students_functions_where_the_run_looks(work, monkeypat
     assert train_module.group_advantages is grpo.group_advantages
     assert model.KVCache is sample.KVCache and rollout.extract_answer is rewards.extract_answer
     assert train_module.grpo_update.__qualname__.startswith("plugged")  # ex10's wrapper: the metrics it lacks are NaN
+
+
+def test_finale_reads_the_runs_log(tmp_path, monkeypatch):
+    import json
+    monkeypatch.setenv("EXERCISES_RUN", str(tmp_path))
+    assert ex.check(11)[1].startswith("no finished run in")
+    (tmp_path / "args.json").write_text(json.dumps({"use_exercises": True}))
+    evals = [{"step": 0, "elapsed": 60, "eval_accuracy": 0.11}, {"step": 60, "elapsed": 600, "eval_accuracy": 0.55}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    assert ex.check(11) == (False, "held-out pass@1 went 0.110 -> 0.550 at step 60; the target is 0.6")
+    evals[-1]["eval_accuracy"] = 0.85
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    assert ex.check(11) == (True, "PASS: your GRPO took held-out pass@1 0.110 -> 0.850 in 10.0 min")
