@@ -110,6 +110,16 @@ def token_weights(mask, loss_type="grpo", normalizer=None):
     return weights
 
 
+def clipped_surrogate(logp, old_logp, advantages, eps_low=0.2, eps_high=None):
+    """eq. 1's clipped surrogate per token, (B, T): min(rho A, clip(rho, 1-eps_low, 1+eps_high) A)
+    with rho = exp(logp - old_logp), from (B, T) log-probs and advantages (B,). eps_high=None
+    clips symmetrically."""
+    eps_high = eps_low if eps_high is None else eps_high
+    A = advantages[:, None].to(logp.dtype)                         # (B, 1): one advantage per output
+    ratio = torch.exp(logp - old_logp)                             # rho, per token
+    return torch.min(ratio * A, ratio.clamp(1 - eps_low, 1 + eps_high) * A)
+
+
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None, beta=0.0,
               loss_type="grpo", normalizer=None):
     """
@@ -123,11 +133,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     eps_high = eps_low if eps_high is None else eps_high
     mask = mask.to(logp.dtype)
-    A = advantages[:, None].to(logp.dtype)                         # (B, 1): one advantage per output
-    ratio = torch.exp(logp - old_logp)                             # rho, per token
-    unclipped = ratio * A
-    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * A
-    surrogate = torch.min(unclipped, clipped)                      # the clipped surrogate of eq. 1
+    surrogate = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = surrogate - beta * kl                              # - beta * D_KL (eq. 2)
     J = (per_token * token_weights(mask, loss_type, normalizer)).sum()

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 
@@ -59,6 +60,8 @@ parser.add_argument("--seed", type=int, default=1337, help="seed for the task, t
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 parser.add_argument("--fsdp", action="store_true", help="shard the policy and reference with FSDP2 (under torchrun), for models that do not fit on one device; default: DDP replicas")
 parser.add_argument("--no_kernels", action="store_true", help="on CUDA, use the plain PyTorch log-prob path instead of the Triton kernels of kernels/")
+parser.add_argument("--use_exercises", action="store_true", help="the course exercises' functions (exercises/work/, "
+                    "python -m exercises) replace the project's; every exercise must pass its check first")
 parser.add_argument("--preset", choices=["r1zero"], default=None,
                     help="r1zero: the paper's RL settings (lr, beta, G, questions, ref update, mini-batches, epochs, "
                          "temperature, clip ratio); flags given explicitly still win")
@@ -324,6 +327,11 @@ class Run:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.use_exercises:  # the student's own functions, checked, in place of the project's
+        from exercises import plug_in
+        if error := plug_in(sys.modules[__name__]):
+            parser.error(error)
+        args.no_kernels = True  # on CUDA the fused kernels would bypass the student's log-probs and loss
     rank, world, device = dist.setup(args.device)
     try:
         run_dir = train(args, rank, world, device)

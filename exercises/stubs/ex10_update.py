@@ -1,0 +1,49 @@
+"""
+Exercise 10: the GRPO update over mini-batches with micro-batch gradient accumulation (the
+project's version: train.py, grpo_update, which also sums over processes and logs more).
+
+One rollout (G outputs for each question, sampled by pi_theta_old) is trained on for
+args.ppo_epochs passes, each cut at random into args.minibatches mini-batches, with one optimiser
+step per mini-batch; a mini-batch too big for memory is run as micro-batches of args.micro_batch
+rows whose gradients add up. Fill in the body, then: python -m exercises check 10 (it runs your
+update and the project's from the same model and compares the weights after).
+"""
+
+import math
+
+import torch
+
+from grpo import loss_normalizer  # exercise 4
+
+
+def grpo_update(policy, ref, opt, out, advantages, args, generator):
+    """
+    policy: a module; policy(b, T) -> log-probs (rows, C) of the completion tokens of b, a
+            sample.Batch of some rows; policy(b, T, grpo=dict(old_logp=, ref_logp=, advantages=,
+            mask=, eps_low=, eps_high=, beta=, loss_type=, normalizer=)) -> (loss, metrics, logp,
+            entropy): the GRPO loss of those rows (grpo.grpo_loss, exercises 1-5); old_logp=None
+            means on-policy (pi_theta_old = pi_theta, the log-probs detached).
+    ref:    the same kind of module over the frozen reference model, or None when args.beta == 0.
+    opt:    the optimiser of the policy's parameters.
+    out:    a sample.Rollout: out.batch (B rows; out.batch.select(idx) takes rows idx),
+            out.batch.completion_mask (B, C) 0/1, out.truncated (B,) bool.
+    advantages: (B,). generator: the torch.Generator that shuffles.
+    args: temperature, ppo_epochs, minibatches, micro_batch (0: a whole mini-batch), beta, clip_eps,
+          clip_eps_high, loss_type, max_new_tokens, grad_clip (0: off), mask_truncated.
+
+    1. mask = the completion mask, times ~out.truncated[:, None] if args.mask_truncated.
+       micro = args.micro_batch or B // args.minibatches.
+    2. Without gradients: old_logp = policy's log-probs of all B rows, unless there is a single
+       update in all (ppo_epochs * minibatches == 1: then pass old_logp=None); ref_logp = ref's
+       log-probs of all rows when args.beta > 0, else None. (Compute them micro rows at a time.)
+    3. For each epoch: for each mb in torch.randperm(B, generator=generator).chunk(args.minibatches):
+       normalizer = loss_normalizer(args.loss_type, mask[mb], args.max_new_tokens), the WHOLE
+       mini-batch's; for each idx in mb.split(micro): the policy's GRPO loss of rows idx (eps_low =
+       args.clip_eps, eps_high = args.clip_eps_high, the normalizer above), backward.
+       Then grad_norm = torch.nn.utils.clip_grad_norm_(parameters, args.grad_clip or inf); if the
+       mini-batch's summed loss and the grad norm are finite, opt.step(), else count a skipped step;
+       then opt.zero_grad().
+    Return {"loss": mean over the steps taken of the mini-batch's summed loss, "grad_norm": their
+    mean grad norm (both NaN if no step was taken), "skipped_steps": the number skipped}.
+    """
+    raise NotImplementedError  # TODO
