@@ -131,10 +131,10 @@ def preference_pairs(task, problems, rng, chat=None):
     that solution garbled, the kinds taken in turn (equal shares), the same final answer."""
     out = []
     for i, p in enumerate(problems):
-        kind = list(GARBLES)[i % len(GARBLES)]
         worked, answer = task.worked(p), f" <answer> {p['answer']} </answer>"
         steps = steps_of(worked)
-        garbled = worked if kind == "untagged" or len(steps) < 2 else " ".join(GARBLES[kind](steps, rng))
+        kind = list(GARBLES)[i % len(GARBLES)] if len(steps) > 1 else "untagged"  # one step: nothing to garble
+        garbled = worked if kind == "untagged" else " ".join(GARBLES[kind](steps, rng))
         rejected = f" {garbled}{answer}" if kind == "untagged" else f" <think> {garbled} </think>{answer}"
         out.append({"prompt": render_prompt(p["prompt"], chat), "chosen": f" <think> {worked} </think>{answer}",
                     "rejected": rejected, "kind": kind})

@@ -191,6 +191,7 @@ def validate(args):
         task = make_task(args, log=lambda line: None)  # set_up builds it again, and says what it reports
         task.train_problems(random.Random(0), 1)  # a file task without --train_file fails here
         args.rewards = args.rewards or task.rewards
+        # the class stands in for the scorer here: set_up loads the reward model, once
         uses_rm = "preference" in [name for name, _, _ in parse_rewards(args.rewards, {"preference": PreferenceReward})]
     except ValueError as e:
         parser.error(f"--rewards: {e}" if "reward" in str(e) else str(e).replace("n_test", "--n_test"))
