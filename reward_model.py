@@ -249,9 +249,12 @@ def main(argv=None):
     trunk, tok, init = load_model(args.init, args.device, torch.float32)
     heldout = preference_pairs(task, task.test_set, random.Random(f"rm-heldout-{args.seed}"), tok.chat)
     rng = random.Random(f"rm-{args.seed}")
-    longest = max(len(tok.encode(x["prompt"])) + len(tok.encode(x[k])) + 1 for x in heldout for k in ("chosen", "rejected"))
+    # a packed batch is as wide as its longest prompt plus its longest completion (+ <|endoftext|>)
+    longest = (max(len(tok.encode(x["prompt"])) for x in heldout)
+               + max(len(tok.encode(x[k])) for x in heldout for k in ("chosen", "rejected")) + 1)
     if longest > trunk.config.block_size:
-        parser.error(f"--init {args.init}: a preference pair needs {longest} tokens, the model's context is {trunk.config.block_size}: use smaller problems")
+        parser.error(f"--init {args.init}: a batch of preference pairs needs {longest} tokens, the model's context is "
+                     f"{trunk.config.block_size}: use smaller problems")
 
     torch.manual_seed(args.seed)
     rm = RewardModel(trunk).to(args.device)
