@@ -37,8 +37,8 @@ language_reward eq. 7: the share of the chain of thought's words in the target l
                 (`language=` field, default English: Latin-script words; "zh": CJK characters);
                 None when the chain of thought holds no word at all (only digits and symbols).
 
-Model-based rewards (eq. 5, 6, 8) are functions of the same convention that call a reward model;
-none is built in (there is no reward model here). Digits are ASCII only.
+Model-based rewards (eq. 5, 6, 8) are functions of the same convention that call a reward model:
+reward_model.py's PreferenceReward is train.py's `preference` (with --reward_model). Digits are ASCII only.
 
     python -m pytest tests/test_rewards.py tests/test_math_answers.py
 """
@@ -317,9 +317,11 @@ REWARDS = {"accuracy": accuracy_reward, "format": format_reward, "language": lan
            "countdown": countdown_reward, "code": code_reward}
 
 
-def parse_rewards(spec: str) -> list:
+def parse_rewards(spec: str, extra=None) -> list:
     """'accuracy:1,format:1,my_module.my_reward:0.5' -> [(name, function, weight), ...]. A name
-    without a dot is a built-in of REWARDS; a dotted one is imported from the user's module."""
+    without a dot is a built-in of REWARDS or of `extra` (name -> function: train.py's `preference`,
+    bound to its --reward_model); a dotted one is imported from the user's module."""
+    table = {**REWARDS, **(extra or {})}
     out = []
     for item in spec.split(","):
         name, sep, weight = item.strip().rpartition(":")
@@ -330,9 +332,9 @@ def parse_rewards(spec: str) -> list:
         except ValueError:
             raise ValueError(f"reward {item!r}: weight {weight!r} is not a number") from None
         if "." not in name:
-            if name not in REWARDS:
-                raise ValueError(f"unknown reward {name!r}: built-ins are {', '.join(REWARDS)}, or give module.function")
-            fn = REWARDS[name]
+            if name not in table:
+                raise ValueError(f"unknown reward {name!r}: built-ins are {', '.join(table)}, or give module.function")
+            fn = table[name]
         else:
             module, _, attr = name.rpartition(".")
             if os.getcwd() not in sys.path:  # the user's module, next to where they run train.py

@@ -9,7 +9,8 @@ run GRPO on a pretrained model read from a local Hugging Face directory.
 
 Stage 1 (base, pretrain.py): a small transformer learns the corpus of the task (tasks.py, --task);
 it is cached. With --init (hf:DIR, or a ckpt.pt of ours) there is no stage 1.
-Stage 2 (rl): GRPO (grpo.py, eq. 1-3) with the rule-based rewards of rewards.py (eq. 4). Each
+Stage 2 (rl): GRPO (grpo.py, eq. 1-3) with the rule-based rewards of rewards.py (eq. 4), and with
+--reward_model a model-based one, `preference` (reward_model.py; eq. 5 and 8, the paper's RL stage 2). Each
 step samples --group_size outputs for each of --questions questions from the current policy
 (pi_theta_old), turns rewards into group-normalised advantages, then trains on the rollout for
 --ppo_epochs epochs, each split at random into --minibatches mini-batches with one optimiser
@@ -88,7 +89,9 @@ parser.add_argument("--no_cache", action="store_true", help="retrain the base mo
 # stage 2: GRPO rewards and rollouts
 parser.add_argument("--rewards", default=None,
                     help="weighted sum of reward functions, name:weight,...: built-ins accuracy, format, language, countdown, "
-                         "code, or module.function of your own (default: the task's; eq. 4: accuracy:1,format:1)")
+                         "code, preference (with --reward_model), or module.function of your own (default: the task's; "
+                         "eq. 4: accuracy:1,format:1)")
+parser.add_argument("--reward_model", default=None, help="a rm.pt of reward_model.py: the `preference` reward scores each output with it (eq. 5's model used pointwise, summed as eq. 8)")
 parser.add_argument("--rl_steps", type=int, default=60, help="GRPO steps")
 parser.add_argument("--questions", type=int, default=16, help="questions per step (paper: 32)")
 parser.add_argument("--group_size", type=int, default=8, help="G, outputs sampled per question (paper: 16)")
@@ -129,6 +132,7 @@ from model import PRESETS as MODELS, load_checkpoint, save_checkpoint  # noqa: E
 from pretrain import base_model, cache_path  # noqa: E402
 from reflection import reflects  # noqa: E402
 from rewards import parse_rewards  # noqa: E402
+from reward_model import PreferenceReward, check_reward_model  # noqa: E402
 from rollout import evaluate, print_eval, rollout  # noqa: E402
 from tasks import render_prompt  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
@@ -191,9 +195,12 @@ def validate(args):
         task = make_task(args, log=lambda line: None)  # set_up builds it again, and says what it reports
         task.train_problems(random.Random(0), 1)  # a file task without --train_file fails here
         args.rewards = args.rewards or task.rewards
-        parse_rewards(args.rewards)
+        # the class stands in for the scorer here: set_up loads the reward model, once
+        uses_rm = "preference" in [name for name, _, _ in parse_rewards(args.rewards, {"preference": PreferenceReward})]
     except ValueError as e:
         parser.error(f"--rewards: {e}" if "reward" in str(e) else str(e).replace("n_test", "--n_test"))
+    parser.check([(args.reward_model or not uses_rm, "--rewards preference needs --reward_model PATH (a rm.pt of reward_model.py)"),
+                  (uses_rm or not args.reward_model, "--reward_model is read only by the preference reward: add preference:W to --rewards")])
     if args.eval_problems > len(task.test_set):
         parser.error(f"--eval_problems {args.eval_problems}: the held-out set has {len(task.test_set)} problems: use at most that")
     if not args.init and not task.has_corpus:
@@ -205,6 +212,8 @@ def validate(args):
     if n + args.max_new_tokens > block:
         parser.error(f"--max_new_tokens {args.max_new_tokens}: the longest prompt ({n} tokens with tokenizer {tok.name}) "
                      f"plus it exceeds the model's context of {block}: use at most {block - n}")
+    if args.reward_model and (error := check_reward_model(args.reward_model, tok, n + args.max_new_tokens + 1)):
+        parser.error(error)  # + 1: the reward model reads the score at an <|endoftext|> after the completion
     if not args.init and not args.resume and (args.no_cache or not os.path.isfile(cache_path(args))):
         if (m := longest_document(task, tok)) > block:
             parser.error(f"--task {args.task}: the base corpus's longest document ({m} tokens) exceeds --model "
@@ -430,7 +439,8 @@ def set_up(args, rank, world, device):
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     if ckpt is not None and ckpt.get("optim") is not None:
         dist.load_optim_state_dict(model, opt, ckpt["optim"])
-    run = Run(run_dir, tok, task, model, policy, ref, opt, parse_rewards(args.rewards),
+    rm = {"preference": PreferenceReward(args.reward_model, device)} if args.reward_model else None  # loaded once
+    run = Run(run_dir, tok, task, model, policy, ref, opt, parse_rewards(args.rewards, rm),
               questions=random.Random(f"rl-{args.seed}"), shuffle=torch.Generator().manual_seed(args.seed),
               sampling=torch.Generator(device).manual_seed(args.seed + rank),  # per-rank sampling seeds
               sync=dist.all_done if args.fsdp else None)

@@ -1,0 +1,302 @@
+"""
+The reward model of the paper's second RL stage (eq. 5, 6, 8), in miniature: model.py's
+transformer with a scalar head, trained on preference pairs the task generates.
+
+eq. 5, helpfulness, pairwise: the paper adds a reward head predicting a scalar score to the
+DeepSeek-V3 architecture and trains it on 66k (chosen, rejected) pairs. Here `RewardModel` is the
+GPT trunk, started from a policy checkpoint, plus a linear head read at the <|endoftext|> appended
+after the completion (the last token: its state has seen the prompt and the whole completion),
+trained with the Bradley-Terry loss on the score difference:
+
+    L = -log sigmoid(r(x, y_chosen) - r(x, y_rejected))
+
+The pairs (`preference_pairs`): same problem, same final answer; chosen = the task's worked
+solution in the R1 format, rejected = the same reasoning garbled in one of five ways (GARBLES):
+steps shuffled, a block repeated, noise mixed in, steps dropped, the think tags missing. Some are
+longer than the chosen, some shorter, one the same length, so length alone does not separate
+them (the paper balances lengths for the same reason) and no single artefact does. Accuracy is
+measured on pairs from the task's held-out problems, which neither the RM nor the policy trains on.
+
+eq. 6, safety, pointwise: rm(response) alone. The head scoring one (prompt, completion) is eq. 6's
+form; the paper trains that model on safe / unsafe labels with a pointwise loss, for which this
+miniature has no data: left out.
+
+In GRPO (eq. 8: reward = reward_reasoning + reward_general + reward_language) each output needs a
+number of its own: `PreferenceReward` scores each (prompt, completion) pointwise and squashes the
+score to sigmoid(r - center), in (0, 1) like the rule rewards it is summed with (why: at
+PreferenceReward). It is train.py's `preference` reward:
+
+    python train.py --init out/<run>/ckpt.pt --reward_model out/rm/rm.pt --rewards accuracy:1,format:1,preference:1
+
+Simplified: pairs are generated, not judged by a model four times with positions swapped; the
+paper's helpfulness RM reads only the final summary, this one the whole completion (readable
+reasoning is what its pairs teach); the whole trunk is fine-tuned at a constant learning rate.
+
+    python reward_model.py --init out/<run>/ckpt.pt --run_name rm    # writes out/rm/rm.pt, log.jsonl
+"""
+
+import argparse
+import os
+import random
+import re
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import runs
+from model import load_checkpoint, load_model, save_checkpoint
+from sample import forward_rows, pack
+from tasks import add_task_args, make_task, render_prompt
+
+
+class RewardModel(nn.Module):
+    """The transformer trunk (model.GPT; its lm_head unused) and a scalar head on the final hidden
+    state of each row's last token."""
+
+    def __init__(self, trunk):
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Linear(trunk.config.n_embd, 1)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, batch):
+        """Scores (B,) of a batch laid out by sample.pack (completions ending in <|endoftext|>)."""
+        h = forward_rows(self.trunk, batch)  # (B, R + C, d)
+        last = batch.R + batch.valid[:, batch.R:].sum(1) - 1  # (B,) column of each row's last token
+        return self.head(h[torch.arange(h.size(0), device=h.device), last]).squeeze(-1)  # (B,)
+
+
+def bradley_terry_loss(r_chosen, r_rejected):
+    """eq. 5's pairwise loss: -log sigmoid(r_chosen - r_rejected), the mean over pairs (logsigmoid:
+    no overflow for large differences)."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def score(rm, tok, prompts, completions, device):
+    """r(x, y) (B,) of each (prompt, completion) text pair, in one batch; <|endoftext|> is appended."""
+    batch = pack([tok.encode(p) for p in prompts], [tok.encode(c) + [tok.eot] for c in completions], tok.pad, device)
+    return rm(batch)
+
+
+@torch.no_grad()
+def score_all(rm, tok, prompts, completions, device, batch_size=64):
+    """score() in batches of batch_size, without gradients."""
+    return torch.cat([score(rm, tok, prompts[i:i + batch_size], completions[i:i + batch_size], device).float()
+                      for i in range(0, len(prompts), batch_size)])
+
+
+# -----------------------------------------------------------------------------
+# preference pairs: readable versus garbled reasoning, same answer
+
+def steps_of(text):
+    """A worked solution's steps: the pieces between '. ' and ', '."""
+    return re.split(r"(?<=[.,]) ", text)
+
+
+def noise(rng):
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789+=#%&*") for _ in range(rng.randint(3, 8)))
+
+
+def shuffled(steps, rng):
+    order = list(range(len(steps)))
+    while order == sorted(order):  # a shuffle that changes nothing is no rejected answer
+        rng.shuffle(order)
+    return [steps[i] for i in order]
+
+
+def repeated(steps, rng):
+    i = rng.randrange(len(steps))
+    j = rng.randint(i + 1, min(i + 3, len(steps)))  # a block of one to three steps, bounded so a pair fits the context
+    return steps[:j] + steps[i:j] * rng.randint(1, 2) + steps[j:]  # steps i..j-1 two or three times
+
+
+def noisy(steps, rng):
+    return [s for step in steps for s in ([step, noise(rng)] if rng.random() < 0.6 else [step])] + [noise(rng)]
+
+
+def dropped(steps, rng):
+    keep = sorted(rng.sample(range(1, len(steps)), (len(steps) - 1) // 2))
+    return [steps[0]] + [steps[i] for i in keep]  # the question restated, then half the steps, out of context
+
+
+# each: (steps, rng) -> garbled steps; "untagged" keeps the steps and drops the think tags
+GARBLES = {"shuffle": shuffled, "repeat": repeated, "noise": noisy, "drop": dropped, "untagged": None}
+
+
+def preference_pairs(task, problems, rng, chat=None):
+    """One pair per problem, {prompt, chosen, rejected, kind}: chosen the worked solution, rejected
+    that solution garbled, the kinds taken in turn (equal shares), the same final answer."""
+    out = []
+    for i, p in enumerate(problems):
+        worked, answer = task.worked(p), f" <answer> {p['answer']} </answer>"
+        steps = steps_of(worked)
+        kind = list(GARBLES)[i % len(GARBLES)] if len(steps) > 1 else "untagged"  # one step: nothing to garble
+        garbled = worked if kind == "untagged" else " ".join(GARBLES[kind](steps, rng))
+        rejected = f" {garbled}{answer}" if kind == "untagged" else f" <think> {garbled} </think>{answer}"
+        out.append({"prompt": render_prompt(p["prompt"], chat), "chosen": f" <think> {worked} </think>{answer}",
+                    "rejected": rejected, "kind": kind})
+    return out
+
+
+def pairwise_accuracy(rm, tok, pairs, device, batch_size=64):
+    """(share of pairs whose chosen scores higher, a tie counting one half; the same by kind; the
+    mean score of all the responses)."""
+    prompts = [x["prompt"] for x in pairs]
+    rc = score_all(rm, tok, prompts, [x["chosen"] for x in pairs], device, batch_size)
+    rr = score_all(rm, tok, prompts, [x["rejected"] for x in pairs], device, batch_size)
+    win = (rc > rr).float() + 0.5 * (rc == rr).float()  # (N,)
+    kinds = [x["kind"] for x in pairs]
+    by_kind = {k: win[[i for i, x in enumerate(kinds) if x == k]].mean().item() for k in GARBLES if k in kinds}
+    return win.mean().item(), by_kind, torch.cat([rc, rr]).mean().item()
+
+
+# -----------------------------------------------------------------------------
+# the reward of GRPO
+
+def load_reward_model(path, device="cpu"):
+    """(RewardModel in eval mode, tokenizer, checkpoint dict) of a rm.pt; bad input is one line (SystemExit)."""
+    trunk, tok, ckpt = load_checkpoint(path, device, full=True)
+    if "head" not in ckpt:
+        raise SystemExit(f"error: {path} is a policy checkpoint, not a reward model: train one with reward_model.py")
+    rm = RewardModel(trunk)
+    rm.head.load_state_dict(ckpt["head"])
+    return rm.to(device).eval(), tok, ckpt
+
+
+def check_reward_model(path, tok, context):
+    """The one-line error that --reward_model path meets with the policy's tokenizer and a longest
+    sequence of `context` tokens, or None; reads the checkpoint without its weights."""
+    if not os.path.isfile(path):
+        return f"--reward_model {path}: no such file: train one with python reward_model.py --init CKPT --run_name NAME"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        name, vocab, block = ckpt["tokenizer"], ckpt["vocab_size"], ckpt["config"]["block_size"]
+    except Exception as e:
+        return f"--reward_model {path} is not a checkpoint of this code ({type(e).__name__}): give a rm.pt of reward_model.py"
+    if "head" not in ckpt:
+        return f"--reward_model {path} is a policy checkpoint, not a reward model: train one with reward_model.py"
+    if (name, vocab) != (tok.name, tok.vocab_size):
+        return (f"--reward_model {path} reads tokenizer {name} ({vocab} tokens), the policy {tok.name} ({tok.vocab_size}): "
+                f"train the reward model from a checkpoint with the policy's tokenizer")
+    if context > block:
+        return f"--reward_model {path}: its context of {block} tokens is shorter than a prompt plus --max_new_tokens ({context}): lower --max_new_tokens"
+    return None
+
+
+class PreferenceReward:
+    """train.py's `preference` reward (rewards.py's convention): the reward model, loaded once on
+    the policy's device, scores each (prompt, completion) on its own, in batches without gradients.
+
+    Why sigmoid(r - center), not r: Bradley-Terry fixes only differences of scores (r + c is the
+    same model for every c), and on separable pairs training grows their scale without bound, so a
+    raw score may be -30 or +30. eq. 8 sums it with rule rewards in [0, 1], and --rewards' weights
+    mean something only if the terms share a range; GRPO's per-group normalisation (eq. 3) would
+    hide the offset but not the scale, and a raw score far larger than the accuracy term would
+    drown it. sigmoid(r - center) is Bradley-Terry's probability that the output is preferred to a
+    response scoring `center` (the mean score of the held-out responses, stored in rm.pt): in
+    (0, 1), 0.5 for a typical response, and capped, so however far a policy pushes the score (reward
+    hacking) it gains at most 1 from it."""
+
+    def __init__(self, path, device, batch_size=64):
+        self.rm, self.tok, ckpt = load_reward_model(path, device)
+        self.center, self.device, self.batch_size = ckpt["center"], device, batch_size
+
+    def __call__(self, prompts, completions, **fields):
+        r = score_all(self.rm, self.tok, prompts, completions, self.device, self.batch_size)
+        return torch.sigmoid(r - self.center).tolist()
+
+
+# -----------------------------------------------------------------------------
+# training
+
+parser = runs.Parser(description="Train a reward model (eq. 5: Bradley-Terry on preference pairs) from a policy checkpoint.",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+g = parser.add_argument_group("run")
+g.add_argument("--init", required=True, help="the trunk's starting weights: a ckpt.pt of ours (e.g. the policy's) or hf:DIR")
+g.add_argument("--run_name", required=True, help="outputs go to <out_dir>/<run_name>/: rm.pt, log.jsonl, args.json")
+g.add_argument("--out_dir", default="out", help="directory for runs")
+g.add_argument("--seed", type=int, default=1337, help="seed for the head, the pairs and the task")
+g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+add_task_args(parser)
+g = parser.add_argument_group("training")
+g.add_argument("--steps", type=int, default=150, help="optimiser steps")
+g.add_argument("--batch", type=int, default=16, help="preference pairs per step (each a chosen and a rejected row)")
+g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, constant (paper: 6e-6 for a 671B model)")
+g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")
+g.add_argument("--eval_batch", type=int, default=64, help="rows per batch when scoring the held-out pairs")
+
+
+def main(argv=None):
+    args = parser.parse_args(argv)
+    run_dir = os.path.join(args.out_dir, args.run_name)
+    parser.check([
+        (args.steps >= 1 and args.batch >= 1 and args.eval_batch >= 1, "--steps, --batch and --eval_batch must be at least 1"),
+        (args.lr > 0 and args.grad_clip >= 0, "--lr must be > 0 and --grad_clip >= 0 (0: off)"),
+        (args.init.startswith("hf:") or os.path.isfile(args.init), f"--init {args.init}: no such checkpoint (a Hugging Face directory is hf:DIR)"),
+        (not os.path.exists(os.path.join(run_dir, "rm.pt")), f"{run_dir} already holds a reward model: pick another --run_name"),
+    ])
+    if error := runs.check_run_dir(argparse.Namespace(resume=False, run_name=args.run_name, out_dir=args.out_dir)):
+        parser.error(error)
+    try:
+        task = make_task(args, log=lambda line: None)
+        if not task.has_corpus:
+            raise ValueError("has no worked solutions to make preference pairs from: use a generated task with a corpus (addition, countdown)")
+    except ValueError as e:
+        parser.error(f"--task {args.task}: {e}")
+    trunk, tok, init = load_model(args.init, args.device, torch.float32)
+    heldout = preference_pairs(task, task.test_set, random.Random(f"rm-heldout-{args.seed}"), tok.chat)
+    rng = random.Random(f"rm-{args.seed}")
+    # a packed batch is as wide as its longest prompt plus its longest completion (+ <|endoftext|>)
+    longest = (max(len(tok.encode(x["prompt"])) for x in heldout)
+               + max(len(tok.encode(x[k])) for x in heldout for k in ("chosen", "rejected")) + 1)
+    if longest > trunk.config.block_size:
+        parser.error(f"--init {args.init}: a batch of preference pairs needs {longest} tokens, the model's context is "
+                     f"{trunk.config.block_size}: use smaller problems")
+
+    torch.manual_seed(args.seed)
+    rm = RewardModel(trunk).to(args.device)
+    runs.start_run(run_dir, args, 1, 1)
+    before, kinds, _ = pairwise_accuracy(rm.eval(), tok, heldout, args.device, args.eval_batch)
+    print(f"held-out pairwise accuracy before: {before:.3f} ({len(heldout)} pairs) | " + kind_line(kinds))
+    opt = torch.optim.AdamW(rm.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    t0 = time.time()
+    rm.train()
+    for step in range(1, args.steps + 1):
+        pairs = preference_pairs(task, task.train_problems(rng, args.batch), rng, tok.chat)
+        prompts = [x["prompt"] for x in pairs]
+        # chosen and rejected in one batch: they share the template, which pack runs once
+        r = score(rm, tok, prompts + prompts, [x["chosen"] for x in pairs] + [x["rejected"] for x in pairs], args.device)
+        rc, rr = r.view(2, -1)  # (B,) each
+        loss = bradley_terry_loss(rc, rr)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip or float("inf")).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rec = {"step": step, "loss": loss.item(), "accuracy": (rc > rr).float().mean().item(),
+               "margin": (rc - rr).mean().item(), "grad_norm": grad_norm, "elapsed": time.time() - t0}
+        runs.append_jsonl(os.path.join(run_dir, "log.jsonl"), rec)
+        if step % 25 == 0 or step == args.steps:
+            print(f"step {step:4d}/{args.steps} | loss {rec['loss']:.4f} | batch acc {rec['accuracy']:.3f} | "
+                  f"margin {rec['margin']:6.2f} | {rec['elapsed']:.1f}s")
+    t_train = time.time() - t0
+    after, kinds, center = pairwise_accuracy(rm.eval(), tok, heldout, args.device, args.eval_batch)
+    print(f"held-out pairwise accuracy after:  {after:.3f} ({len(heldout)} pairs) | " + kind_line(kinds))
+    runs.append_jsonl(os.path.join(run_dir, "log.jsonl"), {"step": args.steps, "heldout_accuracy_before": before,
+                      "heldout_accuracy": after, **{f"heldout_accuracy_{k}": v for k, v in kinds.items()},
+                      "center": center, "train_s": t_train})
+    path = os.path.join(run_dir, "rm.pt")
+    save_checkpoint(path, rm.trunk, tok.name, head=rm.head.state_dict(), center=center, task=args.task,
+                    heldout_accuracy=after, tokenizer_dir=init.get("tokenizer_dir", "tokenizers"), args=vars(args))
+    print(f"reward model: {path} ({t_train:.1f}s of training)")
+    return path
+
+
+def kind_line(kinds):
+    return " ".join(f"{k} {v:.2f}" for k, v in kinds.items())
+
+
+if __name__ == "__main__":
+    main()
