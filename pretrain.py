@@ -63,8 +63,9 @@ def cache_path(args):
     return os.path.join(args.out_dir, "cache", f"base-{key}.pt")
 
 
-def base_model(args, tok, task, device, log=print):
-    """The base model for these flags: loaded from the cache, or trained and cached."""
+def base_model(args, tok, task, device, log=print, stop=None):
+    """The base model for these flags: loaded from the cache, or trained and cached. A stop request
+    (runs.StopSignal) ends it at the next step: the base stage is cached only when it is done."""
     path = cache_path(args)
     if os.path.isfile(path) and not args.no_cache:
         log(f"base model: reusing {path}")
@@ -86,6 +87,9 @@ def base_model(args, tok, task, device, log=print):
     take = lambda it, k: [next(it) for _ in range(k)]  # noqa: E731
     t0 = time.time()
     for step in range(args.base_steps):
+        if stop is not None and stop.name:
+            raise SystemExit(f"stopped by {stop.name} in the base stage at step {step}/{args.base_steps}: nothing "
+                             f"to resume (it is cached only when done); the same command starts it again")
         if step < start_2:
             packs = [take(textbook, args.base_batch)]
         else:

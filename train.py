@@ -81,8 +81,8 @@ parser.add_argument("--tokenizer", default="aha", help="without --init: aha (a B
 parser.add_argument("--tokenizer_dir", default="tokenizers", help="where named encodings' <name>.tiktoken files are")
 parser.add_argument("--model", default="tiny", help="without --init: model preset: tiny, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
 # stage 1: the toy base model (without --init)
-parser.add_argument("--base_steps", type=int, default=700, help="pretraining steps on the task corpus")
-parser.add_argument("--base_batch", type=int, default=48, help="documents per pretraining step")
+parser.add_argument("--base_steps", type=int, default=450, help="pretraining steps on the task corpus")
+parser.add_argument("--base_batch", type=int, default=32, help="documents per pretraining step")
 parser.add_argument("--template_frac", type=float, default=0.5, help="share of the base steps (the last ones) where half the documents are templated: first all worked, then the style mixture; the rest are textbook ones")
 parser.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
 parser.add_argument("--no_cache", action="store_true", help="retrain the base model even if it is cached")
@@ -92,7 +92,7 @@ parser.add_argument("--rewards", default=None,
                          "code, preference (with --reward_model), or module.function of your own (default: the task's; "
                          "eq. 4: accuracy:1,format:1)")
 parser.add_argument("--reward_model", default=None, help="a rm.pt of reward_model.py: the `preference` reward scores each output with it (eq. 5's model used pointwise, summed as eq. 8)")
-parser.add_argument("--rl_steps", type=int, default=60, help="GRPO steps")
+parser.add_argument("--rl_steps", type=int, default=30, help="GRPO steps")
 parser.add_argument("--questions", type=int, default=16, help="questions per step (paper: 32)")
 parser.add_argument("--group_size", type=int, default=8, help="G, outputs sampled per question (paper: 16)")
 parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of rollouts (paper: 1.0)")
@@ -111,7 +111,7 @@ parser.add_argument("--micro_batch", type=int, default=0, help="rows per forward
 parser.add_argument("--mask_truncated", action="store_true", help="outputs cut off at --max_new_tokens get no loss")
 parser.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")
 # evaluation and logging
-parser.add_argument("--eval_every", type=int, default=20, help="evaluate on held-out problems every this many steps")
+parser.add_argument("--eval_every", type=int, default=10, help="evaluate on held-out problems every this many steps")
 parser.add_argument("--eval_problems", type=int, default=100, help="held-out problems per evaluation")
 parser.add_argument("--eval_samples", type=int, default=4, help="samples per problem; pass@1 is their mean accuracy")
 parser.add_argument("--eval_temperature", type=float, default=0.6, help="evaluation temperature (R1 paper: 0.6)")
@@ -365,7 +365,7 @@ def train_steps(args, rank, world, device, stop):
     """Set up (or resume), evaluate the starting policy, then the GRPO steps, each: rollout, update,
     log, evaluate, save; a stop request or --max_skips ends it with a checkpoint."""
     t_start = time.time()
-    run, start = set_up(args, rank, world, device)
+    run, start = set_up(args, rank, world, device, stop)
     log_path = os.path.join(run.dir, "log.jsonl")
     if start == 1:
         m = evaluate_and_log(run, args, 0)
@@ -409,7 +409,7 @@ def train_steps(args, rank, world, device, stop):
     return run.dir
 
 
-def set_up(args, rank, world, device):
+def set_up(args, rank, world, device, stop=None):
     """The run directory, the models, the optimiser and the random streams: fresh from the base stage,
     or from the checkpoint of the run being resumed, with every state it saved -> (Run, first step)."""
     args.run_name = dist.gather_object(args.run_name or time.strftime("%Y%m%d-%H%M%S"))[0]  # rank 0's clock
@@ -423,7 +423,7 @@ def set_up(args, rank, world, device):
     runs.start_run(run_dir, args, world, start)
     dist.print0(f"run: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
     if ckpt is None:
-        model = initial_model(args, tok, task, rank, device)
+        model = initial_model(args, tok, task, rank, device, stop)
     else:
         dist.print0(f"resuming {run_dir} after step {start - 1}")
     model.grad_checkpointing = args.grad_checkpoint
@@ -451,7 +451,7 @@ def set_up(args, rank, world, device):
     return run, start
 
 
-def initial_model(args, tok, task, rank, device):
+def initial_model(args, tok, task, rank, device, stop=None):
     """The policy RL starts from, in fp32 (the optimiser's master weights whatever --dtype): --init's
     weights, or the toy base stage (rank 0 trains or loads the cached one, then the others load it)."""
     if args.init and args.init.startswith("hf:"):
@@ -463,7 +463,7 @@ def initial_model(args, tok, task, rank, device):
     if args.init:
         return load_checkpoint(args.init, device)[0]
     if rank == 0:
-        model = base_model(args, tok, task, device, log=dist.print0)
+        model = base_model(args, tok, task, device, log=dist.print0, stop=stop)
     dist.barrier()
     return model if rank == 0 else load_checkpoint(cache_path(args), device)[0]
 
@@ -593,7 +593,7 @@ def log_step(run, args, step, out, texts, scores, rewards, um, t_rollout, t_trai
 def print_step(rec, args, per_step):
     step, left = rec["step"], per_step * (args.rl_steps - rec["step"])
     dist.print0(f"step {step:3d}/{args.rl_steps} | reward {rec['reward']:.3f} | acc {rec['accuracy']:.3f} | "
-                f"format {rec['format']:.3f} | len {rec['length']:5.1f} | kl {rec['kl']:.4f} | clip {rec['clip_frac']:.3f} | "
+                f"format {rec['format']:.3f} | len {rec['length']:5.1f} | reflect {rec['reflection']:.2f} | kl {rec['kl']:.4f} | clip {rec['clip_frac']:.3f} | "
                 f"{rec['tokens_per_s']:5.0f} tok/s | rollout {rec['rollout_s']:.1f}s train {rec['train_s']:.1f}s | "
                 f"{rec['elapsed'] / 60:.1f} min, ~{left / 60:.1f} min left")
     if rec["skipped_steps"]:

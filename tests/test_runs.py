@@ -63,7 +63,7 @@ def test_a_resumed_run_is_the_uninterrupted_one_bit_for_bit(out):
     ckpt = torch.load(os.path.join(part, "ckpt.pt"), weights_only=True)
     # a checkpoint that says what it is: format, code version, every flag, tokenizer identity
     assert ckpt["format"] == 2 and "commit" in ckpt and ckpt["args"]["rl_steps"] == 4
-    assert ckpt["tokenizer"] == "byte" and ckpt["vocab_size"] == ckpt["config"]["vocab_size"] == 262
+    assert ckpt["tokenizer"] == "aha" and ckpt["vocab_size"] == ckpt["config"]["vocab_size"] == 487
 
 
 def test_sampling_streams_matter(out):
@@ -128,6 +128,16 @@ def test_a_signal_checkpoints_at_the_next_step_and_exits_0(out, sig):
     assert [r["step"] for r in read_log(run_dir)] == list(range(step + 2))
 
 
+def test_a_signal_in_the_base_stage_stops_it_with_one_line(out):
+    proc = start(out, "base-signal", "--base_steps", "100000", "--no_cache")
+    while not (line := proc.stdout.readline()).startswith("base "):  # the first base step is done
+        assert line, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in stderr
+    assert stderr.strip().startswith("stopped by SIGTERM in the base stage at step "), stderr
+
+
 def test_kill_9_loses_only_the_steps_since_the_last_checkpoint(out):
     run_dir = os.path.join(out, "killed")
     proc = start(out, "killed", "--save_every", "1")
@@ -176,10 +186,10 @@ def test_checkpoint_mismatches_are_one_line(out, tmp_path):
     ckpt = torch.load(path, weights_only=True)
     cases = {
         "newer": ({**ckpt, "format": 99}, {}, "has checkpoint format 99, newer than this code's 2"),
-        "tokenizer": (ckpt, {"tokenizer": "gpt2"}, "was written with --tokenizer byte, not gpt2"),
+        "tokenizer": (ckpt, {"tokenizer": "gpt2"}, "was written with --tokenizer aha, not gpt2"),
         "shape": (ckpt, {"config": {"n_layer": 12}}, "another shape (n_layer=4, not 12)"),
         "weights": ({**ckpt, "config": {**ckpt["config"], "n_embd": 64}}, {}, "weights do not fit the config"),
-        "vocab": ({**ckpt, "config": {**ckpt["config"], "vocab_size": 300}}, {}, "tokenizer of 300 tokens, this one has 262"),
+        "vocab": ({**ckpt, "config": {**ckpt["config"], "vocab_size": 300}}, {}, "tokenizer of 300 tokens, this one has 487"),
     }
     for name, (c, expect, message) in cases.items():
         p = str(tmp_path / f"{name}.pt")
@@ -225,8 +235,8 @@ BAD = [  # argv, the flag the one line must name, and a part of its message
     (["--model", "qwen9"], "--model qwen9", "choose from tiny"),
     (["--tokenizer", "nope"], "--tokenizer nope", "unknown tokenizer"),
     (["--tokenizer", "cl100k_base", "--tokenizer_dir", "{tmp}"], "--tokenizer cl100k_base", "needs {tmp}/cl100k_base.tiktoken"),
-    (["--max_new_tokens", "700"], "--max_new_tokens 700", "use at most 263"),
-    (["--min_digits", "6", "--max_digits", "6", "--no_cache"], "--task addition", "longest document (670 tokens)"),
+    (["--max_new_tokens", "700"], "--max_new_tokens 700", "use at most 551"),
+    (["--min_digits", "13", "--max_digits", "13", "--no_cache"], "--task addition", "longest document (688 tokens)"),
     (["--min_digits", "3", "--max_digits", "2"], "--min_digits", "between 1 and --max_digits"),
     (["--n_test", "9999", "--min_digits", "1", "--max_digits", "1"], "--n_test", "more than half"),
     (["--device", "tpu"], "--device tpu", "use cpu, cuda or cuda:N"),
