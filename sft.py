@@ -49,10 +49,10 @@ g.add_argument("--seed", type=int, default=1337, help="seed of the data order (a
 g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 g.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: forward passes under bf16 autocast, fp32 weights and optimiser state")
 g = parser.add_argument_group("model and data")
-g.add_argument("--init", required=True, help="the model to fine-tune: a ckpt.pt of ours or hf:DIR (a local Hugging Face model directory)")
+g.add_argument("--init", default=None, help="(required) the model to fine-tune: a ckpt.pt of ours or hf:DIR (a local Hugging Face model directory)")
 g.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], default="auto",
                help="prompt format of --render and of the evaluation: auto (the tokenizer's), none (the R1-Zero template), chatml, llama3")
-g.add_argument("--data", required=True, help="JSONL file(s) of (prompt, completion) pairs, comma-separated")
+g.add_argument("--data", default=None, help="(required) JSONL file(s) of (prompt, completion) pairs, comma-separated")
 g.add_argument("--completion_field", default="completion", help="the field of --data holding the completion (its prompt: --prompt_field)")
 g.add_argument("--render", action="store_true", help="the prompts of --data are raw questions: render them with the template (default: used as given)")
 g = parser.add_argument_group("optimisation")
@@ -150,6 +150,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", 1))
     parser.check([
+        (args.init and args.data, "--init (a ckpt.pt or hf:DIR) and --data (JSONL files) are required"),
         (args.epochs >= 1, "--epochs must be at least 1"),
         (args.batch >= 1 and args.micro_batch >= 0, "--batch must be at least 1, --micro_batch at least 0"),
         (args.batch % world == 0, f"--batch {args.batch} does not split across {world} processes: make it divisible"),
