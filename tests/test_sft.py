@@ -141,3 +141,59 @@ def test_bad_input_is_one_line(files, argv, fragment):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment.format(d=d) in lines[0], res.stderr
+
+
+# --- reject.py: the filters of rejection sampling, on hand-made completions ---
+
+GOOD = " <think> Compute 82 + 97 in columns. 2+7=9, so 9. 8+9=17, so 79, carry 1. Carry 1 left, so 179. </think> <answer> 179 </answer>"
+BAD = {  # each fails exactly the filter it names
+    "correct": GOOD.replace("<answer> 179", "<answer> 178"),
+    "format": GOOD.replace("</think> <answer>", "</think> So the sum is <answer>"),
+    "language": " <think> 计算 82 + 97 按列 相加 2+7=9 所以 9 8+9=17 所以 179 </think> <answer> 179 </answer>",
+    "repeats": GOOD.replace("so 9.", "so 9. 2+7=9, so 9."),
+    "length": GOOD.replace("</think>", "Done, the sum is found. </think>"),
+}
+
+
+def reject_args(**kw):
+    import argparse
+    return argparse.Namespace(**{"min_language": 0.95, "repeat_words": 3, "min_tokens": 1, "max_tokens": len(GOOD) + 5, **kw})
+
+
+def test_repeated_block():
+    from reject import repeated_block
+    assert not repeated_block(GOOD)
+    assert repeated_block(BAD["repeats"])  # a sentence twice
+    assert repeated_block(" <think> so the sum is so the sum is 179 </think>")  # a 4-word run back to back
+    assert not repeated_block(" <think> so so 179 </think>")  # a 1-word stutter is shorter than --repeat_words
+    assert repeated_block(" <think> so so 179 </think>", min_words=1)
+
+
+def test_rejection_keeps_only_what_passes_every_filter():
+    from reject import filters, readable, select
+    from rewards import accuracy_reward, format_reward, language_reward
+    texts = [GOOD, *BAD.values(), GOOD.replace("in columns.", "in columns, digit by digit.")]
+    lengths = [len(t) for t in texts]  # byte tokenizer: a token per byte (of ASCII)
+    scores = {"accuracy": accuracy_reward([""] * 7, texts, answer=["179"] * 7),
+              "format": format_reward([""] * 7, texts), "language": language_reward([""] * 7, texts)}
+    passed = filters(texts, lengths, [False] * 7, scores, reject_args(max_tokens=len(GOOD) + 20))
+    for name, bad in BAD.items():  # each bad completion fails its own filter and passes the others
+        i = texts.index(bad)
+        assert [name for name, ok in passed.items() if not ok[i]] == [name], name
+    assert all(ok[0] and ok[-1] for ok in passed.values())
+    problems = [{"prompt": "Compute 82 + 97", "answer": "179"}]
+    rows = select(problems, ["P"] * 7, texts, passed, k=7, keep=2)
+    assert [r["completion"] for r in rows] == [GOOD, texts[-1]]
+    assert [r["completion"] for r in select(problems, ["P"] * 7, texts, passed, k=7, keep=1)] == [GOOD]
+    args = reject_args(max_tokens=len(GOOD) + 20)
+    assert readable(GOOD, len(GOOD), args) and not readable(GOOD, len(GOOD), args, truncated=True)
+    assert [readable(t, len(t), args) for t in BAD.values()] == [True, False, False, False, False]
+
+
+def test_reject_cli_bad_input_is_one_line(files):
+    for argv, fragment in [(["--ckpt", str(files / "nope.pt"), "--out", str(files / "rs.jsonl")], "checkpoint not found"),
+                           (["--ckpt", str(files / "init.pt"), "--out", str(files / "no" / "rs.jsonl")], "no such directory"),
+                           (["--ckpt", str(files / "init.pt"), "--out", str(files / "rs.jsonl"), "--k", "0"], "--k must be")]:
+        res = cli("reject.py", *argv)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode != 0 and len(lines) == 1 and fragment in lines[0], res.stderr
