@@ -57,7 +57,7 @@ g.add_argument("--completion_field", default="completion", help="the field of --
 g.add_argument("--render", action="store_true", help="the prompts of --data are raw questions: render them with the template (default: used as given)")
 g = parser.add_argument_group("optimisation")
 g.add_argument("--epochs", type=int, default=2, help="passes over the data")
-g.add_argument("--batch", type=int, default=16, help="examples per optimiser step (a last partial batch of an epoch is dropped)")
+g.add_argument("--batch", type=int, default=16, help="examples per optimiser step (a last partial batch of an epoch is dropped; at most the data's size)")
 g.add_argument("--micro_batch", type=int, default=0, help="rows per forward/backward, gradients accumulated (0: the whole batch)")
 g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
 g.add_argument("--warmup", type=float, default=0.05, help="share of the steps of linear warmup, then cosine decay to 10%% of --lr")
@@ -178,8 +178,10 @@ def parse_args(argv=None):
     if (n := len(ids[longest][0]) + len(ids[longest][1])) > config["block_size"]:
         parser.error(f"--data: example {longest + 1} is {n} tokens (prompt + completion + end of text), more than the "
                      f"model's context of {config['block_size']}: shorten or drop it")
-    if len(ids) < args.batch:
-        parser.error(f"--batch {args.batch}: the data has only {len(ids)} examples: use at most that")
+    if len(ids) < args.batch:  # rejection sampling may keep fewer than a batch: one step per epoch, of all of them
+        print(f"note: --batch {args.batch} is more than the {len(ids)} examples: using --batch {len(ids) // world * world}")
+        args.batch = len(ids) // world * world
+        parser.check([(args.batch > 0, f"--data: {len(ids)} examples do not make a batch of one per process ({world})")])
     if error := runs.memory_error(args, config, world):
         parser.error(error)
     return args, ids

@@ -75,7 +75,7 @@ parser.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], defa
                     help="prompt format: the R1-Zero template (none), an instruct model's chat format, or auto: the tokenizer's")
 parser.add_argument("--tokenizer", default="byte", help="without --init: byte, or a tiktoken encoding: gpt2, cl100k_base, o200k_base")
 parser.add_argument("--tokenizer_dir", default="tokenizers", help="where named encodings' <name>.tiktoken files are")
-parser.add_argument("--model", default="tiny", help="without --init: model preset: tiny, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
+parser.add_argument("--model", default="tiny", help="without --init: model preset: tiny, nano, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
 # stage 1: the toy base model (without --init)
 parser.add_argument("--base_steps", type=int, default=700, help="pretraining steps on the task corpus")
 parser.add_argument("--base_batch", type=int, default=48, help="documents per pretraining step")

@@ -123,7 +123,7 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(files):
     (["--data", "{d}/data.jsonl,{d}/bad.jsonl"], "{d}/bad.jsonl:2: missing field 'completion'"),
     (["--data", "{d}/torn.jsonl"], "{d}/torn.jsonl:1: not a JSON object"),
     (["--data", "{d}/empty.jsonl"], "no examples"),
-    (["--batch", "1000"], "--batch 1000: the data has only 48 examples"),
+    (["--micro_batch", "-1"], "--micro_batch at least 0"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--run_name", "missing", "--resume"], "--resume needs the --run_name of a run with a checkpoint"),
 ])
