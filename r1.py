@@ -111,7 +111,8 @@ def stage_commands(a):
                                "--rewards", "accuracy:1,format:1,language:0.5"), ck("reasoning_rl")),
         "rs_data": (reject("rs_data", ck("reasoning_rl")), data("rs_data")),
         "rs_sft": (sft("rs_sft", ck("base"), data("rs_data"), a.rs_epochs), ck("rs_sft")),
-        "rm": ((py + ["reward_model.py", "--init", ck("rs_sft"), "--run_name", "r1/rm", "--steps", str(a.rm_steps)], rm)
+        "rm": ((py + ["reward_model.py", "--init", ck("rs_sft"), "--out_dir", a.out_dir, "--run_name", "r1/rm",
+                     "--steps", str(a.rm_steps)], rm)
                if has_rm else (None, None)),
         "rl2_rules": (train("rl2_rules", "--init", ck("rs_sft"), "--rl_steps", a.rl2_steps - a.rl2_rm_steps, *rl,
                             "--temperature", 0.7), ck("rl2_rules")),
@@ -228,6 +229,9 @@ def main():
             write_cold_start(product, a.cold_examples, seed=1)
         elif subprocess.run(cmd, cwd=ROOT).returncode != 0:
             raise SystemExit(f"error: stage {s} failed (its output is above); fix it and run python r1.py again")
+        if product.endswith(".jsonl") and os.path.getsize(product) == 0:  # nothing to fine-tune on
+            raise SystemExit(f"error: stage {s} kept no samples: train the stages before it longer (--rl_steps, "
+                             f"--base_steps) or sample more (--rs_k, --rs_questions), then python r1.py --from {s}")
         atomic_write(meta, json.dumps({"wall_s": time.time() - t0, "command": cmd}))
     t_stages = time.time() - t_all
 
@@ -244,7 +248,7 @@ def main():
         wall = sum(json.load(open(os.path.join(d, p, "stage.json")))["wall_s"] for p in parts
                    if os.path.isfile(os.path.join(d, p, "stage.json")))
         tokens = "" if stage in ("base", "student_base") else f"{trained_tokens(os.path.join(d, stage)):,.0f}"
-        label += "" if stage != "rl2" or commands["rm"][0] else " [rules only: no RM]"
+        label = "RL stage 2 (T 0.7, rules only)" if stage == "rl2" and not commands["rm"][0] else label
         print(f"| {label:<32} | {m['pass@1']:6.3f} | {m['format']:6.3f} | {m['language']:8.3f} | {m['length']:6.1f} | "
               f"{wall:6.0f} | {tokens:>14} |")
     print(f"\nstages: {t_stages / 60:.1f} min this call; with the table: {(time.time() - t_all) / 60:.1f} min")
