@@ -23,10 +23,11 @@ of the first RL steps of R1-Zero against reasoning RL after the cold start.
     student_sft     SFT of the student on the teacher's traces (distillation)
     student_sft_grpo  then GRPO (optional: --no_student_sft_grpo skips it)
 
-Compute of student_grpo against student_sft is counted as the student's own training wall time and
-the completion tokens it is trained on (GRPO: every rollout token, forward and backward; SFT: every
-completion token per epoch); the sizes below give them about the same wall time on a CPU. The
-teacher's sampling for the traces is the teacher's compute, reported in its own row.
+Compute of student_grpo against student_sft is counted two ways, both in the table: the student's
+own training wall time, and the completion tokens it trained on (GRPO: every rollout token, sampled
+then forward and backward; SFT: every completion token, once per epoch). Match them with
+--student_rl_steps and --student_sft_epochs. The teacher's sampling of the traces is the teacher's
+compute: the `traces` stage, whose wall time is added to the student SFT row.
 
 Every size is a flag (defaults: SIZES below), e.g. `python r1.py --rl_steps 40 --eval_problems 50`.
 
@@ -46,7 +47,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-# stage sizes (each is a flag of the same name): chosen so that the whole pipeline fits ~15 min on a 2-core CPU
+# stage sizes (each is a flag of the same name); the target is the whole pipeline in ~15 min on 2 CPU cores
 SIZES = dict(
     base_steps=700,          # pretraining steps of the base and of the student base (train.py --base_steps)
     rl_steps=30,             # GRPO steps of r1zero and of reasoning_rl (the plot compares these)
@@ -61,8 +62,8 @@ SIZES = dict(
     rs_keep=1,
     rs_epochs=3,             # SFT epochs on the rejection-sampled data
     rm_steps=100,            # reward model training steps (reward_model.py --steps)
-    student_rl_steps=30,     # student GRPO steps ...
-    student_sft_epochs=4,    # ... against SFT epochs on the teacher's traces: about the same wall time
+    student_rl_steps=30,     # student GRPO steps, against ...
+    student_sft_epochs=4,    # ... SFT epochs on the teacher's traces (the table shows both one's compute)
     eval_problems=100,       # held-out problems of the table, k samples each
     eval_samples=4,
 )
