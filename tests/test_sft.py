@@ -117,6 +117,19 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(files):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
 
 
+def test_torchrun_two_processes_make_the_same_updates(files):
+    """2 gloo processes, each half of every batch: the losses of the one-process run, step for step."""
+    out, argv = str(files / "out"), ["--init", str(files / "init.pt"), "--data", str(files / "data.jsonl"), "--epochs", "1",
+                                     "--batch", "8", "--micro_batch", "2", "--lr", "3e-3"]
+    assert cli("sft.py", *argv, "--out_dir", out, "--run_name", "one").returncode == 0
+    res = cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "sft.py", *argv, "--out_dir", out,
+              "--run_name", "two")
+    assert res.returncode == 0, res.stderr
+    one, two = (read_log(os.path.join(out, r)) for r in ("one", "two"))
+    assert len(one) == len(two) == 6
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--init", "{d}/nope.pt"], "no such checkpoint"),
     (["--data", "{d}/nope.jsonl"], "--data {d}/nope.jsonl: no such file"),
