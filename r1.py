@@ -80,6 +80,7 @@ ROWS = [("base", "base", ["base"]),
         ("student_grpo", "student GRPO", ["student_grpo"]),
         ("student_sft", "student SFT on teacher traces", ["traces", "student_sft"]),
         ("student_sft_grpo", "student SFT + GRPO", ["student_sft_grpo"])]
+MAX_NEW_TOKENS = 128  # train.py's, reject.py's and the table's generation limit (their default)
 SEED = 1337  # train.py's default: every stage has the same held-out set (tasks.py draws it from the seed)
 
 
@@ -130,14 +131,17 @@ def stage_commands(a):
     }
 
 
-def write_cold_start(path, n, seed):
+def write_cold_start(path, n, seed, max_tokens=MAX_NEW_TOKENS):
     """The miniature's curated cold-start data: n templated training problems answered by the task's
     long readable styles (worked sum, or a guess then "Wait, let me recheck." and the worked sum),
-    always correct and formatted, as sft.py's JSONL."""
+    always correct and formatted, as sft.py's JSONL. Only completions that fit the generation limit
+    (with their end of text) are kept: one that does not teaches outputs that are cut off unformatted."""
     from runs import atomic_write
     from tasks import AdditionTask
-    task = AdditionTask(seed=SEED)
-    docs = task.corpus(n, seed=seed, style_weights=(0, 0.5, 0.5))
+    from tokenizer import get_tokenizer
+    task, tok = AdditionTask(seed=SEED), get_tokenizer("byte")
+    docs = [(p, c) for p, c in task.corpus(2 * n, seed=seed, style_weights=(0, 0.5, 0.5))
+            if len(tok.encode(c)) + 1 <= max_tokens][:n]
     atomic_write(path, "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in docs))
 
 
@@ -153,7 +157,7 @@ def evaluate(ckpt, a):
     acc, fmt, lang, length = [], [], [], []
     problems = task.test_set[:a.eval_problems]
     for i in range(0, len(problems), 25):
-        out, _, s = rollout(model, tok, problems[i:i + 25], a.eval_samples, argparse.Namespace(max_new_tokens=128), gen,
+        out, _, s = rollout(model, tok, problems[i:i + 25], a.eval_samples, argparse.Namespace(max_new_tokens=MAX_NEW_TOKENS), gen,
                             0.6, 0.95, reward_fns=[("language", language_reward, 1.0)], correct=task.correct)
         acc += s["accuracy"].tolist()
         fmt += s["format"].tolist()
