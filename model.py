@@ -14,7 +14,7 @@ tensors extended by concatenation, not a preallocated buffer written in place, s
 through a cached prefix during training. The output layer is separate (`lm_head`) so that callers
 compute logits only where they need them.
 
-Presets: `tiny` trains on a laptop CPU; the others have the shapes of GPT-2 small and
+Presets: `tiny` trains on a laptop CPU (`nano`, smaller, is r1.py's distillation student); the others have the shapes of GPT-2 small and
 Qwen2.5-0.5B / 1.5B (vocabulary size always comes from the tokenizer). Pretrained bases are
 loaded by hf.py; what they need here is a config field per difference from the plain shape:
 `qkv_bias` (Qwen2), `head_dim` apart from n_embd / n_head and `qk_norm`, an RMSNorm over each
@@ -64,6 +64,8 @@ class ModelConfig:
 PRESETS = {
     # full multi-head attention: at this size, separate key/value heads learn to copy operands far sooner
     "tiny": dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, ffn_hidden=384, block_size=640),
+    # the distillation student of r1.py: tiny at half its depth
+    "nano": dict(n_layer=2, n_head=4, n_kv_head=4, n_embd=128, ffn_hidden=384, block_size=640),
     "gpt2-small": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, ffn_hidden=2048, block_size=1024),
     "qwen2.5-0.5b": dict(n_layer=24, n_head=14, n_kv_head=2, n_embd=896, ffn_hidden=4864, block_size=4096,
                          rope_theta=1e6, qkv_bias=True),
@@ -362,5 +364,5 @@ def load_model(spec, device="cpu", dtype=None):
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "tiny"
-    model = make_model(name, vocab_size=262 if name == "tiny" else 151_936)
+    model = make_model(name, vocab_size=262 if name in ("tiny", "nano") else 151_936)
     print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")

@@ -1,7 +1,8 @@
 """
-Run plumbing shared by the training stages (train.py; the next ones reuse it): flags that fail in
-one line, the run directory, logs that survive a crash, every random state for an exact resume,
-and SIGTERM / SIGINT turned into a checkpoint at the next step boundary.
+Run plumbing shared by the training stages (train.py, sft.py): flags that fail in one line, the
+model a run starts from (read and checked before any weight is loaded), the run directory, logs
+that survive a crash, every random state for an exact resume, and SIGTERM / SIGINT turned into a
+checkpoint at the next step boundary.
 
     out/<run>/args.json           the flags of the run (a resume writes args-resume-<step>.json beside it)
     out/<run>/log.jsonl           one JSON line per step, appended whole and fsync'd
@@ -23,6 +24,7 @@ import os
 import random
 import signal
 import threading
+from dataclasses import asdict
 
 import torch
 
@@ -136,8 +138,81 @@ def start_run(run_dir, args, world, start):
         atomic_write(path, "".join(line for line, k in zip(lines, keep) if k))
 
 
-def resume_hint(args):
-    return f"python train.py --resume --run_name {args.run_name} --out_dir {args.out_dir}"
+def resume_hint(args, prog="train.py"):
+    return f"python {prog} --resume --run_name {args.run_name} --out_dir {args.out_dir}"
+
+
+# -----------------------------------------------------------------------------
+# the model a run starts from, checked before anything is loaded
+
+def starting_point(args, parser):
+    """(tokenizer, model config as a dict of ModelConfig fields) of what the run starts from, read
+    without loading any weights: --init hf:DIR's config.json and tokenizer.json, --init CKPT's
+    config and tokenizer, or the --model preset with --tokenizer. The tokenizer's prompt format
+    is set from --chat. Bad input is parser.error's one line."""
+    try:
+        if args.init and args.init.startswith("hf:"):
+            from hf import HFTokenizer, config_from_hf, read_json
+            path = args.init.removeprefix("hf:")
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"no such model directory: {path}")
+            config = asdict(config_from_hf(read_json(os.path.join(path, "config.json"), "config.json")))
+            tok = HFTokenizer(path)
+        elif args.init:
+            if not os.path.isfile(args.init):
+                raise FileNotFoundError(f"no such checkpoint: {args.init} (a directory of Hugging Face weights is hf:DIR)")
+            from tokenizer import get_tokenizer
+            ckpt = torch.load(args.init, map_location="cpu", weights_only=True, mmap=True)
+            config, tok = ckpt["config"], get_tokenizer(ckpt["tokenizer"], ckpt.get("tokenizer_dir", "tokenizers"))
+        else:
+            from model import PRESETS as MODELS
+            from tokenizer import get_tokenizer
+            if args.model not in MODELS:
+                parser.error(f"--model {args.model} is not a preset: choose from {', '.join(MODELS)}")
+            tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
+            config = dict(MODELS[args.model], vocab_size=tok.vocab_size)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        flag = f"--init {args.init}" if args.init else f"--tokenizer {args.tokenizer}"
+        parser.error(f"{flag}: {' '.join(str(e).split())}")
+    if config.get("vocab_size", 0) < tok.vocab_size:
+        parser.error(f"--init {args.init}: the tokenizer has {tok.vocab_size} tokens, the model's embedding only {config['vocab_size']}")
+    set_chat(tok, args.chat)
+    return tok, config
+
+
+def set_chat(tok, chat):
+    """--chat: auto keeps the tokenizer's own prompt format, none is the R1-Zero template."""
+    tok.chat = tok.chat if chat == "auto" else None if chat == "none" else chat
+
+
+def memory_error(args, config, world):
+    """The training state needs, per parameter: fp32 weights, gradient and two AdamW moments (16
+    bytes) and the reference's copy (2 in bf16, 4 in fp32; none with --beta 0), divided over the
+    ranks with --fsdp. Activations and the KV cache come on top. An error if that alone exceeds
+    the device's free memory, before anything is allocated. Runs without --beta or --fsdp
+    (sft.py) have no reference and one replica."""
+    from model import GPT, ModelConfig, free_memory
+    with torch.device("meta"):
+        n = sum(p.numel() for p in GPT(ModelConfig(**config)).parameters())
+    beta, fsdp = getattr(args, "beta", 0), getattr(args, "fsdp", False)
+    per_param = 16 + (0 if beta == 0 else 2 if args.dtype == "bf16" else 4)
+    need, free = n * per_param / (world if fsdp else 1), free_memory(args.device)
+    if need > free:
+        return (f"--init/--model: training {n / 1e9:.2f}B parameters needs ~{need / 2**30:.1f} GiB for weights, gradients, "
+                f"AdamW and the reference, {free / 2**30:.1f} GiB are free on {args.device}: use --fsdp over more GPUs, "
+                f"--beta 0, or a smaller model")
+    return None
+
+
+def device_error(device):
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        return f"--device {device}: use cpu, cuda or cuda:N"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return f"--device {device}: there is no CUDA device here: use --device cpu"
+    if index and int(index) >= torch.cuda.device_count():
+        return f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here: use a lower index"
+    return None
 
 
 # -----------------------------------------------------------------------------

@@ -79,7 +79,7 @@ parser.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], defa
                     help="prompt format: the R1-Zero template (none), an instruct model's chat format, or auto: the tokenizer's")
 parser.add_argument("--tokenizer", default="aha", help="without --init: aha (a BPE trained on the toy corpora, tokenizer.py), byte, or a tiktoken encoding: gpt2, cl100k_base, o200k_base")
 parser.add_argument("--tokenizer_dir", default="tokenizers", help="where named encodings' <name>.tiktoken files are")
-parser.add_argument("--model", default="tiny", help="without --init: model preset: tiny, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
+parser.add_argument("--model", default="tiny", help="without --init: model preset: tiny, nano, gpt2-small, qwen2.5-0.5b, qwen2.5-1.5b")
 # stage 1: the toy base model (without --init)
 parser.add_argument("--base_steps", type=int, default=450, help="pretraining steps on the task corpus")
 parser.add_argument("--base_batch", type=int, default=32, help="documents per pretraining step")
@@ -128,14 +128,13 @@ PRESETS = {"r1zero": dict(lr=3e-6, beta=0.001, group_size=16, questions=32, ref_
 import dist  # noqa: E402  (flags first, as the reader sees them)
 import kernels  # noqa: E402
 from grpo import group_advantages, loss_normalizer  # noqa: E402
-from model import PRESETS as MODELS, load_checkpoint, save_checkpoint  # noqa: E402
+from model import load_checkpoint, save_checkpoint  # noqa: E402
 from pretrain import base_model, cache_path  # noqa: E402
 from reflection import reflects  # noqa: E402
 from rewards import parse_rewards  # noqa: E402
 from reward_model import PreferenceReward, check_reward_model  # noqa: E402
 from rollout import evaluate, print_eval, rollout  # noqa: E402
 from tasks import render_prompt  # noqa: E402
-from tokenizer import get_tokenizer  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -190,7 +189,7 @@ def validate(args):
         (not (args.init and args.init.startswith("hf:") and args.tokenizer != "byte"),
          "--tokenizer: an --init hf:DIR model brings its own tokenizer; leave --tokenizer out"),
     ]
-    parser.check(checks + [(device_error(args.device) is None, device_error(args.device))])
+    parser.check(checks + [(runs.device_error(args.device) is None, runs.device_error(args.device))])
     try:
         task = make_task(args, log=lambda line: None)  # set_up builds it again, and says what it reports
         task.train_problems(random.Random(0), 1)  # a file task without --train_file fails here
@@ -205,7 +204,7 @@ def validate(args):
         parser.error(f"--eval_problems {args.eval_problems}: the held-out set has {len(task.test_set)} problems: use at most that")
     if not args.init and not task.has_corpus:
         parser.error(f"--task {args.task} has no base corpus for a toy base model: start from a pretrained one (--init hf:DIR)")
-    tok, config = starting_point(args)
+    tok, config = runs.starting_point(args, parser)
     # context length: the longest prompt plus --max_new_tokens (rollouts and evaluation), and the
     # longest base-corpus document if the base stage is to be trained
     block, n = config["block_size"], longest_prompt(task, tok)
@@ -218,7 +217,7 @@ def validate(args):
         if (m := longest_document(task, tok)) > block:
             parser.error(f"--task {args.task}: the base corpus's longest document ({m} tokens) exceeds --model "
                          f"{args.model}'s context of {block}: use a smaller problem size")
-    if error := memory_error(args, config, world):
+    if error := runs.memory_error(args, config, world):
         parser.error(error)
     if error := runs.check_run_dir(args):
         parser.error(error)
@@ -230,67 +229,6 @@ def validate(args):
             parser.error(f"--resume: {str(e.code).removeprefix('error: ')}")
         if "random" not in ckpt:
             parser.error(f"--resume: the checkpoint of {args.run_name} predates exact resume (format 1): start a new --run_name")
-
-
-def starting_point(args):
-    """(tokenizer, model config as a dict of ModelConfig fields) of what the run starts from, read
-    without loading any weights: --init hf:DIR's config.json and tokenizer.json, --init CKPT's
-    config and tokenizer, or the --model preset with --tokenizer. The tokenizer's prompt format
-    is set from --chat."""
-    from dataclasses import asdict
-    try:
-        if args.init and args.init.startswith("hf:"):
-            from hf import HFTokenizer, config_from_hf, read_json
-            path = args.init.removeprefix("hf:")
-            if not os.path.isdir(path):
-                raise FileNotFoundError(f"no such model directory: {path}")
-            config = asdict(config_from_hf(read_json(os.path.join(path, "config.json"), "config.json")))
-            tok = HFTokenizer(path)
-        elif args.init:
-            if not os.path.isfile(args.init):
-                raise FileNotFoundError(f"no such checkpoint: {args.init} (a directory of Hugging Face weights is hf:DIR)")
-            ckpt = torch.load(args.init, map_location="cpu", weights_only=True, mmap=True)
-            config, tok = ckpt["config"], get_tokenizer(ckpt["tokenizer"], ckpt.get("tokenizer_dir", "tokenizers"))
-        else:
-            if args.model not in MODELS:
-                parser.error(f"--model {args.model} is not a preset: choose from {', '.join(MODELS)}")
-            tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
-            config = dict(MODELS[args.model], vocab_size=tok.vocab_size)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        flag = f"--init {args.init}" if args.init else f"--tokenizer {args.tokenizer}"
-        parser.error(f"{flag}: {' '.join(str(e).split())}")
-    if config.get("vocab_size", 0) < tok.vocab_size:
-        parser.error(f"--init {args.init}: the tokenizer has {tok.vocab_size} tokens, the model's embedding only {config['vocab_size']}")
-    tok.chat = tok.chat if args.chat == "auto" else None if args.chat == "none" else args.chat
-    return tok, config
-
-
-def memory_error(args, config, world):
-    """The training state needs, per parameter: fp32 weights, gradient and two AdamW moments (16
-    bytes) and the reference's copy (2 in bf16, 4 in fp32; none with --beta 0), divided over the
-    ranks with --fsdp. Activations and the KV cache come on top. An error if that alone exceeds
-    the device's free memory, before anything is allocated."""
-    from model import GPT, ModelConfig, free_memory
-    with torch.device("meta"):
-        n = sum(p.numel() for p in GPT(ModelConfig(**config)).parameters())
-    per_param = 16 + (0 if args.beta == 0 else 2 if args.dtype == "bf16" else 4)
-    need, free = n * per_param / (world if args.fsdp else 1), free_memory(args.device)
-    if need > free:
-        return (f"--init/--model: training {n / 1e9:.2f}B parameters needs ~{need / 2**30:.1f} GiB for weights, gradients, "
-                f"AdamW and the reference, {free / 2**30:.1f} GiB are free on {args.device}: use --fsdp over more GPUs, "
-                f"--beta 0, or a smaller model")
-    return None
-
-
-def device_error(device):
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
-        return f"--device {device}: use cpu, cuda or cuda:N"
-    if kind == "cuda" and not torch.cuda.is_available():
-        return f"--device {device}: there is no CUDA device here: use --device cpu"
-    if index and int(index) >= torch.cuda.device_count():
-        return f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here: use a lower index"
-    return None
 
 
 def longest_prompt(task, tok):
@@ -414,7 +352,7 @@ def set_up(args, rank, world, device, stop=None):
     or from the checkpoint of the run being resumed, with every state it saved -> (Run, first step)."""
     args.run_name = dist.gather_object(args.run_name or time.strftime("%Y%m%d-%H%M%S"))[0]  # rank 0's clock
     run_dir = os.path.join(args.out_dir, args.run_name)
-    tok, _ = starting_point(args)
+    tok, _ = runs.starting_point(args, parser)
     task = make_task(args, log=dist.print0)
     ckpt = None
     if args.resume:  # validate has checked it: this tokenizer, this model shape, this format

@@ -1,0 +1,264 @@
+"""
+The DeepSeek-R1 pipeline in miniature, one command, on the toy addition task and a CPU: each stage
+is the documented CLI (train.py, sft.py, reject.py, reward_model.py) run as a subprocess, each
+stage's output is kept under <out_dir>/r1/<stage>/ and a stage whose output is there is skipped,
+so any stage re-runs alone (--from STAGE, or delete its directory). At the end: one table row per
+model, measured alike (held-out pass@1 over --eval_samples samples at T 0.6, top-p 0.95; format
+rate; language consistency, eq. 7; mean completion length), with each row's wall time, and a plot
+of the first RL steps of R1-Zero against reasoning RL after the cold start.
+
+    base            the toy base model (pretrain.py through train.py --rl_steps 0)
+    r1zero          GRPO straight on the base, rules only (accuracy + format): R1-Zero
+    cold_data       cold-start data: a few hundred readable, correct, formatted long chains of thought
+                    (the task's worked / reflect solutions, the role of the paper's curated data)
+    cold_sft        SFT of the base on them (sft.py)
+    reasoning_rl    GRPO from cold_sft with accuracy + format + the language reward (stage 2 of the paper)
+    rs_data         rejection sampling from reasoning_rl (reject.py): correct and readable samples
+    rs_sft          SFT of the BASE on them, as the paper retrains DeepSeek-V3-Base (stage 3)
+    rm, rl2_rules,  stage 4: RL at temperature 0.7 from rs_sft, rules only, then its last part with
+    rl2             the reward model's score added (reward_model.py; rules only if it is absent)
+    traces          rejection sampling from the final model (rl2): the teacher's traces
+    student_base    a smaller model (model.py's `nano`) pretrained on the same corpus
+    student_grpo    GRPO on the student alone (R1-Zero on the small model)
+    student_sft     SFT of the student on the teacher's traces (distillation)
+    student_sft_grpo  then GRPO (optional: --no_student_sft_grpo skips it)
+
+Compute of student_grpo against student_sft is counted two ways, both in the table: the student's
+own training wall time, and the completion tokens it trained on (GRPO: every rollout token, sampled
+then forward and backward; SFT: every completion token, once per epoch). Match them with
+--student_rl_steps and --student_sft_epochs. The teacher's sampling of the traces is the teacher's
+compute: the `traces` stage, whose wall time is added to the student SFT row.
+
+Every size is a flag (defaults: SIZES below), e.g. `python r1.py --rl_steps 40 --eval_problems 50`.
+
+    python r1.py                  # the whole pipeline, then the table and out/r1/cold_start_vs_r1zero.png
+    python r1.py --from rs_sft    # re-run rs_sft and every stage after it
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# stage sizes (each is a flag of the same name); the target is the whole pipeline in ~15 min on 2 CPU cores
+SIZES = dict(
+    base_steps=700,          # pretraining steps of the base and of the student base (train.py --base_steps)
+    rl_steps=30,             # GRPO steps of r1zero and of reasoning_rl (the plot compares these)
+    rl2_steps=20,            # GRPO steps of stage 4 at T 0.7 ...
+    rl2_rm_steps=6,          # ... of which the last this many with the reward model's score (0: none)
+    questions=8,             # questions per GRPO step (G = group_size outputs each)
+    group_size=8,
+    cold_examples=300,       # cold-start chains of thought
+    cold_epochs=2,
+    rs_questions=150,        # rejection sampling: training questions, k samples each, kept per question
+    rs_k=4,
+    rs_keep=1,
+    rs_epochs=3,             # SFT epochs on the rejection-sampled data
+    rm_steps=100,            # reward model training steps (reward_model.py --steps)
+    student_rl_steps=30,     # student GRPO steps, against ...
+    student_sft_epochs=4,    # ... SFT epochs on the teacher's traces (the table shows both one's compute)
+    eval_problems=100,       # held-out problems of the table, k samples each
+    eval_samples=4,
+)
+STAGES = ["base", "r1zero", "cold_data", "cold_sft", "reasoning_rl", "rs_data", "rs_sft", "rm", "rl2_rules", "rl2",
+          "traces", "student_base", "student_grpo", "student_sft", "student_sft_grpo"]
+# table rows: (stage, label, the stages whose wall time the row adds up: its data and its own)
+ROWS = [("base", "base", ["base"]),
+        ("r1zero", "R1-Zero (GRPO on base)", ["r1zero"]),
+        ("cold_sft", "cold-start SFT", ["cold_data", "cold_sft"]),
+        ("reasoning_rl", "reasoning RL (+language reward)", ["reasoning_rl"]),
+        ("rs_sft", "rejection sampling + SFT", ["rs_data", "rs_sft"]),
+        ("rl2", "RL stage 2 (T 0.7, rules + RM)", ["rm", "rl2_rules", "rl2"]),
+        ("student_base", "student base (nano)", ["student_base"]),
+        ("student_grpo", "student GRPO", ["student_grpo"]),
+        ("student_sft", "student SFT on teacher traces", ["traces", "student_sft"]),
+        ("student_sft_grpo", "student SFT + GRPO", ["student_sft_grpo"])]
+MAX_NEW_TOKENS = 128  # train.py's, reject.py's and the table's generation limit (their default)
+SEED = 1337  # train.py's default: every stage has the same held-out set (tasks.py draws it from the seed)
+
+
+def stage_commands(a):
+    """stage -> (the command, the file it produces); None where r1.py writes the file itself."""
+    d = os.path.join(a.out_dir, "r1")
+    ck = lambda s: os.path.join(d, s, "ckpt.pt")  # noqa: E731
+    data = lambda s: os.path.join(d, s, "data.jsonl")  # noqa: E731
+    py = [sys.executable]
+    # every train.py run: the base cache under <out_dir>/cache, shared with train.py's own runs; its
+    # own evaluations small (the table's are r1.py's); no curves.png per run
+    train = lambda name, *flags: py + ["train.py", "--out_dir", a.out_dir, "--run_name", f"r1/{name}",  # noqa: E731
+                                      "--eval_problems", "20", "--eval_samples", "1", "--eval_every", "1000",
+                                      "--no_plot", "--save_every", "0", *map(str, flags)]
+    rl = ["--questions", a.questions, "--group_size", a.group_size]
+    sft = lambda name, init, data_file, epochs, *flags: py + ["sft.py", "--init", init, "--data", data_file,  # noqa: E731
+                                                              "--out_dir", a.out_dir, "--run_name", f"r1/{name}",
+                                                              "--epochs", str(epochs), *map(str, flags)]
+    reject = lambda name, ckpt: py + ["reject.py", "--ckpt", ckpt, "--out", data(name), "--questions", str(a.rs_questions),  # noqa: E731
+                                      "--k", str(a.rs_k), "--keep_per_question", str(a.rs_keep)]
+    has_rm = os.path.isfile(os.path.join(ROOT, "reward_model.py")) and a.rl2_rm_steps > 0
+    rm = os.path.join(d, "rm", "rm.pt")
+    rl2_last = (["--reward_model", rm, "--rewards", "accuracy:1,format:1,preference:1"] if has_rm else [])
+    return {
+        "base": (train("base", "--rl_steps", 0, "--base_steps", a.base_steps), ck("base")),
+        "r1zero": (train("r1zero", "--init", ck("base"), "--rl_steps", a.rl_steps, *rl), ck("r1zero")),
+        "cold_data": (None, data("cold_data")),
+        "cold_sft": (sft("cold_sft", ck("base"), data("cold_data"), a.cold_epochs), ck("cold_sft")),
+        "reasoning_rl": (train("reasoning_rl", "--init", ck("cold_sft"), "--rl_steps", a.rl_steps, *rl,
+                               "--rewards", "accuracy:1,format:1,language:0.5"), ck("reasoning_rl")),
+        "rs_data": (reject("rs_data", ck("reasoning_rl")), data("rs_data")),
+        "rs_sft": (sft("rs_sft", ck("base"), data("rs_data"), a.rs_epochs), ck("rs_sft")),
+        "rm": ((py + ["reward_model.py", "--init", ck("rs_sft"), "--out_dir", a.out_dir, "--run_name", "r1/rm",
+                     "--steps", str(a.rm_steps)], rm)
+               if has_rm else (None, None)),
+        "rl2_rules": (train("rl2_rules", "--init", ck("rs_sft"), "--rl_steps", a.rl2_steps - a.rl2_rm_steps, *rl,
+                            "--temperature", 0.7), ck("rl2_rules")),
+        "rl2": (train("rl2", "--init", ck("rl2_rules"), "--rl_steps", a.rl2_rm_steps, *rl, "--temperature", 0.7,
+                      *rl2_last), ck("rl2")),
+        "traces": (reject("traces", ck("rl2")), data("traces")),
+        "student_base": (train("student_base", "--model", "nano", "--rl_steps", 0, "--base_steps", a.base_steps),
+                         ck("student_base")),
+        "student_grpo": (train("student_grpo", "--init", ck("student_base"), "--rl_steps", a.student_rl_steps, *rl),
+                         ck("student_grpo")),
+        "student_sft": (sft("student_sft", ck("student_base"), data("traces"), a.student_sft_epochs), ck("student_sft")),
+        "student_sft_grpo": (train("student_sft_grpo", "--init", ck("student_sft"), "--rl_steps", a.student_rl_steps, *rl),
+                             ck("student_sft_grpo")),
+    }
+
+
+def write_cold_start(path, n, seed, max_tokens=MAX_NEW_TOKENS):
+    """The miniature's curated cold-start data: n templated training problems answered by the task's
+    long readable styles (worked sum, or a guess then "Wait, let me recheck." and the worked sum),
+    always correct and formatted, as sft.py's JSONL. Only completions that fit the generation limit
+    (with their end of text) are kept: one that does not teaches outputs that are cut off unformatted."""
+    from runs import atomic_write
+    from tasks import AdditionTask
+    from tokenizer import get_tokenizer
+    task, tok = AdditionTask(seed=SEED), get_tokenizer("byte")
+    docs = [(p, c) for p, c in task.corpus(2 * n, seed=seed, style_weights=(0, 0.5, 0.5))
+            if len(tok.encode(c)) + 1 <= max_tokens][:n]
+    atomic_write(path, "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in docs))
+
+
+@torch.no_grad()
+def evaluate(ckpt, a):
+    """The table's numbers for one checkpoint, on the first --eval_problems held-out problems."""
+    from model import load_checkpoint
+    from rewards import language_reward
+    from rollout import rollout
+    from tasks import AdditionTask
+    model, tok = load_checkpoint(ckpt)
+    task, gen = AdditionTask(seed=SEED), torch.Generator().manual_seed(SEED + 1)
+    acc, fmt, lang, length = [], [], [], []
+    problems = task.test_set[:a.eval_problems]
+    for i in range(0, len(problems), 25):
+        out, _, s = rollout(model, tok, problems[i:i + 25], a.eval_samples, argparse.Namespace(max_new_tokens=MAX_NEW_TOKENS), gen,
+                            0.6, 0.95, reward_fns=[("language", language_reward, 1.0)], correct=task.correct)
+        acc += s["accuracy"].tolist()
+        fmt += s["format"].tolist()
+        lang += s["language"].tolist()
+        length += out.batch.completion_mask.sum(1).tolist()
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"pass@1": mean(acc), "format": mean(fmt), "language": mean(lang), "length": mean(length)}
+
+
+def trained_tokens(run_dir):
+    """Completion tokens the run trained on, from its log.jsonl: GRPO rows x mean length, or SFT's tokens."""
+    from runs import read_jsonl
+    log = read_jsonl(os.path.join(run_dir, "log.jsonl"))[0]
+    args = json.load(open(os.path.join(run_dir, "args.json")))
+    if "group_size" in args:
+        return sum(r["length"] * args["questions"] * args["group_size"] for r in log if "length" in r)
+    return sum(r.get("tokens", 0) for r in log)
+
+
+def plot_cold_start(d, n):
+    """Reward and accuracy of the first n RL steps: R1-Zero against reasoning RL after the cold start."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from runs import read_jsonl
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for stage, label in (("r1zero", "R1-Zero (from base)"), ("reasoning_rl", "after cold-start SFT")):
+        log = [r for r in read_jsonl(os.path.join(d, stage, "log.jsonl"))[0] if "reward" in r][:n]
+        for ax, key in zip(axes, ("reward_accuracy", "format")):
+            ax.plot([r["step"] for r in log], [r[key] for r in log], label=label)
+            ax.set_xlabel("RL step"), ax.set_title(f"train {key.removeprefix('reward_')} (per step)")
+    axes[0].legend()
+    fig.tight_layout()
+    path = os.path.join(d, "cold_start_vs_r1zero.png")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main():
+    from runs import Parser, atomic_write
+    parser = Parser(description="The DeepSeek-R1 pipeline in miniature: every stage, then one table.",
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out_dir", default="out", help="stages go to <out_dir>/r1/<stage>/")
+    parser.add_argument("--from", dest="start", choices=STAGES, default=None, help="re-run this stage and every one after it")
+    parser.add_argument("--no_student_sft_grpo", action="store_true", help="skip the optional student SFT + GRPO row")
+    g = parser.add_argument_group("stage sizes")
+    for k, v in SIZES.items():
+        g.add_argument(f"--{k}", type=type(v), default=v)
+    a = parser.parse_args()
+    parser.check([(v > 0 or k == "rl2_rm_steps", f"--{k} must be at least 1") for k, v in vars(a).items() if k in SIZES]
+                 + [(a.rl2_rm_steps < a.rl2_steps, "--rl2_rm_steps must be below --rl2_steps")])
+    d = os.path.join(a.out_dir, "r1")
+    os.makedirs(d, exist_ok=True)
+    commands = stage_commands(a)
+    stages = [s for s in STAGES if not (s == "student_sft_grpo" and a.no_student_sft_grpo)]
+    if a.start:  # a re-run: this stage's output and every later one's go
+        for s in STAGES[STAGES.index(a.start):]:
+            shutil.rmtree(os.path.join(d, s), ignore_errors=True)
+    t_all = time.time()
+    for s in stages:
+        cmd, product = commands[s]
+        meta = os.path.join(d, s, "stage.json")
+        if product is None:
+            print(f"== {s}: skipped (no reward_model.py here, or --rl2_rm_steps 0: stage 4 uses rules only)", flush=True)
+            continue
+        if os.path.isfile(product) and os.path.isfile(meta):
+            print(f"== {s}: done before ({product})", flush=True)
+            continue
+        shutil.rmtree(os.path.join(d, s), ignore_errors=True)  # a stage cut short starts over
+        os.makedirs(os.path.join(d, s), exist_ok=True)
+        print(f"== {s}: " + ("r1.py writes the cold-start data" if cmd is None else " ".join(cmd[1:])), flush=True)
+        t0 = time.time()
+        if cmd is None:
+            write_cold_start(product, a.cold_examples, seed=1)
+        elif subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            raise SystemExit(f"error: stage {s} failed (its output is above); fix it and run python r1.py again")
+        if product.endswith(".jsonl") and os.path.getsize(product) == 0:  # nothing to fine-tune on
+            raise SystemExit(f"error: stage {s} kept no samples: train the stages before it longer (--rl_steps, "
+                             f"--base_steps) or sample more (--rs_k, --rs_questions), then python r1.py --from {s}")
+        atomic_write(meta, json.dumps({"wall_s": time.time() - t0, "command": cmd}))
+    t_stages = time.time() - t_all
+
+    print(f"\nheld-out pass@1 over {a.eval_samples} samples (T 0.6, top-p 0.95), {a.eval_problems} problems")
+    print(f"| {'stage':<32} | pass@1 | format | language | length | wall s | trained tokens |")
+    print(f"|{'-' * 34}|-------:|-------:|---------:|-------:|-------:|---------------:|")
+    for stage, label, parts in ROWS:
+        if stage not in stages:
+            continue
+        path = os.path.join(d, stage, "eval.json")
+        if not os.path.isfile(path):
+            atomic_write(path, json.dumps(evaluate(commands[stage][1], a)))
+        m = json.load(open(path))
+        wall = sum(json.load(open(os.path.join(d, p, "stage.json")))["wall_s"] for p in parts
+                   if os.path.isfile(os.path.join(d, p, "stage.json")))
+        tokens = "" if stage in ("base", "student_base") else f"{trained_tokens(os.path.join(d, stage)):,.0f}"
+        label = "RL stage 2 (T 0.7, rules only)" if stage == "rl2" and not commands["rm"][0] else label
+        print(f"| {label:<32} | {m['pass@1']:6.3f} | {m['format']:6.3f} | {m['language']:8.3f} | {m['length']:6.1f} | "
+              f"{wall:6.0f} | {tokens:>14} |")
+    print(f"\nstages: {t_stages / 60:.1f} min this call; with the table: {(time.time() - t_all) / 60:.1f} min")
+    print(f"plot: {plot_cold_start(d, a.rl_steps)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""
+Rejection sampling (R1 paper, stage 3): from a checkpoint, sample k outputs for each of --questions
+training questions and keep those that are correct AND readable, at most --keep_per_question per
+question, as SFT data (sft.py's JSONL: the rendered prompt, the completion, the reference answer).
+The paper used it on the reasoning-RL checkpoint to build ~600k reasoning samples, filtering out
+"chain-of-thought with mixed languages, long paragraphs, and code blocks"; here the filters, in
+the order they are applied and reported, are
+
+    correct     the task's own check (tasks.py: accuracy, or countdown's) is 1
+    format      format_reward is 1: one <think> ... </think> then one <answer> ... </answer>
+    language    language consistency (rewards.language_reward, eq. 7) of the thought >= --min_language
+    repeats     no repeated block: no sentence (split at . ! ? and line ends) of the thought occurs
+                twice, and no run of --repeat_words or more words is immediately followed by itself
+    length      --min_tokens <= completion tokens <= --max_tokens, and not cut off at --max_new_tokens
+
+Each filter's own pass rate and the cumulative one are printed. Simplified: the paper also used
+DeepSeek-V3 as a judge for answers no rule can check, and added ~200k non-reasoning samples.
+
+    python reject.py --ckpt out/r1/reasoning_rl/ckpt.pt --questions 300 --k 8 --out out/r1/rs.jsonl
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+
+import torch
+
+from rewards import format_reward, language_reward
+from runs import Parser, atomic_write, device_error, set_chat
+from tasks import add_task_args, make_task, render_prompt
+
+SENTENCE = re.compile(r"[.!?\n]+")
+WORDS = re.compile(r"\S+")
+THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def repeated_block(text: str, min_words: int = 3) -> bool:
+    """True when the thought (the whole text without <think> tags) repeats itself: a sentence that
+    occurs twice, or a run of min_words or more words immediately followed by the same run."""
+    m = THINK.search(text)
+    thought = m.group(1) if m else text
+    sentences = [s.strip().lower() for s in SENTENCE.split(thought) if s.strip()]
+    if len(sentences) != len(set(sentences)):
+        return True
+    w = WORDS.findall(thought.lower())
+    return any(w[i:i + n] == w[i + n:i + 2 * n] for n in range(min_words, len(w) // 2 + 1) for i in range(len(w) - 2 * n + 1))
+
+
+def filters(texts, lengths, truncated, scores, args):
+    """name -> [bool] per completion, in the order they are applied. lengths: completion tokens;
+    truncated: cut off at --max_new_tokens; scores: rollout's (accuracy, format, language) lists."""
+    return {
+        "correct": [a == 1 for a in scores["accuracy"]],
+        "format": [f == 1 for f in scores["format"]],
+        "language": [x is not None and x >= args.min_language for x in scores["language"]],
+        "repeats": [not repeated_block(t, args.repeat_words) for t in texts],
+        "length": [args.min_tokens <= n <= args.max_tokens and not cut for n, cut in zip(lengths, truncated)],
+    }
+
+
+def readable(text, n_tokens, args, truncated=False):
+    """Does one correct completion pass every readability filter (format, language, repeats, length)?"""
+    scores = {"accuracy": [1.0], "format": format_reward([""], [text]), "language": language_reward([""], [text])}
+    return all(ok[0] for ok in filters([text], [n_tokens], [truncated], scores, args).values())
+
+
+def select(problems, prompts, texts, passed, k, keep):
+    """SFT rows: for each problem, its first `keep` distinct completions that pass every filter."""
+    rows = []
+    for i, p in enumerate(problems):
+        seen = []
+        for j in range(i * k, (i + 1) * k):
+            if all(f[j] for f in passed.values()) and texts[j] not in seen and len(seen) < keep:
+                seen.append(texts[j])
+                rows.append({"prompt": prompts[j], "completion": texts[j], "answer": p.get("answer")})
+    return rows
+
+
+def report(passed, rows, n_questions):
+    """The acceptance table: each filter alone, and cumulatively in order."""
+    n = len(next(iter(passed.values())))
+    cum = [True] * n
+    lines = [f"{'filter':<10} {'pass':>6} {'cumulative':>11}"]
+    for name, ok in passed.items():
+        cum = [c and o for c, o in zip(cum, ok)]
+        lines.append(f"{name:<10} {sum(ok) / n:6.3f} {sum(cum) / n:11.3f}")
+    questions = len({r["prompt"] for r in rows})
+    lines.append(f"kept {len(rows)} of {n} samples ({len(rows) / n:.3f}): {questions} of {n_questions} questions have one or more")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    from model import load_model
+    from rollout import rollout
+    parser = Parser(description="Rejection sampling: correct and readable samples of a checkpoint, as SFT JSONL.",
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="out/<run>/ckpt.pt (its task flags are the defaults) or hf:DIR")
+    parser.add_argument("--out", required=True, help="the SFT JSONL to write (prompt, completion, answer), atomically")
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--questions", type=int, default=200, help="training questions to sample for")
+    g.add_argument("--k", type=int, default=8, help="samples per question")
+    g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    g.add_argument("--top_p", type=float, default=0.95, help="top-p")
+    g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a sample")
+    g.add_argument("--seed", type=int, default=0, help="seed of the questions and the sampling")
+    g.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], default=None, help="prompt format (default: the run's)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    g = parser.add_argument_group("filters")
+    g.add_argument("--min_language", type=float, default=0.95, help="least language consistency of the thought (eq. 7)")
+    g.add_argument("--repeat_words", type=int, default=3, help="a run of this many words or more repeated back to back rejects")
+    g.add_argument("--min_tokens", type=int, default=1, help="fewest completion tokens")
+    g.add_argument("--max_tokens", type=int, default=None, help="most completion tokens (default: --max_new_tokens)")
+    g.add_argument("--keep_per_question", type=int, default=1, help="most distinct samples kept per question")
+    task_flags = [a.dest for a in add_task_args(parser)._group_actions]
+    known = parser.parse_known_args(argv)[0]
+    parser.check([(device_error(known.device) is None, device_error(known.device)),
+                  (os.path.isdir(os.path.dirname(os.path.abspath(known.out))), f"--out {known.out}: no such directory")])
+    model, tok, ckpt = load_model(known.ckpt, known.device)
+    run = ckpt.get("args") or {}
+    parser.set_defaults(**{k: run[k] for k in task_flags if k in run})
+    args = parser.parse_args(argv)
+    args.max_tokens = args.max_tokens or args.max_new_tokens
+    parser.check([(args.questions >= 1 and args.k >= 1, "--questions and --k must be at least 1"),
+                  (args.temperature > 0 and 0 < args.top_p <= 1, "--temperature must be > 0 and --top_p in (0, 1]"),
+                  (args.max_new_tokens >= 1 and 0 <= args.min_tokens <= args.max_tokens, "need --max_new_tokens >= 1 and 0 <= --min_tokens <= --max_tokens"),
+                  (0 <= args.min_language <= 1, "--min_language must be in [0, 1]"),
+                  (args.repeat_words >= 1 and args.keep_per_question >= 1, "--repeat_words and --keep_per_question must be at least 1")])
+    set_chat(tok, args.chat or run.get("chat", "auto"))
+    try:
+        task = make_task(args, log=lambda s: print(s, file=sys.stderr))
+        problems = task.train_problems(random.Random(f"reject-{args.seed}"), args.questions)
+    except ValueError as e:
+        parser.error(str(e))
+    gen = torch.Generator(args.device).manual_seed(args.seed)
+    rows, passed_all = [], None
+    for i in range(0, len(problems), 25):  # 25 questions x k samples at a time
+        chunk = problems[i:i + 25]
+        try:
+            out, texts, scores = rollout(model, tok, chunk, args.k, args, gen, args.temperature, args.top_p,
+                                         reward_fns=[("language", language_reward, 1.0)], correct=task.correct)
+        except ValueError as e:  # a prompt plus --max_new_tokens longer than the model's context
+            parser.error(f"--max_new_tokens {args.max_new_tokens}: {e}")
+        lengths = out.batch.completion_mask.sum(1).long().tolist()
+        scores = {k: [None if v != v else v for v in s.tolist()] for k, s in scores.items()}  # NaN: declined
+        passed = filters(texts, lengths, out.truncated.tolist(), scores, args)
+        prompts = [render_prompt(p["prompt"], tok.chat) for p in chunk for _ in range(args.k)]
+        rows += select(chunk, prompts, texts, passed, args.k, args.keep_per_question)
+        passed_all = passed if passed_all is None else {k: passed_all[k] + v for k, v in passed.items()}
+    atomic_write(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+    print(report(passed_all, rows, len(problems)))
+    print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""
+Supervised fine-tuning on (prompt, completion) pairs: the R1 pipeline's cold start, its SFT on
+rejection-sampled data, and distillation into a smaller model are all this one step.
+
+    loss = - sum_{completion tokens t} log pi(o_t | q, o_<t) / (completion tokens in the batch)
+
+The prompt is context only: its tokens are never predicted (sft_loss's mask), and the completion's
+<|endoftext|> is, so the model learns to stop. Data is JSONL, one {"prompt": ..., "completion": ...}
+per line (--prompt_field, --completion_field). The prompt is used AS GIVEN: it must already be the
+text the model will be asked, i.e. rendered with the R1-Zero template (reject.py and r1.py write
+it so); with --render each prompt is a raw question and is rendered here with tasks.render_prompt
+in --chat's format. A completion starts as the model's reply does (" <think> ... </answer>").
+
+Optimisation: AdamW, --epochs passes over the data in an order that is a function of (--seed,
+epoch) only, --batch examples per optimiser step (gradients accumulated over --micro_batch rows),
+linear warmup then cosine decay to 10% (pretrain.lr_at). Under torchrun each rank takes its block
+of every batch, gradients are averaged by DDP and the loss is divided by the tokens of the whole
+batch, so the update does not depend on the world size or micro-batching. Everything goes where
+train.py puts it (runs.py): out/<run>/args.json, log.jsonl, ckpt.pt (train.py --init, rollout.py,
+sample.py and sft.py --init all take it), and --resume continues at the step after the checkpoint
+(the data order needs no saved random state). With --eval_problems the held-out pass@1 of --task
+is measured at the end (rollout.evaluate). Left out: FSDP, packing several examples into one row.
+
+    python sft.py --init out/base/ckpt.pt --data cold_start.jsonl --run_name cold --epochs 2
+    python sft.py --init hf:/models/Qwen2.5-0.5B --data traces.jsonl --dtype bf16 --lr 1e-5
+    torchrun --standalone --nproc_per_node=2 sft.py --init ... --data ...
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn as nn
+
+import runs
+from tasks import add_task_args, make_task, render_prompt
+
+parser = runs.Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+g = parser.add_argument_group("run")
+g.add_argument("--run_name", default=None, help="outputs go to <out_dir>/<run_name>/ (default: a timestamp)")
+g.add_argument("--out_dir", default="out", help="directory for runs")
+g.add_argument("--resume", action="store_true", help="continue the run <out_dir>/<run_name> from its ckpt.pt")
+g.add_argument("--save_every", type=int, default=0, help="write ckpt.pt every this many steps (0: only at the end); also on SIGTERM / SIGINT")
+g.add_argument("--seed", type=int, default=1337, help="seed of the data order (and of the evaluation's sampling)")
+g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+g.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: forward passes under bf16 autocast, fp32 weights and optimiser state")
+g = parser.add_argument_group("model and data")
+g.add_argument("--init", default=None, help="(required) the model to fine-tune: a ckpt.pt of ours or hf:DIR (a local Hugging Face model directory)")
+g.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], default="auto",
+               help="prompt format of --render and of the evaluation: auto (the tokenizer's), none (the R1-Zero template), chatml, llama3")
+g.add_argument("--data", default=None, help="(required) JSONL file(s) of (prompt, completion) pairs, comma-separated")
+g.add_argument("--completion_field", default="completion", help="the field of --data holding the completion (its prompt: --prompt_field)")
+g.add_argument("--render", action="store_true", help="the prompts of --data are raw questions: render them with the template (default: used as given)")
+g = parser.add_argument_group("optimisation")
+g.add_argument("--epochs", type=int, default=2, help="passes over the data")
+g.add_argument("--batch", type=int, default=16, help="examples per optimiser step (a last partial batch of an epoch is dropped; at most the data's size)")
+g.add_argument("--micro_batch", type=int, default=0, help="rows per forward/backward, gradients accumulated (0: the whole batch)")
+g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+g.add_argument("--warmup", type=float, default=0.05, help="share of the steps of linear warmup, then cosine decay to 10%% of --lr")
+g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
+g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")
+# the held-out evaluation at the end: --task and its flags (tasks.py; its --prompt_field is also the data's)
+add_task_args(parser)
+g = parser.add_argument_group("evaluation at the end")
+g.add_argument("--eval_problems", type=int, default=0, help="held-out problems of --task to measure pass@1 on at the end (0: none)")
+g.add_argument("--eval_samples", type=int, default=4, help="samples per problem; pass@1 is their mean accuracy")
+g.add_argument("--eval_temperature", type=float, default=0.6, help="evaluation temperature (R1 paper: 0.6)")
+g.add_argument("--eval_top_p", type=float, default=0.95, help="evaluation top-p (R1 paper: 0.95)")
+g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of an evaluation completion")
+g.add_argument("--log_samples", type=int, default=4, help="evaluation completions written to samples.jsonl")
+
+import dist  # noqa: E402
+import kernels  # noqa: E402
+from model import load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from pretrain import lr_at  # noqa: E402
+from sample import forward_rows, pack  # noqa: E402
+
+
+def read_pairs(paths, prompt_field="prompt", completion_field="completion"):
+    """[(prompt, completion)] from JSONL files; ValueError 'file:line: what is wrong' for the first bad line."""
+    pairs = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"--data {path}: no such file")
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{path}:{i}: not a JSON object") from None
+                for field in (prompt_field, completion_field):
+                    if not isinstance(row, dict) or field not in row:
+                        raise ValueError(f"{path}:{i}: missing field '{field}' (--prompt_field / --completion_field name the fields)")
+                    if not isinstance(row[field], str) or not row[field]:
+                        raise ValueError(f"{path}:{i}: field '{field}' must be a non-empty string")
+                pairs.append((row[prompt_field], row[completion_field]))
+    if not pairs:
+        raise ValueError(f"--data {','.join(paths)}: no examples")
+    return pairs
+
+
+def encode(tok, pairs):
+    """Token ids (prompt, completion + <|endoftext|>) of each pair."""
+    return [(tok.encode(p), tok.encode(c) + [tok.eot]) for p, c in pairs]
+
+
+def targets_and_mask(batch):
+    """The next-token targets (B, S-1) of every row position, and the mask (B, S-1) of those that
+    count: the completion's tokens (its <|endoftext|> included), never the prompt's, never padding."""
+    targets = batch.rows[:, 1:]
+    col = torch.arange(1, batch.rows.size(1), device=batch.rows.device)  # the column of each target
+    mask = (col >= batch.R) & batch.valid[:, 1:]
+    return targets, mask.float()
+
+
+def sft_loss(model, batch, targets, mask, normalizer):
+    """-sum(mask * log pi(targets)) / normalizer: the hidden state at column t predicts the token at
+    t + 1 (the shared prefix is all prompt, so it is context only)."""
+    h = forward_rows(model, batch)[:, :-1]  # (B, S-1, d)
+    logp = kernels.logprobs_from_hidden(h, model.lm_head.weight, targets)  # (B, S-1); no logits held on CUDA
+    return -(logp * mask).sum() / normalizer
+
+
+class Loss(nn.Module):
+    """The module DDP wraps: one forward per backward, the SFT loss of a micro-batch."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, targets, mask, normalizer):
+        return sft_loss(self.model, batch, targets, mask, normalizer)
+
+
+def parse_args(argv=None):
+    """Flags, and on --resume the run's own (its args.json) as defaults; then every check that needs
+    no training: a bad flag, file or line is one line naming the fix (exit status 2)."""
+    known = parser.parse_known_args(argv)[0]
+    saved = os.path.join(known.out_dir, known.run_name or "", "args.json")
+    if known.resume and known.run_name and os.path.isfile(saved):
+        with open(saved) as f:
+            run_args = json.load(f)
+        parser.set_defaults(**{k: v for k, v in run_args.items() if k in vars(known) and k not in ("resume", "run_name", "out_dir")})
+    args = parser.parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    parser.check([
+        (args.init and args.data, "--init (a ckpt.pt or hf:DIR) and --data (JSONL files) are required"),
+        (args.epochs >= 1, "--epochs must be at least 1"),
+        (args.batch >= 1 and args.micro_batch >= 0, "--batch must be at least 1, --micro_batch at least 0"),
+        (args.batch % world == 0, f"--batch {args.batch} does not split across {world} processes: make it divisible"),
+        (args.lr > 0 and 0 <= args.warmup < 1, "--lr must be > 0 and --warmup in [0, 1)"),
+        (args.grad_clip >= 0 and args.weight_decay >= 0, "--grad_clip and --weight_decay cannot be negative"),
+        (args.save_every >= 0, "--save_every cannot be negative (0: only at the end)"),
+        (args.eval_problems >= 0 and args.eval_samples >= 1, "--eval_problems must be >= 0 and --eval_samples >= 1"),
+        (runs.device_error(args.device) is None, runs.device_error(args.device)),
+    ])
+    if error := runs.check_run_dir(args):
+        parser.error(error)
+    tok, config = runs.starting_point(args, parser)
+    try:
+        pairs = read_pairs(args.data.split(","), args.prompt_field, args.completion_field)
+        if args.eval_problems:
+            task = make_task(args, log=lambda line: None)
+            if args.eval_problems > len(task.test_set):
+                raise ValueError(f"--eval_problems {args.eval_problems}: --task {args.task} has {len(task.test_set)} held-out problems")
+    except ValueError as e:
+        parser.error(str(e))
+    if args.render:
+        pairs = [(render_prompt(p, tok.chat), c) for p, c in pairs]
+    ids = encode(tok, pairs)
+    longest = max(range(len(ids)), key=lambda i: len(ids[i][0]) + len(ids[i][1]))
+    if (n := len(ids[longest][0]) + len(ids[longest][1])) > config["block_size"]:
+        parser.error(f"--data: example {longest + 1} is {n} tokens (prompt + completion + end of text), more than the "
+                     f"model's context of {config['block_size']}: shorten or drop it")
+    if len(ids) < args.batch:  # rejection sampling may keep fewer than a batch: one step per epoch, of all of them
+        print(f"note: --batch {args.batch} is more than the {len(ids)} examples: using --batch {len(ids) // world * world}")
+        args.batch = len(ids) // world * world
+        parser.check([(args.batch > 0, f"--data: {len(ids)} examples do not make a batch of one per process ({world})")])
+    if error := runs.memory_error(args, config, world):
+        parser.error(error)
+    return args, ids
+
+
+def main(argv=None):
+    args, ids = parse_args(argv)
+    rank, world, device = dist.setup(args.device)
+    kernels.USE = "cuda"  # the Triton kernels on CUDA, the references elsewhere
+    precision = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=args.dtype == "bf16")
+    with runs.StopSignal() as stop, precision:
+        run_dir = train(args, ids, rank, world, device, stop)
+    dist.cleanup()
+    return run_dir
+
+
+def train(args, ids, rank, world, device, stop):
+    torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
+    t_start = time.time()
+    args.run_name = dist.gather_object(args.run_name or time.strftime("sft-%Y%m%d-%H%M%S"))[0]  # rank 0's clock
+    run_dir = os.path.join(args.out_dir, args.run_name)
+    if args.resume:
+        model, tok, ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"), device, full=True)
+    else:
+        model, tok, ckpt = load_model(args.init, device, torch.float32)  # fp32 master weights whatever --dtype
+        ckpt = {"tokenizer_dir": ckpt.get("tokenizer_dir", "tokenizers")}  # a fresh run: not the init's step or optimiser
+    runs.set_chat(tok, args.chat)
+    args.tokenizer_dir = ckpt.get("tokenizer_dir", "tokenizers")  # where its checkpoint's tokenizer is found
+    start = ckpt.get("step", 0) + 1
+    runs.start_run(run_dir, args, world, start)
+    steps_per_epoch = len(ids) // args.batch
+    total = args.epochs * steps_per_epoch
+    dist.print0(f"run: {run_dir} | {len(ids)} examples, {args.epochs} epochs x {steps_per_epoch} steps of {args.batch}"
+                + (f" | resuming after step {start - 1}" if start > 1 else ""))
+    loss_module = Loss(model)
+    if dist.active():
+        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[model.lm_head.weight.device.index]
+                                                          if model.lm_head.weight.is_cuda else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    if ckpt.get("optim") is not None:
+        opt.load_state_dict(ckpt["optim"])
+    log_path = os.path.join(run_dir, "log.jsonl")
+    step = start - 1
+    for step in range(start, total + 1):
+        if stop.requested():
+            save(run_dir, model, tok, opt, args, step - 1)
+            dist.print0(f"stopped by {stop.name or 'a signal'} after step {step - 1}, checkpoint saved: "
+                        f"resume with {runs.resume_hint(args, 'sft.py')}")
+            return run_dir
+        epoch, i = divmod(step - 1, steps_per_epoch)
+        order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(args.seed + epoch))  # (N,)
+        rows = order[i * args.batch:(i + 1) * args.batch].tolist()
+        rows = rows[rank * args.batch // world:(rank + 1) * args.batch // world]  # this rank's block
+        lr = lr_at(step - 1, total, args.lr, warmup=max(1, round(args.warmup * total)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        t0 = time.time()
+        loss, grad_norm, tokens = update(loss_module, model, opt, [ids[r] for r in rows], tok.pad, args, device, world)
+        rec = {"step": step, "epoch": epoch + (i + 1) / steps_per_epoch, "loss": loss, "grad_norm": grad_norm, "lr": lr,
+               "tokens": tokens, "step_s": time.time() - t0, "elapsed": time.time() - t_start}
+        if rank == 0:
+            runs.append_jsonl(log_path, rec)
+        if step % 10 == 0 or step == total or step == start:
+            dist.print0(f"step {step:4d}/{total} | epoch {rec['epoch']:.2f} | loss {loss:.4f} | lr {lr:.2e} | "
+                        f"grad norm {grad_norm:.2f} | {rec['elapsed']:.0f}s")
+        if args.save_every and step % args.save_every == 0 and step < total:
+            save(run_dir, model, tok, opt, args, step)
+    save(run_dir, model, tok, opt, args, step)
+    if args.eval_problems:
+        evaluate_at_end(run_dir, model, tok, args, step)
+    dist.print0(f"done in {(time.time() - t_start) / 60:.1f} min: {run_dir}")
+    return run_dir
+
+
+def update(loss_module, model, opt, examples, pad, args, device, world):
+    """One optimiser step on this rank's examples -> (global mean loss per completion token,
+    gradient norm, completion tokens of the whole batch). A non-finite loss skips the step."""
+    model.train()
+    micro = args.micro_batch or len(examples)
+    tokens = dist.all_sum(float(sum(len(c) for _, c in examples)))  # the divisor: the whole batch, every rank
+    total, parts = 0.0, range(0, len(examples), micro)
+    for j, k in enumerate(parts):
+        chunk = examples[k:k + micro]
+        batch = pack([p for p, _ in chunk], [c for _, c in chunk], pad, device)
+        targets, mask = targets_and_mask(batch)
+        last = j == len(parts) - 1 or not hasattr(loss_module, "no_sync")  # DDP: all-reduce on the last only
+        with contextlib.nullcontext() if last else loss_module.no_sync():
+            loss = loss_module(batch, targets, mask, tokens)
+            (loss * world).backward()  # DDP averages over ranks; the global loss is their sum
+        total += loss.item()
+    total = dist.all_sum(total)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf")).item()
+    if math.isfinite(total) and math.isfinite(grad_norm):
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total, grad_norm, int(tokens)
+
+
+def save(run_dir, model, tok, opt, args, step):
+    if dist.rank() == 0:
+        save_checkpoint(os.path.join(run_dir, "ckpt.pt"), model, tok.name, optim=opt.state_dict(), step=step,
+                        args=vars(args), tokenizer_dir=args.tokenizer_dir)
+
+
+def evaluate_at_end(run_dir, model, tok, args, step):
+    """Held-out pass@1 of --task (rollout.evaluate), appended to log.jsonl as train.py's evaluations are."""
+    from rollout import evaluate, print_eval
+    task = make_task(args, log=dist.print0)
+    m, samples = evaluate(model, tok, task, args, step)
+    print_eval(step, m, args)
+    if dist.rank() == 0:
+        runs.append_jsonl(os.path.join(run_dir, "log.jsonl"), {"step": step, **m})
+        for s in samples:
+            runs.append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
+
+
+if __name__ == "__main__":
+    main()
