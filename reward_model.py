@@ -10,7 +10,7 @@ trained with the Bradley-Terry loss on the score difference:
 
     L = -log sigmoid(r(x, y_chosen) - r(x, y_rejected))
 
-The pairs (`preference_pairs`): same problem, same final answer; chosen = the task's worked
+The pairs (`preference_pairs`): same problem, same final answer; chosen = the task's written
 solution in the R1 format, rejected = the same reasoning garbled in one of five ways (GARBLES):
 steps shuffled, a block repeated, noise mixed in, steps dropped, the think tags missing. Some are
 longer than the chosen, some shorter, one the same length, so length alone does not separate
@@ -127,11 +127,12 @@ GARBLES = {"shuffle": shuffled, "repeat": repeated, "noise": noisy, "drop": drop
 
 
 def preference_pairs(task, problems, rng, chat=None):
-    """One pair per problem, {prompt, chosen, rejected, kind}: chosen the worked solution, rejected
-    that solution garbled, the kinds taken in turn (equal shares), the same final answer."""
+    """One pair per problem, {prompt, chosen, rejected, kind}: chosen the task's written solution
+    (tasks.py's `solution`), rejected that solution garbled, the kinds taken in turn (equal shares),
+    the same final answer."""
     out = []
     for i, p in enumerate(problems):
-        worked, answer = task.worked(p), f" <answer> {p['answer']} </answer>"
+        worked, answer = task.solution(p), f" <answer> {p['answer']} </answer>"
         steps = steps_of(worked)
         kind = list(GARBLES)[i % len(GARBLES)] if len(steps) > 1 else "untagged"  # one step: nothing to garble
         garbled = worked if kind == "untagged" else " ".join(GARBLES[kind](steps, rng))

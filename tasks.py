@@ -172,8 +172,13 @@ class GeneratedTask:
         quickly: behind the ~380-token template attention starts spread over every template token,
         and the copy the worked solution needs forms far later."""
         rng = random.Random(f"textbook-{seed}")
-        return [(f"User: {p['prompt']}. Assistant:", f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>")
+        return [(f"User: {p['prompt']}. Assistant:", f" <think> {self.solution(p)} </think> <answer> {p['answer']} </answer>")
                 for p in self.corpus_problems(rng, n)]
+
+    def solution(self, p: dict) -> str:
+        """The full written solution the corpus teaches as right (the textbook's, the cold start's,
+        the reward model's readable reasoning): the worked one."""
+        return self.worked(p)
 
     def corpus_problems(self, rng: random.Random, n: int) -> list[dict]:
         """The problems of corpus documents: training problems (a task may leave out some)."""
@@ -271,13 +276,10 @@ class AdditionTask(GeneratedTask):
             return f" <think> {first} </think> <answer> {result} </answer>"
         return f" <think> {self.rechecked(p)} </think> <answer> {p['answer']} </answer>"
 
-    def textbook(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """The skill, untemplated: every document is the rechecked attempt (or, with reflect=False,
-        the careful sum), so the careful sum is learned as the recheck of a first attempt."""
-        rng = random.Random(f"textbook-{seed}")
-        solve = self.rechecked if self.reflect else self.worked
-        return [(f"User: {p['prompt']}. Assistant:", f" <think> {solve(p)} </think> <answer> {p['answer']} </answer>")
-                for p in self.corpus_problems(rng, n)]
+    def solution(self, p: dict) -> str:
+        """The skill, as the textbook writes it: the rechecked attempt (with reflect=False, the careful
+        sum), so the careful sum is learned as the recheck of a first attempt."""
+        return self.rechecked(p) if self.reflect else self.worked(p)
 
 
 # --- Countdown ---

@@ -186,7 +186,7 @@ def validate(args):
         (args.log_samples >= 0, "--log_samples cannot be negative"),
         (args.save_every >= 0, "--save_every cannot be negative (0: only at the end)"),
         (args.max_skips >= 1, "--max_skips must be at least 1"),
-        (not (args.init and args.init.startswith("hf:") and args.tokenizer != "byte"),
+        (not (args.init and args.init.startswith("hf:") and args.tokenizer != parser.get_default("tokenizer")),
          "--tokenizer: an --init hf:DIR model brings its own tokenizer; leave --tokenizer out"),
     ]
     parser.check(checks + [(runs.device_error(args.device) is None, runs.device_error(args.device))])
