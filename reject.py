@@ -88,7 +88,7 @@ def report(passed, rows, n_questions):
         cum = [c and o for c, o in zip(cum, ok)]
         lines.append(f"{name:<10} {sum(ok) / n:6.3f} {sum(cum) / n:11.3f}")
     questions = len({r["prompt"] for r in rows})
-    lines.append(f"kept {len(rows)} of {n} samples ({len(rows) / n:.3f}): {questions} of {n_questions} questions have one or more")
+    lines.append(f"kept {len(rows)} of {n} samples ({len(rows) / n:.3f}) for {questions} distinct prompts ({n_questions} questions drawn)")
     return "\n".join(lines)
 
 
