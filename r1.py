@@ -10,13 +10,13 @@ of the first RL steps of R1-Zero against reasoning RL after the cold start.
     base            the toy base model (pretrain.py through train.py --rl_steps 0)
     r1zero          GRPO straight on the base, rules only (accuracy + format): R1-Zero
     cold_data       cold-start data: a few hundred readable, correct, formatted long chains of thought
-                    (the task's worked / reflect solutions, the role of the paper's curated data)
+                    (the task's first attempts rechecked, the role of the paper's curated data)
     cold_sft        SFT of the base on them (sft.py)
     reasoning_rl    GRPO from cold_sft with accuracy + format + the language reward (stage 2 of the paper)
     rs_data         rejection sampling from reasoning_rl (reject.py): correct and readable samples
     rs_sft          SFT of the BASE on them, as the paper retrains DeepSeek-V3-Base (stage 3)
     rm, rl2_rules,  stage 4: RL at temperature 0.7 from rs_sft, rules only, then its last part with
-    rl2             the reward model's score added (reward_model.py; rules only if it is absent)
+    rl2             the reward model's score added (reward_model.py; --rl2_rm_steps 0: rules only)
     traces          rejection sampling from the final model (rl2): the teacher's traces
     student_base    a smaller model (model.py's `nano`) pretrained on the same corpus
     student_grpo    GRPO on the student alone (R1-Zero on the small model)
@@ -49,7 +49,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # stage sizes (each is a flag of the same name); the target is the whole pipeline in ~15 min on 2 CPU cores
 SIZES = dict(
-    base_steps=700,          # pretraining steps of the base and of the student base (train.py --base_steps)
+    base_steps=450,          # pretraining steps of the base and of the student base (train.py --base_steps)
     rl_steps=30,             # GRPO steps of r1zero and of reasoning_rl (the plot compares these)
     rl2_steps=20,            # GRPO steps of stage 4 at T 0.7 ...
     rl2_rm_steps=6,          # ... of which the last this many with the reward model's score (0: none)
@@ -101,7 +101,7 @@ def stage_commands(a):
                                                               "--epochs", str(epochs), *map(str, flags)]
     reject = lambda name, ckpt: py + ["reject.py", "--ckpt", ckpt, "--out", data(name), "--questions", str(a.rs_questions),  # noqa: E731
                                       "--k", str(a.rs_k), "--keep_per_question", str(a.rs_keep)]
-    has_rm = os.path.isfile(os.path.join(ROOT, "reward_model.py")) and a.rl2_rm_steps > 0
+    has_rm = a.rl2_rm_steps > 0
     rm = os.path.join(d, "rm", "rm.pt")
     rl2_last = (["--reward_model", rm, "--rewards", "accuracy:1,format:1,preference:1"] if has_rm else [])
     return {
@@ -132,16 +132,19 @@ def stage_commands(a):
 
 
 def write_cold_start(path, n, seed, max_tokens=MAX_NEW_TOKENS):
-    """The miniature's curated cold-start data: n templated training problems answered by the task's
-    long readable styles (worked sum, or a guess then "Wait, let me recheck." and the worked sum),
-    always correct and formatted, as sft.py's JSONL. Only completions that fit the generation limit
-    (with their end of text) are kept: one that does not teaches outputs that are cut off unformatted."""
+    """The miniature's curated cold-start data: n templated training problems, each answered by the
+    task's written solution (tasks.py's `solution`: the first attempt and its recheck), always
+    correct and formatted, as sft.py's JSONL. Only completions that fit the generation limit (with
+    their end of text) are kept: one that does not teaches outputs that are cut off unformatted."""
+    import random
+
     from runs import atomic_write
-    from tasks import AdditionTask
+    from tasks import AdditionTask, render_prompt
     from tokenizer import get_tokenizer
-    task, tok = AdditionTask(seed=SEED), get_tokenizer("byte")
-    docs = [(p, c) for p, c in task.corpus(2 * n, seed=seed, style_weights=(0, 0.5, 0.5))
-            if len(tok.encode(c)) + 1 <= max_tokens][:n]
+    task, tok = AdditionTask(seed=SEED), get_tokenizer()
+    docs = [(render_prompt(p["prompt"]), f" <think> {task.solution(p)} </think> <answer> {p['answer']} </answer>")
+            for p in task.train_problems(random.Random(f"cold-{seed}"), n)]
+    docs = [(p, c) for p, c in docs if len(tok.encode(c)) + 1 <= max_tokens]
     atomic_write(path, "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in docs))
 
 

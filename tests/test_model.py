@@ -65,7 +65,7 @@ def test_checkpoint_roundtrip(tmp_path):
     tok = get_tokenizer()
     model = make_model("tiny", tok.vocab_size, n_layer=1)
     path = str(tmp_path / "ckpt.pt")
-    save_checkpoint(path, model, "byte", step=3)
+    save_checkpoint(path, model, tok.name, step=3)
     loaded, tok2 = load_checkpoint(path)
     idx = torch.randint(0, tok.vocab_size, (1, 8))
     torch.testing.assert_close(model(idx)[0], loaded(idx)[0])

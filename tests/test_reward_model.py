@@ -14,6 +14,7 @@ from model import make_model, save_checkpoint
 from rewards import accuracy_reward, format_reward
 from reward_model import GARBLES, PreferenceReward, bradley_terry_loss, preference_pairs
 from tasks import AdditionTask
+from tokenizer import get_tokenizer
 
 
 def test_bradley_terry_loss_by_hand():
@@ -48,8 +49,8 @@ def trained(tmp_path_factory):
     """A random tiny checkpoint (the policy) and a reward model trained from it by the CLI."""
     d = tmp_path_factory.mktemp("rm")
     torch.manual_seed(0)
-    save_checkpoint(str(d / "init.pt"), make_model("tiny", 262, n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
-                                                   ffn_hidden=64), "byte")
+    save_checkpoint(str(d / "init.pt"), make_model("tiny", get_tokenizer().vocab_size, n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
+                                                   ffn_hidden=64), "aha")
     out = str(d / "out")
     path = reward_model.main(["--init", str(d / "init.pt"), "--run_name", "rm", "--out_dir", out, "--steps", "40",
                               "--batch", "8", "--lr", "3e-3", "--n_test", "40", "--device", "cpu"])

@@ -110,7 +110,7 @@ def test_cli_evaluates_a_checkpoint_on_a_file_task_and_prints_json(tmp_path):
     model, _ = tiny_model()
     test_file = math_file(tmp_path)
     ckpt = str(tmp_path / "ckpt.pt")
-    save_checkpoint(ckpt, model, "byte", step=5, args={"task": "math", "test_file": test_file, "seed": 0})
+    save_checkpoint(ckpt, model, "aha", step=5, args={"task": "math", "test_file": test_file, "seed": 0})
     cmd = [sys.executable, "rollout.py", "--ckpt", ckpt, "--eval_samples", "2", "--max_new_tokens", "4", "--device", "cpu"]
     res = subprocess.run(cmd + ["--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
