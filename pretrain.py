@@ -3,12 +3,13 @@ Stage 1: the base model, the miniature of the pretrained LM that R1-Zero starts 
 
 The paper's RL starts from DeepSeek-V3-Base, which learned from web-scale text both to reason and
 to follow the template zero-shot. Here a tiny transformer learns, by next-token prediction, the
-corpus of tasks.py in three phases: textbook documents alone (the worked sum: the skill); then,
-for the last --template_frac of the steps, half of each batch templated, first all worked (the
-skill carried over into the template's context, where a copy of the question learned on short
-documents did not transfer by itself), then in the corpus's mixture, where problems asked as RL
-asks them are answered mostly by short guesses and sometimes by worked sums. The result can
-reason but rarely does: what GRPO needs to have a signal.
+corpus of tasks.py in three phases: textbook documents alone (the task's written solution, for
+addition a first attempt and its recheck: the skill); then, for the last --template_frac of the
+steps, half of each batch templated, first all long answers (the skill carried over into the
+template's context, where a copy of the question learned on short documents did not transfer by
+itself), then in the corpus's mixture, where problems asked as RL asks them are answered mostly by
+short guesses and sometimes by long answers. The result can reason but rarely does: what GRPO
+needs to have a signal.
 
 The model is cached under <out_dir>/cache/, keyed by every flag it depends on, so a second run
 reuses it. What is simplified: one process, a fixed curriculum, no data loader (documents are

@@ -38,12 +38,14 @@ THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 def repeated_block(text: str, min_words: int = 3) -> bool:
-    """True when the thought (the whole text without <think> tags) repeats itself: a sentence that
-    occurs twice, or a run of min_words or more words immediately followed by the same run."""
+    """True when the thought (the whole text without <think> tags) repeats itself back to back, the
+    loop of a degenerate sample: a sentence twice in a row, or a run of min_words or more words
+    immediately followed by the same run. A step restated later, as a recheck does ("Wait, let me
+    recheck. 6+1=7, so 7."), is not a repeat: it re-examines the step."""
     m = THINK.search(text)
     thought = m.group(1) if m else text
     sentences = [s.strip().lower() for s in SENTENCE.split(thought) if s.strip()]
-    if len(sentences) != len(set(sentences)):
+    if any(a == b for a, b in zip(sentences, sentences[1:])):
         return True
     w = WORDS.findall(thought.lower())
     return any(w[i:i + n] == w[i + n:i + 2 * n] for n in range(min_words, len(w) // 2 + 1) for i in range(len(w) - 2 * n + 1))

@@ -31,21 +31,27 @@ The file tasks (gsm8k, math, jsonl) live in jsonl_tasks.py: nothing is downloade
 paths given (--train_file, --test_file), and a malformed line is one TaskError naming the file,
 the line and the field.
 
-The addition corpus is the miniature of a pretrained LM that can reason but rarely does:
+The addition corpus is the miniature of a pretrained LM that can reason but rarely does, and
+whose careful reasoning comes as the recheck of a hurried first attempt:
 
-    textbook  (no template) the question, then always the worked sum: where the skill is learned
-        User: Compute 82 + 97. Assistant: <think> Compute 82 + 97 in columns. 2+7=9, so 9.
-        8+9=17, so 79, carry 1. Carry 1 left, so 179. </think> <answer> 179 </answer>
+    textbook  (no template) the question, then the first attempt and its recheck: where the skill
+              is learned. The first attempt forgets every carry; the recheck redoes each column with
+              its carry and corrects the attempt or confirms it:
+        User: Compute 47 + 38. Assistant: <think> Compute 47 + 38 in columns. 7+8=15, so 5. 4+3=7,
+        so 75. Wait, let me recheck. 7+8=15, so 5, carry 1. 4+3+1=8, so 85. So 85, not 75.
+        </think> <answer> 85 </answer>
     corpus    (in the template, asked exactly as RL and the test ask) one of three styles:
         direct  (most documents) a one-shot guess, right only `guess_acc` of the time, half of the
                 time without <think> tags (so the format reward has work to do):
                     <think> I know this one. </think> <answer> 189 </answer>
-        worked  the worked sum above: long, and right
-        reflect a guess, then "Wait, let me recheck." and the worked sum (the "aha" of the paper)
+        worked  the first attempt alone, answered with its result (right only when no column carries)
+        reflect the first attempt, "Wait, let me recheck." and the correction (the "aha" of the paper)
 
-Asked in the template, a model trained on this corpus mostly guesses, so it is weak but not
-hopeless; RL can only raise accuracy by shifting probability to the long worked styles, so
-response length grows as accuracy rises: the R1-Zero signature, by design of the corpus. What is
+Asked in the template, a model trained on this corpus mostly guesses or hurries, so it is weak but
+not hopeless; RL can only raise accuracy by shifting probability to the long styles, and among
+them to the rechecked one, so response length and reflection grow as accuracy rises: two R1-Zero
+signatures, by design of the corpus. With --no_reflect_docs (the ablation) the rechecked attempts
+are written as plain careful sums, the same skill with nothing to re-examine. What is
 simplified: the paper's base model learned to reason from web-scale text and followed the
 template zero-shot; here the template is in the corpus so a 1M-parameter model can follow it.
 Operands have a fixed number of digits by default: column k is then the k-th digit of both

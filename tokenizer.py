@@ -1,12 +1,12 @@
 """
 Tokenizer: a tiktoken Encoding plus the special tokens the R1-Zero format needs.
 
-The default, `aha`, is a byte-level BPE (Sennrich et al. 2016, as GPT-2 uses it) of 512 tokens,
-trained by `train_bpe` below on the toy tasks' documents and stored in tiktoken's own file format
-(aha.tiktoken, beside this file). Words and the template's phrases become one token each while
-every digit stays its own token (the toy computes digit by digit), so the R1-Zero template is 88
-tokens instead of 426 bytes and a worked sum about half its bytes: the base stage and every
-rollout are that much shorter. `byte` is the plain byte-level encoding: the 256 byte values, no
+The default, `aha`, is a byte-level BPE (Sennrich et al. 2016, as GPT-2 uses it) trained by
+`train_bpe` below on the toy tasks' documents, up to 512 tokens (it stops at 481, when every
+piece of the corpora is one token), and stored in tiktoken's own file format (aha.tiktoken,
+beside this file). Words become one token each while every digit stays its own token (the toy
+computes digit by digit), so the R1-Zero template is 92 tokens instead of 426 bytes and a
+rechecked sum 96 instead of 208: the base stage and every rollout are about half as long. `byte` is the plain byte-level encoding: the 256 byte values, no
 merges, nothing to train. Any text round-trips through either. Special tokens are added on top:
 
     <|endoftext|>  end of a document / of a completion (it is part of the completion and the loss)

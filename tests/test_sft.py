@@ -179,6 +179,10 @@ def test_repeated_block():
     assert repeated_block(BAD["repeats"])  # a sentence twice
     assert repeated_block(" <think> so the sum is so the sum is 179 </think>")  # a 4-word run back to back
     assert not repeated_block(" <think> so so 179 </think>")  # a 1-word stutter is shorter than --repeat_words
+    # a recheck restates earlier steps, apart from them: reflection, not a loop
+    recheck = (" <think> Compute 16 + 51 in columns. 6+1=7, so 7. 1+5=6, so 67. Wait, let me recheck. 6+1=7, so 7. "
+               "1+5=6, so 67. So 67, as before. </think> <answer> 67 </answer>")
+    assert not repeated_block(recheck) and repeated_block(recheck.replace("so 7. 1+5", "so 7. 6+1=7, so 7. 1+5", 1))
     assert repeated_block(" <think> so so 179 </think>", min_words=1)
 
 
