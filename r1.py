@@ -48,25 +48,25 @@ import torch
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # stage sizes (each is a flag of the same name); the target is the whole pipeline in ~15 min on 2 CPU cores
-SIZES = dict(
-    base_steps=450,          # pretraining steps of the base and of the student base (train.py --base_steps)
-    rl_steps=30,             # GRPO steps of r1zero and of reasoning_rl (the plot compares these)
-    rl2_steps=20,            # GRPO steps of stage 4 at T 0.7 ...
-    rl2_rm_steps=6,          # ... of which the last this many with the reward model's score (0: none)
-    questions=8,             # questions per GRPO step (G = group_size outputs each)
-    group_size=8,
-    cold_examples=300,       # cold-start chains of thought
-    cold_epochs=2,
-    rs_questions=150,        # rejection sampling: training questions, k samples each, kept per question
-    rs_k=4,
-    rs_keep=1,
-    rs_epochs=3,             # SFT epochs on the rejection-sampled data
-    rm_steps=100,            # reward model training steps (reward_model.py --steps)
-    student_rl_steps=30,     # student GRPO steps, against ...
-    student_sft_epochs=4,    # ... SFT epochs on the teacher's traces (the table shows both one's compute)
-    eval_problems=100,       # held-out problems of the table, k samples each
-    eval_samples=4,
-)
+SIZES = {  # flag: (default, help)
+    "base_steps": (450, "pretraining steps of the base and of the student base (train.py --base_steps)"),
+    "rl_steps": (30, "GRPO steps of r1zero and of reasoning_rl (the plot compares these)"),
+    "rl2_steps": (20, "GRPO steps of stage 4 at T 0.7 ..."),
+    "rl2_rm_steps": (6, "... of which the last this many with the reward model's score (0: rules only)"),
+    "questions": (8, "questions per GRPO step"),
+    "group_size": (8, "G, outputs sampled per question"),
+    "cold_examples": (300, "cold-start chains of thought"),
+    "cold_epochs": (2, "SFT epochs on the cold-start data"),
+    "rs_questions": (150, "rejection sampling: training questions ..."),
+    "rs_k": (4, "... samples each ..."),
+    "rs_keep": (1, "... and at most this many kept per question"),
+    "rs_epochs": (3, "SFT epochs on the rejection-sampled data"),
+    "rm_steps": (100, "reward model training steps (reward_model.py --steps)"),
+    "student_rl_steps": (30, "student GRPO steps, against ..."),
+    "student_sft_epochs": (4, "... SFT epochs on the teacher's traces (the table shows both one's compute)"),
+    "eval_problems": (100, "held-out problems of the table, k samples each"),
+    "eval_samples": (4, "k, samples per problem (pass@1 is their mean)"),
+}
 STAGES = ["base", "r1zero", "cold_data", "cold_sft", "reasoning_rl", "rs_data", "rs_sft", "rm", "rl2_rules", "rl2",
           "traces", "student_base", "student_grpo", "student_sft", "student_sft_grpo"]
 # table rows: (stage, label, the stages whose wall time the row adds up: its data and its own)
@@ -207,8 +207,8 @@ def main():
     parser.add_argument("--from", dest="start", choices=STAGES, default=None, help="re-run this stage and every one after it")
     parser.add_argument("--no_student_sft_grpo", action="store_true", help="skip the optional student SFT + GRPO row")
     g = parser.add_argument_group("stage sizes")
-    for k, v in SIZES.items():
-        g.add_argument(f"--{k}", type=type(v), default=v)
+    for k, (v, help) in SIZES.items():
+        g.add_argument(f"--{k}", type=int, default=v, help=help)
     a = parser.parse_args()
     parser.check([(v > 0 or k == "rl2_rm_steps", f"--{k} must be at least 1") for k, v in vars(a).items() if k in SIZES]
                  + [(a.rl2_rm_steps < a.rl2_steps, "--rl2_rm_steps must be below --rl2_steps")])
