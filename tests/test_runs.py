@@ -129,7 +129,7 @@ def test_a_signal_checkpoints_at_the_next_step_and_exits_0(out, sig):
 
 
 def test_a_signal_in_the_base_stage_stops_it_with_one_line(out):
-    proc = start(out, "base-signal", "--base_steps", "100000", "--no_cache")
+    proc = start(out, "base-signal", "--base_steps", "3000", "--no_cache")
     while not (line := proc.stdout.readline()).startswith("base "):  # the first base step is done
         assert line, proc.communicate()
     proc.send_signal(signal.SIGTERM)
