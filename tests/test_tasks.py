@@ -149,7 +149,7 @@ def test_countdown_corpus_has_the_three_styles_and_its_guesses_are_mostly_wrong(
     targets = [int(re.search(r"make (\d+) with", p).group(1)) for p, _ in direct]
     right = countdown_reward([""] * len(direct), [c for _, c in direct], numbers=nums, target=targets)
     assert task.guess_acc - 0.05 < sum(right) / len(right) < task.guess_acc + 0.1  # some random guesses hit
-    # every document fits the toy model's context (byte tokens), with the template
+    # every document fits the toy model's context (in the default tokenizer's tokens), with the template
     from tokenizer import get_tokenizer
     tok = get_tokenizer()
     longest = max(len(tok.encode(p + c)) + 1 for p, c in docs + task.textbook(1000, seed=0))
