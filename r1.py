@@ -43,8 +43,6 @@ import subprocess
 import sys
 import time
 
-import torch
-
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # stage sizes (each is a flag of the same name); the target is the whole pipeline in ~15 min on 2 CPU cores
@@ -142,32 +140,22 @@ def write_cold_start(path, n, seed, max_tokens=MAX_NEW_TOKENS):
     from tasks import AdditionTask, render_prompt
     from tokenizer import get_tokenizer
     task, tok = AdditionTask(seed=SEED), get_tokenizer()
-    docs = [(render_prompt(p["prompt"]), f" <think> {task.solution(p)} </think> <answer> {p['answer']} </answer>")
-            for p in task.train_problems(random.Random(f"cold-{seed}"), n)]
+    docs = [(render_prompt(p["prompt"]), task.solved(p)) for p in task.train_problems(random.Random(f"cold-{seed}"), n)]
     docs = [(p, c) for p, c in docs if len(tok.encode(c)) + 1 <= max_tokens]
     atomic_write(path, "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in docs))
 
 
-@torch.no_grad()
 def evaluate(ckpt, a):
-    """The table's numbers for one checkpoint, on the first --eval_problems held-out problems."""
+    """The table's numbers for one checkpoint: rollout.evaluate (train.py's evaluation) on the first
+    --eval_problems held-out problems, k = --eval_samples at T 0.6, top-p 0.95."""
     from model import load_checkpoint
-    from rewards import language_reward
-    from rollout import rollout
+    from rollout import evaluate
     from tasks import AdditionTask
     model, tok = load_checkpoint(ckpt)
-    task, gen = AdditionTask(seed=SEED), torch.Generator().manual_seed(SEED + 1)
-    acc, fmt, lang, length = [], [], [], []
-    problems = task.test_set[:a.eval_problems]
-    for i in range(0, len(problems), 25):
-        out, _, s = rollout(model, tok, problems[i:i + 25], a.eval_samples, argparse.Namespace(max_new_tokens=MAX_NEW_TOKENS), gen,
-                            0.6, 0.95, reward_fns=[("language", language_reward, 1.0)], correct=task.correct)
-        acc += s["accuracy"].tolist()
-        fmt += s["format"].tolist()
-        lang += s["language"].tolist()
-        length += out.batch.completion_mask.sum(1).tolist()
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"pass@1": mean(acc), "format": mean(fmt), "language": mean(lang), "length": mean(length)}
+    args = argparse.Namespace(seed=SEED, eval_problems=a.eval_problems, eval_samples=a.eval_samples, eval_temperature=0.6,
+                              eval_top_p=0.95, max_new_tokens=MAX_NEW_TOKENS, log_samples=0)
+    m, _ = evaluate(model, tok, AdditionTask(seed=SEED), args, step=0)
+    return {"pass@1": m["eval_accuracy"], "format": m["eval_format"], "language": m["eval_language"], "length": m["eval_length"]}
 
 
 def trained_tokens(run_dir):

@@ -41,13 +41,16 @@ def thought(text: str) -> str:
     return m.group(1) if m else text
 
 
+def squash(s: str) -> str:
+    return re.sub(r"\s+", "", s)  # "7 + 8" is "7+8"
+
+
 def reflects(text: str) -> bool:
     """True when the thought re-examines an earlier step (the module docstring): after a recheck
     phrase, a step of what came before is redone, or a number of it is judged."""
     t = thought(text)
     for m in MARKERS.finditer(t):
         before, after = t[:m.start()], t[m.end():]
-        squash = lambda s: re.sub(r"\s+", "", s)  # noqa: E731  ("7 + 8" is "7+8")
         if any(squash(step) in squash(after) for step in STEP.findall(before)):
             return True
         for n in set(re.findall(r"\d+", before)):

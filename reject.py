@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from rewards import format_reward, language_reward
+from rewards import language_reward
 from runs import Parser, atomic_write, device_error, set_chat
 from tasks import add_task_args, make_task, render_prompt
 
@@ -61,12 +61,6 @@ def filters(texts, lengths, truncated, scores, args):
         "repeats": [not repeated_block(t, args.repeat_words) for t in texts],
         "length": [args.min_tokens <= n <= args.max_tokens and not cut for n, cut in zip(lengths, truncated)],
     }
-
-
-def readable(text, n_tokens, args, truncated=False):
-    """Does one correct completion pass every readability filter (format, language, repeats, length)?"""
-    scores = {"accuracy": [1.0], "format": format_reward([""], [text]), "language": language_reward([""], [text])}
-    return all(ok[0] for ok in filters([text], [n_tokens], [truncated], scores, args).values())
 
 
 def select(problems, prompts, texts, passed, k, keep):

@@ -30,7 +30,7 @@ import torch
 
 import dist
 from reflection import reflects
-from rewards import accuracy_reward, extract_answer, format_reward
+from rewards import accuracy_reward, extract_answer, format_reward, language_reward
 from sample import generate
 from tasks import add_task_args, make_task, render_prompt
 
@@ -96,12 +96,13 @@ def evaluate(model, tok, task, args, step, all_done=None):
     n, k = args.eval_samples, args.eval_problems // dist.world()
     problems = task.test_set[dist.rank() * k:(dist.rank() + 1) * k]
     gen = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed + 1 + dist.rank())  # the same draws every time
-    acc, fmt, lengths, cons, refl, samples = [], [], [], [], [], []
+    acc, fmt, lang, lengths, cons, refl, samples = [], [], [], [], [], [], []
     for i in range(0, len(problems), 25):
         chunk = problems[i:i + 25]
         out, texts, scores = rollout(model, tok, chunk, n, args, gen, args.eval_temperature, args.eval_top_p,
-                                     all_done=all_done, correct=task.correct)
-        acc.append(scores["accuracy"]), fmt.append(scores["format"]), lengths.append(out.batch.completion_mask.sum(1).cpu())
+                                     reward_fns=[("language", language_reward, 1.0)], all_done=all_done, correct=task.correct)
+        acc.append(scores["accuracy"]), fmt.append(scores["format"]), lang.append(scores["language"])
+        lengths.append(out.batch.completion_mask.sum(1).cpu())
         refl.append(torch.tensor([float(reflects(t)) for t in texts]))
         right = scores["accuracy"].view(len(chunk), n)  # (problems, samples)
         cons.append(torch.tensor([majority_correct(texts[j * n:(j + 1) * n], right[j].tolist(),
@@ -110,10 +111,11 @@ def evaluate(model, tok, task, args, step, all_done=None):
             samples = [{"step": step, "prompt": p["prompt"], "answer": p.get("answer"), "completion": texts[j * n],
                         "accuracy": scores["accuracy"][j * n].item(), "reflects": reflects(texts[j * n])}
                        for j, p in enumerate(chunk[:args.log_samples])]
-    acc, fmt, lengths, cons, refl = (dist.gather_rows(torch.cat(x)) for x in (acc, fmt, lengths, cons, refl))
+    acc, fmt, lang, lengths, cons, refl = (dist.gather_rows(torch.cat(x)) for x in (acc, fmt, lang, lengths, cons, refl))
     per_problem = acc.view(-1, n)  # (problems, samples), every rank's block in rank order
     passk = [pass_at_k(n, int((row == 1).sum()), n) for row in per_problem]
-    m = {"eval_accuracy": acc.mean().item(), "eval_format": fmt.mean().item(), "eval_length": lengths.mean().item(),
+    m = {"eval_accuracy": acc.mean().item(), "eval_format": fmt.mean().item(), "eval_language": lang.mean().item(),
+         "eval_length": lengths.mean().item(),
          f"eval_pass@{n}": sum(passk) / len(passk), f"eval_cons@{n}": cons.mean().item(),
          "eval_reflection": refl.mean().item()}
     evaluated = task.test_set[:len(passk)]

@@ -155,15 +155,24 @@ class GeneratedTask:
     def completion(self, p: dict, rng: random.Random, style_weights=None) -> str:
         """One corpus completion for problem p (starts with a space, as after 'Assistant:')."""
         style = rng.choices(["direct", "worked", "reflect"], weights=style_weights or self.style_weights)[0]
+        if style == "direct":
+            guess = self.guess(p, rng)
+            if rng.random() < 0.5:
+                return f" <answer> {guess} </answer>"
+            return f" <think> I know this one. </think> <answer> {guess} </answer>"
+        thought, answer = self.long_answer(p, style, rng)
+        return f" <think> {thought} </think> <answer> {answer} </answer>"
+
+    def long_answer(self, p: dict, style: str, rng: random.Random) -> tuple[str, str]:
+        """(thought, final answer) of a long style: worked, the worked solution; reflect, a guess,
+        "Wait, let me recheck." and the worked solution."""
         if style == "worked":
-            return f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
-        guess = self.guess(p, rng)
-        if style == "reflect":
-            return (f" <think> It is about {guess}. Wait, let me recheck. {self.worked(p)} </think>"
-                    f" <answer> {p['answer']} </answer>")
-        if rng.random() < 0.5:
-            return f" <answer> {guess} </answer>"
-        return f" <think> I know this one. </think> <answer> {guess} </answer>"
+            return self.worked(p), p["answer"]
+        return f"It is about {self.guess(p, rng)}. Wait, let me recheck. {self.worked(p)}", p["answer"]
+
+    def solved(self, p: dict) -> str:
+        """p answered by the task's written solution, as a completion."""
+        return f" <think> {self.solution(p)} </think> <answer> {p['answer']} </answer>"
 
     def corpus(self, n: int, seed: int, style_weights=None) -> list[tuple[str, str]]:
         """n templated documents, none from the test set, asked as the RL and test prompts are and
@@ -178,8 +187,7 @@ class GeneratedTask:
         quickly: behind the ~380-token template attention starts spread over every template token,
         and the copy the worked solution needs forms far later."""
         rng = random.Random(f"textbook-{seed}")
-        return [(f"User: {p['prompt']}. Assistant:", f" <think> {self.solution(p)} </think> <answer> {p['answer']} </answer>")
-                for p in self.corpus_problems(rng, n)]
+        return [(f"User: {p['prompt']}. Assistant:", self.solved(p)) for p in self.corpus_problems(rng, n)]
 
     def solution(self, p: dict) -> str:
         """The full written solution the corpus teaches as right (the textbook's, the cold start's,
@@ -267,20 +275,14 @@ class AdditionTask(GeneratedTask):
         verdict = f"So {p['answer']}, as before." if result == p["answer"] else f"So {p['answer']}, not {result}."
         return " ".join([first, "Wait, let me recheck."] + self.columns(p)[0] + [verdict])
 
-    def completion(self, p: dict, rng: random.Random, style_weights=None) -> str:
-        """direct: a guess; worked: the first attempt alone (its result, often wrong); reflect: the
-        attempt rechecked (always right). With reflect=False both worked styles are the careful sum."""
-        style = rng.choices(["direct", "worked", "reflect"], weights=style_weights or self.style_weights)[0]
-        if style == "direct":
-            guess = self.guess(p, rng)
-            return f" <answer> {guess} </answer>" if rng.random() < 0.5 else \
-                f" <think> I know this one. </think> <answer> {guess} </answer>"
+    def long_answer(self, p: dict, style: str, rng: random.Random) -> tuple[str, str]:
+        """worked: the first attempt alone, with its result (often wrong); reflect: the attempt
+        rechecked (always right). With reflect=False both are the careful sum."""
         if not self.reflect:
-            return f" <think> {self.worked(p)} </think> <answer> {p['answer']} </answer>"
+            return self.worked(p), p["answer"]
         if style == "worked":
-            first, result = self.attempt(p)
-            return f" <think> {first} </think> <answer> {result} </answer>"
-        return f" <think> {self.rechecked(p)} </think> <answer> {p['answer']} </answer>"
+            return self.attempt(p)
+        return self.rechecked(p), p["answer"]
 
     def solution(self, p: dict) -> str:
         """The skill, as the textbook writes it: the rechecked attempt (with reflect=False, the careful

@@ -119,11 +119,9 @@ def aha_texts() -> list[str]:
 
 
 def write_aha(path: str = AHA_FILE):
-    ranks = train_bpe(aha_texts(), AHA_VOCAB)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:  # tiktoken's format: base64 of the token's bytes, its id
-        f.writelines(f"{base64.b64encode(t).decode()} {i}\n" for t, i in sorted(ranks.items(), key=lambda x: x[1]))
-    os.replace(tmp, path)
+    from runs import atomic_write
+    ranks = train_bpe(aha_texts(), AHA_VOCAB)  # tiktoken's format: base64 of the token's bytes, its id
+    atomic_write(path, "".join(f"{base64.b64encode(t).decode()} {i}\n" for t, i in sorted(ranks.items(), key=lambda x: x[1])))
 
 
 def with_specials(name: str, pat_str: str, ranks: dict[bytes, int]) -> tiktoken.Encoding:
