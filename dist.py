@@ -1,35 +1,31 @@
 """
-Distributed GRPO with torchrun: the same train.py from one CPU process to many GPUs and nodes.
+torchrun: the same training stages from one CPU process to many GPUs and nodes, and the floor
+every other file may stand on (it imports nothing of the project).
 
     torchrun --standalone --nproc_per_node=2 train.py              # 2 processes; gloo on a CPU, nccl on GPUs
 
 torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; `setup` joins them into
-one process group (nccl on CUDA, gloo on a CPU). The data is split by whole groups: each rank
-samples G outputs for its share of the step's questions, so the group advantages of eq. 3 need no
-communication. What must be global is summed across ranks: the divisor of the loss (tokens or
-outputs of the whole step, grpo.loss_normalizer) and every logged number, so that the update and
-the logs do not depend on the world size.
+one process group (nccl on CUDA, gloo on a CPU). What a stage must make global goes through the
+helpers here: sums over ranks (`all_sum`: the divisor of a loss, every logged number), rows
+gathered in rank order (`gather_rows`), one rank's value for all (`gather_object`), output from
+rank 0 only (`print0`).
 
-Models that fit on one device are replicated with DistributedDataParallel; --fsdp shards them
-with FSDP2 (`fully_shard`, each transformer block and then the root). Either way the module that
-is wrapped is `Policy`: one forward computes the log-probs of a batch of completions, which is
-what DDP expects (one forward per backward) even though the model itself is called twice (the
-shared prompt prefix, then the rows). Both wrappers average gradients over ranks; the loss is
-multiplied by the world size so that the result is the gradient of the global loss.
-
-Checkpoints are full, unsharded state dicts (weights, reference weights, optimiser state keyed
-by parameter name), written by rank 0: `--resume` continues a run at any world size, with or
-without FSDP. Evaluation is split across ranks like the rollouts.
+This file wraps whatever module it is given: `replicate` puts DistributedDataParallel around it,
+`shard` applies FSDP2 (`fully_shard`) to the submodules it is told and then to the root. Both
+average gradients over ranks, so a stage multiplies its loss by the world size to get the
+gradient of the global loss (runs.optimizer_step). Checkpoints are full, unsharded state dicts
+(weights and optimiser state keyed by parameter name), gathered here and written by rank 0, so a
+run resumes at any world size, with or without FSDP. Which module the GRPO trainer wraps, and
+why, is grpo_update.Policy's docstring.
 """
 
+import contextlib
 import gc
 import os
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-
-from sample import completion_grpo_loss, completion_logprobs
 
 
 def setup(device: str):
@@ -111,63 +107,47 @@ def cleanup():
         dist.destroy_process_group()
 
 
-class Policy(nn.Module):
-    """The module DDP / FSDP wrap: forward = the log-probs (and entropy) of a batch's completions,
-    or with grpo (completion_grpo_loss's arguments after temperature) their GRPO loss."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch, temperature=1.0, entropy=False, grpo=None):
-        if grpo is not None:
-            return completion_grpo_loss(self.model, batch, temperature, **grpo)
-        return completion_logprobs(self.model, batch, temperature, entropy)
+def no_sync(module, last: bool):
+    """Around a micro-batch's backward: DDP all-reduces the gradients of the last micro-batch only
+    (module.no_sync() on the others); FSDP and an unwrapped module have nothing to skip."""
+    return contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
 
 
-def shard(model):
-    """FSDP2: each block is sharded and gathered around its own forward; the root (embeddings,
-    tied output layer, final norm) stays gathered after its forward, because the output layer is
-    also called outside it (sample.py, for the next token)."""
-    import warnings
-
-    from torch.distributed.fsdp import fully_shard
-    # a block returns its keys and values, views of its projection; FSDP warns that an in-place op
-    # on them would skip its backward hook. None happens: decoding copies them into KVCaches.
-    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    for block in model.blocks:
-        fully_shard(block)
-    fully_shard(model, reshard_after_forward=False)
-    return model
-
-
-def wrap(model, fsdp: bool):
-    """The trainable Policy over model: DDP-replicated, FSDP-sharded (model is sharded in place),
-    or as is in a single process."""
-    if fsdp:
-        return Policy(shard(model))
-    policy = Policy(model)
+def replicate(module):
+    """The module as DistributedDataParallel replicas in a process group, as is in one process.
+    DDP expects one forward per backward: `module` should compute the whole loss in its forward."""
     if not active():
-        return policy
-    device_ids = [model.lm_head.weight.device.index] if model.lm_head.weight.is_cuda else None
-    return nn.parallel.DistributedDataParallel(policy, device_ids=device_ids)
+        return module
+    weight = next(module.parameters())
+    return nn.parallel.DistributedDataParallel(module, device_ids=[weight.device.index] if weight.is_cuda else None)
 
 
-def full_optim_state_dict(model, opt):
+def shard(module, blocks):
+    """FSDP2 over module, in place: each of `blocks` sharded and gathered around its own forward,
+    then the root (what is left), which stays gathered after its forward, because the caller may
+    use its parameters outside it (a tied output layer called for the next token)."""
+    from torch.distributed.fsdp import fully_shard  # here, not at the top: ~1.5 s of import that only --fsdp needs
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(module, reshard_after_forward=False)
+    return module
+
+
+def full_state_dict(module):
+    """The unsharded state dict (a collective under FSDP), for rank 0 to save."""
+    if not active():
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # ~1.5 s of import (as shard's)
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optim_state_dict(module, opt):
     """The optimiser state keyed by parameter name, unsharded (a collective under FSDP): it loads
     into a run at any world size, with or without FSDP."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # ~1.5 s (as shard's)
+    return get_optimizer_state_dict(module, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_optim_state_dict(model, opt, state):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
-
-
-def full_state_dict(model):
-    """The unsharded state dict (a collective under FSDP), for rank 0 to save."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    if active():
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return model.state_dict()
+def load_optim_state_dict(module, opt, state):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # ~1.5 s (as shard's)
+    set_optimizer_state_dict(module, opt, state, options=StateDictOptions(full_state_dict=True))

@@ -21,7 +21,8 @@ loaded by hf.py; what they need here is a config field per difference from the p
 head of q and k (Qwen3), `rope_scaling` of type "llama3" (Llama 3.1 / 3.2: long wavelengths
 slowed down by `factor`, a smooth ramp between). In bf16 the norms' statistics and the rotary
 angles stay in fp32, as in Hugging Face's implementations. `build_model` assigns given weights
-to a model constructed on the meta device (no second copy), after checking they fit.
+to a model constructed on the meta device (no second copy). This file knows no disk and no
+tokenizer: checkpoints are checkpoint.py's, Hugging Face directories hf.py's.
 `grad_checkpointing = True` recomputes each block's activations in the backward instead of
 holding them (training only).
 
@@ -29,9 +30,8 @@ holding them (training only).
 """
 
 import math
-import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -246,38 +246,24 @@ def make_model(preset: str, vocab_size: int, **overrides) -> GPT:
     return GPT(ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides}))
 
 
-# 2: the format number, the code's git commit and the tokenizer's vocabulary size are recorded
-# (1: checkpoints without a "format" entry, which still load)
-FORMAT_VERSION = 2
-
-
-def free_memory(device) -> int:
-    """Bytes that can still be allocated on the device: CUDA's free memory, or MemAvailable."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+def parameter_count(config: ModelConfig) -> int:
+    """The model's number of parameters (tied ones once), counted on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT(config).parameters())
 
 
 def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
     """A model (eval mode) holding the weights weight(name) -> tensor (read lazily, one at a time;
     it raises for a missing one), in dtype (default: theirs), on device. The model is constructed
-    on the meta device and the weights assigned, so no random weights are allocated first, and its
-    size is checked against the device's free memory before any weight is moved there."""
+    on the meta device and the weights assigned, so no random weights are allocated first (and a
+    caller checks the size, model.parameter_count, against the device's memory before: hf.py)."""
     with torch.device("meta"):
         model = GPT(config)
     expected = model.state_dict()
     names = [n for n in expected if not (config.tie_embeddings and n == "lm_head.weight")]
-    first = None if dtype else weight(names[0])  # without a dtype, the first weight's
-    size = (dtype or first.dtype).itemsize * sum(p.numel() for p in model.parameters())
-    free = free_memory(device)
-    if size > free:
-        raise MemoryError(f"the model's weights need {size / 2**30:.2f} GiB of {device} memory and {free / 2**30:.2f} "
-                          f"GiB are free: try --dtype bf16, a smaller model or another device")
     weights = {}
     for n in names:
-        t = first if n == names[0] and first is not None else weight(n)
+        t = weight(n)
         if t.shape != expected[n].shape:
             raise ValueError(f"weight {n} has shape {tuple(t.shape)}, the config needs {tuple(expected[n].shape)}")
         weights[n] = t.to(device=device, dtype=dtype or t.dtype)
@@ -285,81 +271,6 @@ def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
     if config.tie_embeddings:  # assigning replaced the shared parameter: share it again
         model.lm_head.weight = model.embed.weight
     return model.eval()
-
-
-def save_checkpoint(path, model: GPT, tokenizer_name: str, state_dict=None, **extra):
-    """Write {format, git commit, config, weights, tokenizer name and vocabulary size, extra} to a
-    .tmp file, fsync'd, then rename it over path: a crash or a kill -9 leaves the previous
-    checkpoint whole. state_dict: the full weights when the model itself is sharded (dist.full_state_dict)."""
-    import subprocess
-    try:  # the code version; None outside a git checkout, or without git
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                                capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    weights = model.state_dict() if state_dict is None else state_dict
-    ckpt = {"format": FORMAT_VERSION, "commit": commit, "config": asdict(model.config), "model": weights,
-            "tokenizer": tokenizer_name, "vocab_size": model.config.vocab_size, **extra}
-    with open(f"{path}.tmp", "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f"{path}.tmp", path)
-
-
-def load_checkpoint(path, device="cpu", tokenizer=None, config=None, full=False):
-    """
-    The model (in eval mode) and tokenizer of a checkpoint written by save_checkpoint; with
-    full=True also the checkpoint's dict (optimiser and random states, step, flags). tokenizer (a
-    name) and config (ModelConfig fields) are what the caller expects. A missing or unreadable
-    file, a newer format, another tokenizer or another model shape is one line (SystemExit).
-    """
-    from tokenizer import get_tokenizer
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # the model goes to the device below
-        c, name = ckpt["config"], ckpt["tokenizer"]
-    except Exception as e:  # a torn or foreign file: say which, not a traceback
-        raise SystemExit(f"error: {path} is not a checkpoint of this code ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
-    if ckpt.get("format", 1) > FORMAT_VERSION:
-        raise SystemExit(f"error: {path} has checkpoint format {ckpt['format']}, newer than this code's {FORMAT_VERSION}: "
-                         f"use the code it was written with (git commit {ckpt.get('commit')})")
-    if tokenizer is not None and name != tokenizer:
-        raise SystemExit(f"error: {path} was written with --tokenizer {name}, not {tokenizer}: pass --tokenizer {name}")
-    diff = [f"{k}={c.get(k)}, not {v}" for k, v in (config or {}).items() if c.get(k) != v]
-    if diff:
-        raise SystemExit(f"error: {path} holds a model of another shape ({'; '.join(diff)}): pass the --model it was trained with")
-    try:
-        tok = get_tokenizer(name, ckpt.get("tokenizer_dir", "tokenizers"))
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {path}: {e}")
-    if tok.vocab_size != c["vocab_size"]:
-        raise SystemExit(f"error: {path} was written with a {name} tokenizer of {c['vocab_size']} tokens, this one has "
-                         f"{tok.vocab_size}: use the tokenizer file it was trained with")
-    model = GPT(ModelConfig(**c))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise SystemExit(f"error: {path}: its weights do not fit the config it records ({' '.join(str(e).split())[:200]})")
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError) as e:  # no such device here (torch without CUDA asserts)
-        raise SystemExit(f"error: --device {device}: {' '.join(str(e).split())[:160]}: use --device cpu")
-    return (model.eval(), tok, ckpt) if full else (model.eval(), tok)
-
-
-def load_model(spec, device="cpu", dtype=None):
-    """(model, tokenizer, checkpoint dict or {}) for a CLI's --ckpt: hf:DIR, a local Hugging Face
-    directory (hf.py), or a ckpt.pt of ours. Bad input is one line (SystemExit)."""
-    if spec.startswith("hf:"):
-        from hf import load_hf
-        try:
-            return (*load_hf(spec.removeprefix("hf:"), device, dtype), {})
-        except (ValueError, OSError, MemoryError) as e:
-            raise SystemExit(f"error: {spec}: {e}")
-    model, tok, ckpt = load_checkpoint(spec, device, full=True)
-    return (model if dtype is None else model.to(dtype)), tok, ckpt
 
 
 if __name__ == "__main__":

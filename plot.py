@@ -1,7 +1,10 @@
 """
 Training curves in the spirit of the R1-Zero figures: reward, accuracy, mean response length and
-the share of responses that reflect (reflection.py) against RL step, from a run's log.jsonl. A line a crash tore (at most the last one) is skipped and
-reported; a run still going is redrawn every few seconds with --follow.
+the share of responses that reflect (reflection.py) against RL step, from a run's log.jsonl
+(log.jsonl is the source of truth: every figure is drawn from it). A line a crash tore (at most
+the last one) is skipped and reported; a run still going is redrawn every few seconds with
+--follow. `plot_runs` puts the first steps of several runs side by side (r1.py's cold start
+against R1-Zero).
 
     python plot.py out/<run>              # writes out/<run>/curves.png (train.py calls this at the end)
     python plot.py out/<run> --follow     # redraws it every 10 s while the run goes on (Ctrl-C ends)
@@ -16,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from runs import Parser, read_jsonl  # noqa: E402
+from runs import Parser, atomic_write, read_jsonl  # noqa: E402
 
 
 def read_log(run_dir):
@@ -61,14 +64,30 @@ def plot_run(run_dir):
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a panel the log has no values for stays empty
+            ax.legend(fontsize=8)
     fig.suptitle(f"GRPO on the toy task: {os.path.basename(os.path.normpath(run_dir))}")
+    return save(fig, os.path.join(run_dir, "curves.png"))
+
+
+def plot_runs(runs, keys, n, path):
+    """The first n RL steps of several runs side by side, one panel per key of their logs (e.g.
+    reward_accuracy, format); runs: (run directory, label) pairs."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
+    for run_dir, label in runs:
+        log = [r for r in read_log(run_dir) if "reward" in r][:n]
+        for ax, key in zip(axes, keys):
+            ax.plot([r["step"] for r in log], [r[key] for r in log], label=label)
+            ax.set_xlabel("RL step"), ax.set_title(f"train {key.removeprefix('reward_')} (per step)")
+    axes[0].legend()
+    return save(fig, path)
+
+
+def save(fig, path):
     fig.tight_layout()
-    out = os.path.join(run_dir, "curves.png")
-    fig.savefig(out + ".tmp.png", dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(out + ".tmp.png", out)
-    return out
+    return path
 
 
 def main(argv=None):

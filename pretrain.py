@@ -1,5 +1,5 @@
 """
-Stage 1: the base model, the miniature of the pretrained LM that R1-Zero starts from.
+The base model: the miniature of the pretrained LM that R1-Zero starts from.
 
 The paper's RL starts from DeepSeek-V3-Base, which learned from web-scale text both to reason and
 to follow the template zero-shot. Here a tiny transformer learns, by next-token prediction, the
@@ -20,28 +20,21 @@ generated on the fly from a seed).
 
 import hashlib
 import json
-import math
 import os
 import time
 
 import torch
 import torch.nn.functional as F
 
-from model import load_checkpoint, make_model, save_checkpoint
-from sample import forward_rows, pack
+from batch import forward_rows, pack
+from checkpoint import load_checkpoint, save_checkpoint
+from model import make_model
+from runs import lr_at
 from tasks import TASKS
 
 # every flag the base model depends on: the cache key (with its task's own, tasks.py's base_flags)
 BASE_FLAGS = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps", "base_batch",
               "base_lr", "template_frac"]
-
-
-def lr_at(step, total, peak, warmup):
-    """Linear warmup, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def lm_loss(model, tok, packs, device):
@@ -98,6 +91,8 @@ def base_model(args, tok, task, device, log=print, stop=None):
         loss = lm_loss(model, tok, packs, device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.base_steps, args.base_lr, warmup=max(1, args.base_steps // 20))
+        # one process (under torchrun, rank 0 while the others wait): a plain step, not the
+        # collective runs.optimizer_step of the RL and SFT stages
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -107,3 +102,10 @@ def base_model(args, tok, task, device, log=print, stop=None):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir)
     return model.eval()
+
+
+def longest_document(task, tok):
+    """The most tokens a base-corpus document takes (pretrain.py), over a sample of the longest
+    style: a guess, then the worked solution."""
+    docs = task.textbook(64, seed=0) + task.corpus(256, seed=0, style_weights=(0, 0, 1))
+    return max(len(tok.encode(p)) + len(tok.encode(c)) + 1 for p, c in docs)  # + <|endoftext|>

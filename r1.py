@@ -9,8 +9,8 @@ of the first RL steps of R1-Zero against reasoning RL after the cold start.
 
     base            the toy base model (pretrain.py through train.py --rl_steps 0)
     r1zero          GRPO straight on the base, rules only (accuracy + format): R1-Zero
-    cold_data       cold-start data: a few hundred readable, correct, formatted long chains of thought
-                    (the task's first attempts rechecked, the role of the paper's curated data)
+    cold_data       cold-start data (cold_start.py): a few hundred readable, correct, formatted long
+                    chains of thought (the task's first attempts rechecked: the paper's curated data)
     cold_sft        SFT of the base on them (sft.py)
     reasoning_rl    GRPO from cold_sft with accuracy + format + the language reward (stage 2 of the paper)
     rs_data         rejection sampling from reasoning_rl (reject.py): correct and readable samples
@@ -20,7 +20,7 @@ of the first RL steps of R1-Zero against reasoning RL after the cold start.
     traces          rejection sampling from the final model (rl2): the teacher's traces
     student_base    a smaller model (model.py's `nano`) pretrained on the same corpus
     student_grpo    GRPO on the student alone (R1-Zero on the small model)
-    student_sft     SFT of the student on the teacher's traces (distillation)
+    student_sft     SFT of the student on the teacher's traces (distillation, sft.py)
     student_sft_grpo  then GRPO (optional: --no_student_sft_grpo skips it)
 
 Compute of student_grpo against student_sft is counted two ways, both in the table: the student's
@@ -42,6 +42,12 @@ import shutil
 import subprocess
 import sys
 import time
+
+from checkpoint import load_checkpoint
+from evaluate import evaluate
+from plot import plot_runs
+from runs import Parser, atomic_write, read_jsonl
+from tasks import AdditionTask
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -78,12 +84,12 @@ ROWS = [("base", "base", ["base"]),
         ("student_grpo", "student GRPO", ["student_grpo"]),
         ("student_sft", "student SFT on teacher traces", ["traces", "student_sft"]),
         ("student_sft_grpo", "student SFT + GRPO", ["student_sft_grpo"])]
-MAX_NEW_TOKENS = 128  # train.py's, reject.py's and the table's generation limit (their default)
+MAX_NEW_TOKENS = 128  # train.py's, reject.py's, cold_start.py's and the table's generation limit (their default)
 SEED = 1337  # train.py's default: every stage has the same held-out set (tasks.py draws it from the seed)
 
 
 def stage_commands(a):
-    """stage -> (the command, the file it produces); None where r1.py writes the file itself."""
+    """stage -> (the command, the file it produces); (None, None) for a stage left out."""
     d = os.path.join(a.out_dir, "r1")
     ck = lambda s: os.path.join(d, s, "ckpt.pt")  # noqa: E731
     data = lambda s: os.path.join(d, s, "data.jsonl")  # noqa: E731
@@ -105,7 +111,8 @@ def stage_commands(a):
     return {
         "base": (train("base", "--rl_steps", 0, "--base_steps", a.base_steps), ck("base")),
         "r1zero": (train("r1zero", "--init", ck("base"), "--rl_steps", a.rl_steps, *rl), ck("r1zero")),
-        "cold_data": (None, data("cold_data")),
+        "cold_data": (py + ["cold_start.py", "--out", data("cold_data"), "--examples", str(a.cold_examples), "--seed", "1",
+                            "--max_tokens", str(MAX_NEW_TOKENS), "--task_seed", str(SEED)], data("cold_data")),
         "cold_sft": (sft("cold_sft", ck("base"), data("cold_data"), a.cold_epochs), ck("cold_sft")),
         "reasoning_rl": (train("reasoning_rl", "--init", ck("cold_sft"), "--rl_steps", a.rl_steps, *rl,
                                "--rewards", "accuracy:1,format:1,language:0.5"), ck("reasoning_rl")),
@@ -129,28 +136,9 @@ def stage_commands(a):
     }
 
 
-def write_cold_start(path, n, seed, max_tokens=MAX_NEW_TOKENS):
-    """The miniature's curated cold-start data: n templated training problems, each answered by the
-    task's written solution (tasks.py's `solution`: the first attempt and its recheck), always
-    correct and formatted, as sft.py's JSONL. Only completions that fit the generation limit (with
-    their end of text) are kept: one that does not teaches outputs that are cut off unformatted."""
-    import random
-
-    from runs import atomic_write
-    from tasks import AdditionTask, render_prompt
-    from tokenizer import get_tokenizer
-    task, tok = AdditionTask(seed=SEED), get_tokenizer()
-    docs = [(render_prompt(p["prompt"]), task.solved(p)) for p in task.train_problems(random.Random(f"cold-{seed}"), n)]
-    docs = [(p, c) for p, c in docs if len(tok.encode(c)) + 1 <= max_tokens]
-    atomic_write(path, "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in docs))
-
-
-def evaluate(ckpt, a):
-    """The table's numbers for one checkpoint: rollout.evaluate (train.py's evaluation) on the first
-    --eval_problems held-out problems, k = --eval_samples at T 0.6, top-p 0.95."""
-    from model import load_checkpoint
-    from rollout import evaluate
-    from tasks import AdditionTask
+def measure(ckpt, a):
+    """The table's numbers for one checkpoint: evaluate.evaluate (train.py's evaluation) on the
+    first --eval_problems held-out problems, k = --eval_samples at T 0.6, top-p 0.95."""
     model, tok = load_checkpoint(ckpt)
     args = argparse.Namespace(seed=SEED, eval_problems=a.eval_problems, eval_samples=a.eval_samples, eval_temperature=0.6,
                               eval_top_p=0.95, max_new_tokens=MAX_NEW_TOKENS, log_samples=0)
@@ -160,7 +148,6 @@ def evaluate(ckpt, a):
 
 def trained_tokens(run_dir):
     """Completion tokens the run trained on, from its log.jsonl: GRPO rows x mean length, or SFT's tokens."""
-    from runs import read_jsonl
     log = read_jsonl(os.path.join(run_dir, "log.jsonl"))[0]
     args = json.load(open(os.path.join(run_dir, "args.json")))
     if "group_size" in args:
@@ -168,27 +155,26 @@ def trained_tokens(run_dir):
     return sum(r.get("tokens", 0) for r in log)
 
 
-def plot_cold_start(d, n):
-    """Reward and accuracy of the first n RL steps: R1-Zero against reasoning RL after the cold start."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from runs import read_jsonl
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for stage, label in (("r1zero", "R1-Zero (from base)"), ("reasoning_rl", "after cold-start SFT")):
-        log = [r for r in read_jsonl(os.path.join(d, stage, "log.jsonl"))[0] if "reward" in r][:n]
-        for ax, key in zip(axes, ("reward_accuracy", "format")):
-            ax.plot([r["step"] for r in log], [r[key] for r in log], label=label)
-            ax.set_xlabel("RL step"), ax.set_title(f"train {key.removeprefix('reward_')} (per step)")
-    axes[0].legend()
-    fig.tight_layout()
-    path = os.path.join(d, "cold_start_vs_r1zero.png")
-    fig.savefig(path, dpi=110)
-    return path
-
-
 def main():
-    from runs import Parser, atomic_write
+    a = parse_args()
+    d = os.path.join(a.out_dir, "r1")
+    os.makedirs(d, exist_ok=True)
+    commands = stage_commands(a)
+    stages = [s for s in STAGES if not (s == "student_sft_grpo" and a.no_student_sft_grpo)]
+    if a.start:  # a re-run: this stage's output and every later one's go
+        for s in STAGES[STAGES.index(a.start):]:
+            shutil.rmtree(os.path.join(d, s), ignore_errors=True)
+    t_all = time.time()
+    for s in stages:
+        run_stage(s, *commands[s], d)
+    t_stages = time.time() - t_all
+    print_table(a, d, commands, stages)
+    print(f"\nstages: {t_stages / 60:.1f} min this call; with the table: {(time.time() - t_all) / 60:.1f} min")
+    runs = [(os.path.join(d, "r1zero"), "R1-Zero (from base)"), (os.path.join(d, "reasoning_rl"), "after cold-start SFT")]
+    print(f"plot: {plot_runs(runs, ('reward_accuracy', 'format'), a.rl_steps, os.path.join(d, 'cold_start_vs_r1zero.png'))}")
+
+
+def parse_args():
     parser = Parser(description="The DeepSeek-R1 pipeline in miniature: every stage, then one table.",
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out_dir", default="out", help="stages go to <out_dir>/r1/<stage>/")
@@ -200,37 +186,33 @@ def main():
     a = parser.parse_args()
     parser.check([(v > 0 or k == "rl2_rm_steps", f"--{k} must be at least 1") for k, v in vars(a).items() if k in SIZES]
                  + [(a.rl2_rm_steps < a.rl2_steps, "--rl2_rm_steps must be below --rl2_steps")])
-    d = os.path.join(a.out_dir, "r1")
-    os.makedirs(d, exist_ok=True)
-    commands = stage_commands(a)
-    stages = [s for s in STAGES if not (s == "student_sft_grpo" and a.no_student_sft_grpo)]
-    if a.start:  # a re-run: this stage's output and every later one's go
-        for s in STAGES[STAGES.index(a.start):]:
-            shutil.rmtree(os.path.join(d, s), ignore_errors=True)
-    t_all = time.time()
-    for s in stages:
-        cmd, product = commands[s]
-        meta = os.path.join(d, s, "stage.json")
-        if product is None:
-            print(f"== {s}: skipped (no reward_model.py here, or --rl2_rm_steps 0: stage 4 uses rules only)", flush=True)
-            continue
-        if os.path.isfile(product) and os.path.isfile(meta):
-            print(f"== {s}: done before ({product})", flush=True)
-            continue
-        shutil.rmtree(os.path.join(d, s), ignore_errors=True)  # a stage cut short starts over
-        os.makedirs(os.path.join(d, s), exist_ok=True)
-        print(f"== {s}: " + ("r1.py writes the cold-start data" if cmd is None else " ".join(cmd[1:])), flush=True)
-        t0 = time.time()
-        if cmd is None:
-            write_cold_start(product, a.cold_examples, seed=1)
-        elif subprocess.run(cmd, cwd=ROOT).returncode != 0:
-            raise SystemExit(f"error: stage {s} failed (its output is above); fix it and run python r1.py again")
-        if product.endswith(".jsonl") and os.path.getsize(product) == 0:  # nothing to fine-tune on
-            raise SystemExit(f"error: stage {s} kept no samples: train the stages before it longer (--rl_steps, "
-                             f"--base_steps) or sample more (--rs_k, --rs_questions), then python r1.py --from {s}")
-        atomic_write(meta, json.dumps({"wall_s": time.time() - t0, "command": cmd}))
-    t_stages = time.time() - t_all
+    return a
 
+
+def run_stage(s, cmd, product, d):
+    """One stage: skipped if left out or done before (its product and stage.json are there), else
+    run from scratch (a stage cut short starts over) and timed into stage.json."""
+    meta = os.path.join(d, s, "stage.json")
+    if product is None:
+        print(f"== {s}: skipped (--rl2_rm_steps 0: stage 4 uses rules only)", flush=True)
+        return
+    if os.path.isfile(product) and os.path.isfile(meta):
+        print(f"== {s}: done before ({product})", flush=True)
+        return
+    shutil.rmtree(os.path.join(d, s), ignore_errors=True)
+    os.makedirs(os.path.join(d, s), exist_ok=True)
+    print(f"== {s}: " + " ".join(cmd[1:]), flush=True)
+    t0 = time.time()
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        raise SystemExit(f"error: stage {s} failed (its output is above); fix it and run python r1.py again")
+    if product.endswith(".jsonl") and os.path.getsize(product) == 0:  # nothing to fine-tune on
+        raise SystemExit(f"error: stage {s} kept no samples: train the stages before it longer (--rl_steps, "
+                         f"--base_steps) or sample more (--rs_k, --rs_questions), then python r1.py --from {s}")
+    atomic_write(meta, json.dumps({"wall_s": time.time() - t0, "command": cmd}))
+
+
+def print_table(a, d, commands, stages):
+    """One row per model, each measured alike (cached in its stage's eval.json)."""
     print(f"\nheld-out pass@1 over {a.eval_samples} samples (T 0.6, top-p 0.95), {a.eval_problems} problems")
     print(f"| {'stage':<32} | pass@1 | format | language | length | wall s | trained tokens |")
     print(f"|{'-' * 34}|-------:|-------:|---------:|-------:|-------:|---------------:|")
@@ -239,7 +221,7 @@ def main():
             continue
         path = os.path.join(d, stage, "eval.json")
         if not os.path.isfile(path):
-            atomic_write(path, json.dumps(evaluate(commands[stage][1], a)))
+            atomic_write(path, json.dumps(measure(commands[stage][1], a)))
         m = json.load(open(path))
         wall = sum(json.load(open(os.path.join(d, p, "stage.json")))["wall_s"] for p in parts
                    if os.path.isfile(os.path.join(d, p, "stage.json")))
@@ -247,8 +229,6 @@ def main():
         label = "RL stage 2 (T 0.7, rules only)" if stage == "rl2" and not commands["rm"][0] else label
         print(f"| {label:<32} | {m['pass@1']:6.3f} | {m['format']:6.3f} | {m['language']:8.3f} | {m['length']:6.1f} | "
               f"{wall:6.0f} | {tokens:>14} |")
-    print(f"\nstages: {t_stages / 60:.1f} min this call; with the table: {(time.time() - t_all) / 60:.1f} min")
-    print(f"plot: {plot_cold_start(d, a.rl_steps)}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ accuracy + format).
 import re
 import sys
 
+from rewards import thought
+
 MARKERS = re.compile(r"\b(wait|hold on|let me (?:re-?)?(?:check|verify|examine)|re-?check|double[- ]check|"
                      r"check again|re-?evaluate|reconsider|on second thought)\b", re.IGNORECASE)
 STEP = re.compile(r"\d+(?:\s*[-+*/×]\s*\d+)+")         # an arithmetic step's left side: 7+8, 4+3+1, 9 * 5
@@ -35,12 +37,6 @@ JUDGED = (r"(?:\bnot|\binstead of)\s+{num}|{num}\W+(?:(?:is|was)\s+)?(?:not\b|wr
           r"as before)")
 
 
-def thought(text: str) -> str:
-    """The reasoning: what is inside <think> ... </think> (all of the text if there are no tags)."""
-    m = re.search(r"<think>(.*?)(?:</think>|$)", text, re.DOTALL)
-    return m.group(1) if m else text
-
-
 def squash(s: str) -> str:
     return re.sub(r"\s+", "", s)  # "7 + 8" is "7+8"
 
@@ -48,7 +44,8 @@ def squash(s: str) -> str:
 def reflects(text: str) -> bool:
     """True when the thought re-examines an earlier step (the module docstring): after a recheck
     phrase, a step of what came before is redone, or a number of it is judged."""
-    t = thought(text)
+    t = thought(text, unclosed=True)  # a cut-off thought still counts
+    t = text if t is None else t  # no tags: the whole text is the reasoning
     for m in MARKERS.finditer(t):
         before, after = t[:m.start()], t[m.end():]
         if any(squash(step) in squash(after) for step in STEP.findall(before)):

@@ -28,13 +28,15 @@ import sys
 
 import torch
 
-from rewards import language_reward
-from runs import Parser, atomic_write, device_error, set_chat
-from tasks import add_task_args, make_task, render_prompt
+from checkpoint import load_for_cli
+from rewards import language_reward, thought
+from rollout import rollout
+from runs import Parser, atomic_write, device_error
+from tasks import add_task_args, make_task
+from template import CHAT_FLAGS, render_prompt
 
 SENTENCE = re.compile(r"[.!?\n]+")
 WORDS = re.compile(r"\S+")
-THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 def repeated_block(text: str, min_words: int = 3) -> bool:
@@ -42,12 +44,12 @@ def repeated_block(text: str, min_words: int = 3) -> bool:
     loop of a degenerate sample: a sentence twice in a row, or a run of min_words or more words
     immediately followed by the same run. A step restated later, as a recheck does ("Wait, let me
     recheck. 6+1=7, so 7."), is not a repeat: it re-examines the step."""
-    m = THINK.search(text)
-    thought = m.group(1) if m else text
-    sentences = [s.strip().lower() for s in SENTENCE.split(thought) if s.strip()]
+    t = thought(text)
+    t = text if t is None else t
+    sentences = [s.strip().lower() for s in SENTENCE.split(t) if s.strip()]
     if any(a == b for a, b in zip(sentences, sentences[1:])):
         return True
-    w = WORDS.findall(thought.lower())
+    w = WORDS.findall(t.lower())
     return any(w[i:i + n] == w[i + n:i + 2 * n] for n in range(min_words, len(w) // 2 + 1) for i in range(len(w) - 2 * n + 1))
 
 
@@ -88,48 +90,32 @@ def report(passed, rows, n_questions):
     return "\n".join(lines)
 
 
+parser = Parser(description="Rejection sampling: correct and readable samples of a checkpoint, as SFT JSONL.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--ckpt", required=True, help="out/<run>/ckpt.pt (its task flags are the defaults) or hf:DIR")
+parser.add_argument("--out", required=True, help="the SFT JSONL to write (prompt, completion, answer), atomically")
+g = parser.add_argument_group("sampling")
+g.add_argument("--questions", type=int, default=200, help="training questions to sample for")
+g.add_argument("--k", type=int, default=8, help="samples per question")
+g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+g.add_argument("--top_p", type=float, default=0.95, help="top-p")
+g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a sample")
+g.add_argument("--seed", type=int, default=0, help="seed of the questions and the sampling")
+g.add_argument("--chat", choices=CHAT_FLAGS, default=None, help="prompt format (default: the run's)")
+g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+g = parser.add_argument_group("filters")
+g.add_argument("--min_language", type=float, default=0.95, help="least language consistency of the thought (eq. 7)")
+g.add_argument("--repeat_words", type=int, default=3, help="a run of this many words or more repeated back to back rejects")
+g.add_argument("--min_tokens", type=int, default=1, help="fewest completion tokens")
+g.add_argument("--max_tokens", type=int, default=None, help="most completion tokens (default: --max_new_tokens)")
+g.add_argument("--keep_per_question", type=int, default=1, help="most distinct samples kept per question")
+TASK_FLAGS = [a.dest for a in add_task_args(parser)._group_actions]
+
+
 def main(argv=None):
-    from model import load_model
-    from rollout import rollout
-    parser = Parser(description="Rejection sampling: correct and readable samples of a checkpoint, as SFT JSONL.",
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="out/<run>/ckpt.pt (its task flags are the defaults) or hf:DIR")
-    parser.add_argument("--out", required=True, help="the SFT JSONL to write (prompt, completion, answer), atomically")
-    g = parser.add_argument_group("sampling")
-    g.add_argument("--questions", type=int, default=200, help="training questions to sample for")
-    g.add_argument("--k", type=int, default=8, help="samples per question")
-    g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    g.add_argument("--top_p", type=float, default=0.95, help="top-p")
-    g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a sample")
-    g.add_argument("--seed", type=int, default=0, help="seed of the questions and the sampling")
-    g.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], default=None, help="prompt format (default: the run's)")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    g = parser.add_argument_group("filters")
-    g.add_argument("--min_language", type=float, default=0.95, help="least language consistency of the thought (eq. 7)")
-    g.add_argument("--repeat_words", type=int, default=3, help="a run of this many words or more repeated back to back rejects")
-    g.add_argument("--min_tokens", type=int, default=1, help="fewest completion tokens")
-    g.add_argument("--max_tokens", type=int, default=None, help="most completion tokens (default: --max_new_tokens)")
-    g.add_argument("--keep_per_question", type=int, default=1, help="most distinct samples kept per question")
-    task_flags = [a.dest for a in add_task_args(parser)._group_actions]
-    known = parser.parse_known_args(argv)[0]
-    parser.check([(device_error(known.device) is None, device_error(known.device)),
-                  (os.path.isdir(os.path.dirname(os.path.abspath(known.out))), f"--out {known.out}: no such directory")])
-    model, tok, ckpt = load_model(known.ckpt, known.device)
-    run = ckpt.get("args") or {}
-    parser.set_defaults(**{k: run[k] for k in task_flags if k in run})
-    args = parser.parse_args(argv)
-    args.max_tokens = args.max_tokens or args.max_new_tokens
-    parser.check([(args.questions >= 1 and args.k >= 1, "--questions and --k must be at least 1"),
-                  (args.temperature > 0 and 0 < args.top_p <= 1, "--temperature must be > 0 and --top_p in (0, 1]"),
-                  (args.max_new_tokens >= 1 and 0 <= args.min_tokens <= args.max_tokens, "need --max_new_tokens >= 1 and 0 <= --min_tokens <= --max_tokens"),
-                  (0 <= args.min_language <= 1, "--min_language must be in [0, 1]"),
-                  (args.repeat_words >= 1 and args.keep_per_question >= 1, "--repeat_words and --keep_per_question must be at least 1")])
-    set_chat(tok, args.chat or run.get("chat", "auto"))
-    try:
-        task = make_task(args, log=lambda s: print(s, file=sys.stderr))
-        problems = task.train_problems(random.Random(f"reject-{args.seed}"), args.questions)
-    except ValueError as e:
-        parser.error(str(e))
+    """Sample, filter, write --out and print each filter's pass rate -> the kept rows."""
+    args, model, tok, task = parse_args(argv)
+    problems = task.train_problems(random.Random(f"reject-{args.seed}"), args.questions)
     gen = torch.Generator(args.device).manual_seed(args.seed)
     rows, passed_all = [], None
     for i in range(0, len(problems), 25):  # 25 questions x k samples at a time
@@ -149,6 +135,26 @@ def main(argv=None):
     print(report(passed_all, rows, len(problems)))
     print(f"wrote {args.out}")
     return rows
+
+
+def parse_args(argv=None):
+    """The flags, the checkpoint's run's task flags as defaults, the checks -> (args, model, tokenizer, task)."""
+    known = parser.parse_known_args(argv)[0]
+    parser.check([(device_error(known.device) is None, device_error(known.device)),
+                  (os.path.isdir(os.path.dirname(os.path.abspath(known.out))), f"--out {known.out}: no such directory")])
+    args, model, tok, _ = load_for_cli(parser, argv, TASK_FLAGS)
+    args.max_tokens = args.max_tokens or args.max_new_tokens
+    parser.check([(args.questions >= 1 and args.k >= 1, "--questions and --k must be at least 1"),
+                  (args.temperature > 0 and 0 < args.top_p <= 1, "--temperature must be > 0 and --top_p in (0, 1]"),
+                  (args.max_new_tokens >= 1 and 0 <= args.min_tokens <= args.max_tokens, "need --max_new_tokens >= 1 and 0 <= --min_tokens <= --max_tokens"),
+                  (0 <= args.min_language <= 1, "--min_language must be in [0, 1]"),
+                  (args.repeat_words >= 1 and args.keep_per_question >= 1, "--repeat_words and --keep_per_question must be at least 1")])
+    try:
+        task = make_task(args, log=lambda s: print(s, file=sys.stderr))
+        task.train_problems(random.Random(0), 1)  # a file task without --train_file fails here
+    except ValueError as e:
+        parser.error(str(e))
+    return args, model, tok, task
 
 
 if __name__ == "__main__":

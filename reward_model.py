@@ -32,6 +32,9 @@ Simplified: pairs are generated, not judged by a model four times with positions
 paper's helpfulness RM reads only the final summary, this one the whole completion (readable
 reasoning is what its pairs teach); the whole trunk is fine-tuned at a constant learning rate.
 
+Training runs on the run skeleton of every stage (runs.py): SIGTERM / SIGINT or --save_every
+write rm.pt with the optimiser state and the pair stream, and --resume continues it exactly.
+
     python reward_model.py --init out/<run>/ckpt.pt --run_name rm    # writes out/rm/rm.pt, log.jsonl
 """
 
@@ -46,9 +49,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import runs
-from model import load_checkpoint, load_model, save_checkpoint
-from sample import forward_rows, pack
-from tasks import add_task_args, make_task, render_prompt
+from batch import forward_rows, pack
+from checkpoint import load_checkpoint, load_model, save_checkpoint, starting_point
+from tasks import add_task_args, make_task
+from template import render_prompt
 
 
 class RewardModel(nn.Module):
@@ -179,6 +183,10 @@ def check_reward_model(path, tok, context):
         return f"--reward_model {path} is not a checkpoint of this code ({type(e).__name__}): give a rm.pt of reward_model.py"
     if "head" not in ckpt:
         return f"--reward_model {path} is a policy checkpoint, not a reward model: train one with reward_model.py"
+    if "center" not in ckpt:
+        run = ckpt.get("args") or {}
+        return (f"--reward_model {path} stopped at step {ckpt.get('step')} of its training: finish it with python "
+                f"reward_model.py --resume --run_name {run.get('run_name')} --out_dir {run.get('out_dir')}")
     if (name, vocab) != (tok.name, tok.vocab_size):
         return (f"--reward_model {path} reads tokenizer {name} ({vocab} tokens), the policy {tok.name} ({tok.vocab_size}): "
                 f"train the reward model from a checkpoint with the policy's tokenizer")
@@ -216,9 +224,11 @@ class PreferenceReward:
 parser = runs.Parser(description="Train a reward model (eq. 5: Bradley-Terry on preference pairs) from a policy checkpoint.",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 g = parser.add_argument_group("run")
-g.add_argument("--init", required=True, help="the trunk's starting weights: a ckpt.pt of ours (e.g. the policy's) or hf:DIR")
+g.add_argument("--init", default=None, help="(required) the trunk's starting weights: a ckpt.pt of ours (e.g. the policy's) or hf:DIR")
 g.add_argument("--run_name", required=True, help="outputs go to <out_dir>/<run_name>/: rm.pt, log.jsonl, args.json")
 g.add_argument("--out_dir", default="out", help="directory for runs")
+g.add_argument("--resume", action="store_true", help="continue the run <out_dir>/<run_name> from its rm.pt")
+g.add_argument("--save_every", type=int, default=0, help="write rm.pt every this many steps (0: only at the end); also on SIGTERM / SIGINT")
 g.add_argument("--seed", type=int, default=1337, help="seed for the head, the pairs and the task")
 g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 add_task_args(parser)
@@ -231,15 +241,24 @@ g.add_argument("--eval_batch", type=int, default=64, help="rows per batch when s
 
 
 def main(argv=None):
-    args = parser.parse_args(argv)
-    run_dir = os.path.join(args.out_dir, args.run_name)
+    """Train a reward model -> the path of its rm.pt."""
+    args, task, heldout = parse_args(argv)
+    with runs.session(args) as (_, _, device, stop):
+        path = RewardModelRun(args, task, heldout, device).run(stop)
+    return path
+
+
+def parse_args(argv=None):
+    """Flags (on --resume, the run's own from args.json), then every check that needs no training:
+    one line naming the fix (exit status 2) -> (args, task, held-out preference pairs)."""
+    args = runs.parse_args(parser, argv)
     parser.check([
+        (args.init, "--init is required: a ckpt.pt of ours (e.g. the policy's) or hf:DIR"),
         (args.steps >= 1 and args.batch >= 1 and args.eval_batch >= 1, "--steps, --batch and --eval_batch must be at least 1"),
-        (args.lr > 0 and args.grad_clip >= 0, "--lr must be > 0 and --grad_clip >= 0 (0: off)"),
-        (args.init.startswith("hf:") or os.path.isfile(args.init), f"--init {args.init}: no such checkpoint (a Hugging Face directory is hf:DIR)"),
-        (not os.path.exists(os.path.join(run_dir, "rm.pt")), f"{run_dir} already holds a reward model: pick another --run_name"),
+        (args.lr > 0 and args.grad_clip >= 0 and args.save_every >= 0, "--lr must be > 0, --grad_clip and --save_every >= 0 (0: off)"),
+        (runs.device_error(args.device) is None, runs.device_error(args.device)),
     ])
-    if error := runs.check_run_dir(argparse.Namespace(resume=False, run_name=args.run_name, out_dir=args.out_dir)):
+    if error := runs.check_run_dir(args, ckpt="rm.pt"):
         parser.error(error)
     try:
         task = make_task(args, log=lambda line: None)
@@ -247,52 +266,90 @@ def main(argv=None):
             raise ValueError("has no worked solutions to make preference pairs from: use a generated task with a corpus (addition, countdown)")
     except ValueError as e:
         parser.error(f"--task {args.task}: {e}")
-    trunk, tok, init = load_model(args.init, args.device, torch.float32)
+    try:
+        tok, config = starting_point(args)
+    except ValueError as e:
+        parser.error(str(e))
     heldout = preference_pairs(task, task.test_set, random.Random(f"rm-heldout-{args.seed}"), tok.chat)
-    rng = random.Random(f"rm-{args.seed}")
     # a packed batch is as wide as its longest prompt plus its longest completion (+ <|endoftext|>)
     longest = (max(len(tok.encode(x["prompt"])) for x in heldout)
                + max(len(tok.encode(x[k])) for x in heldout for k in ("chosen", "rejected")) + 1)
-    if longest > trunk.config.block_size:
+    if longest > config["block_size"]:
         parser.error(f"--init {args.init}: a batch of preference pairs needs {longest} tokens, the model's context is "
-                     f"{trunk.config.block_size}: use smaller problems")
+                     f"{config['block_size']}: use smaller problems")
+    return args, task, heldout
 
-    torch.manual_seed(args.seed)
-    rm = RewardModel(trunk).to(args.device)
-    runs.start_run(run_dir, args, 1, 1)
-    before, kinds, _ = pairwise_accuracy(rm.eval(), tok, heldout, args.device, args.eval_batch)
-    print(f"held-out pairwise accuracy before: {before:.3f} ({len(heldout)} pairs) | " + kind_line(kinds))
-    opt = torch.optim.AdamW(rm.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    t0 = time.time()
-    rm.train()
-    for step in range(1, args.steps + 1):
-        pairs = preference_pairs(task, task.train_problems(rng, args.batch), rng, tok.chat)
-        prompts = [x["prompt"] for x in pairs]
-        # chosen and rejected in one batch: they share the template, which pack runs once
-        r = score(rm, tok, prompts + prompts, [x["chosen"] for x in pairs] + [x["rejected"] for x in pairs], args.device)
-        rc, rr = r.view(2, -1)  # (B,) each
-        loss = bradley_terry_loss(rc, rr)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip or float("inf")).item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        rec = {"step": step, "loss": loss.item(), "accuracy": (rc > rr).float().mean().item(),
-               "margin": (rc - rr).mean().item(), "grad_norm": grad_norm, "elapsed": time.time() - t0}
-        runs.append_jsonl(os.path.join(run_dir, "log.jsonl"), rec)
-        if step % 25 == 0 or step == args.steps:
-            print(f"step {step:4d}/{args.steps} | loss {rec['loss']:.4f} | batch acc {rec['accuracy']:.3f} | "
+
+class RewardModelRun:
+    """One reward-model training run on the run skeleton (runs.run_steps): fresh from --init, or
+    from the rm.pt of the run being resumed, with its optimiser state and pair stream. Held-out
+    pairwise accuracy is measured before and after; the last step's rm.pt carries the score's
+    `center` (PreferenceReward's), and only a finished rm.pt serves as --reward_model."""
+
+    def __init__(self, args, task, heldout, device):
+        self.args, self.task, self.heldout, self.device = args, task, heldout, device
+        self.dir = os.path.join(args.out_dir, args.run_name)
+        self.path = os.path.join(self.dir, "rm.pt")
+        trunk, self.tok, ckpt = load_model(self.path if args.resume else args.init, device, torch.float32)
+        torch.manual_seed(args.seed)
+        self.rm = RewardModel(trunk).to(device)
+        self.opt = torch.optim.AdamW(self.rm.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        self.pairs = random.Random(f"rm-{args.seed}")  # the training pairs' stream
+        self.tokenizer_dir, self.done = ckpt.get("tokenizer_dir", "tokenizers"), {}
+        self.start = 1
+        if args.resume:
+            self.rm.head.load_state_dict(ckpt["head"])
+            self.opt.load_state_dict(ckpt["optim"])
+            runs.restore_random(ckpt["random"], {"pairs": self.pairs}, {})
+            self.start, self.before = ckpt["step"] + 1, ckpt["heldout_accuracy_before"]
+        runs.start_run(self.dir, args, 1, self.start)
+
+    def run(self, stop):
+        if self.start == 1:
+            self.before, kinds, _ = pairwise_accuracy(self.rm.eval(), self.tok, self.heldout, self.device, self.args.eval_batch)
+            print(f"held-out pairwise accuracy before: {self.before:.3f} ({len(self.heldout)} pairs) | " + kind_line(kinds))
+        self.t0 = time.time()
+        runs.run_steps(self.start, self.args.steps, self.step, self.save, stop, self.args.save_every,
+                       runs.resume_hint(self.args, "reward_model.py"))
+        return self.path
+
+    def step(self, i):
+        """eq. 5 on a batch of fresh pairs; after the last, the held-out accuracy and the center."""
+        args, rm = self.args, self.rm.train()
+        pairs = preference_pairs(self.task, self.task.train_problems(self.pairs, args.batch), self.pairs, self.tok.chat)
+        prompts, scores = [x["prompt"] for x in pairs], {}
+
+        def loss_of(_):
+            # chosen and rejected in one batch: they share the template, which pack runs once
+            r = score(rm, self.tok, prompts + prompts, [x["chosen"] for x in pairs] + [x["rejected"] for x in pairs],
+                      self.device)
+            scores["chosen"], scores["rejected"] = r.view(2, -1)  # (B,) each
+            return bradley_terry_loss(scores["chosen"], scores["rejected"])
+
+        loss, grad_norm, _ = runs.optimizer_step(rm, self.opt, [pairs], loss_of, args.grad_clip)
+        rc, rr = scores["chosen"].detach(), scores["rejected"].detach()
+        rec = {"step": i, "loss": loss, "accuracy": (rc > rr).float().mean().item(), "margin": (rc - rr).mean().item(),
+               "grad_norm": grad_norm, "elapsed": time.time() - self.t0}
+        runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), rec)
+        if i % 25 == 0 or i == args.steps:
+            print(f"step {i:4d}/{args.steps} | loss {loss:.4f} | batch acc {rec['accuracy']:.3f} | "
                   f"margin {rec['margin']:6.2f} | {rec['elapsed']:.1f}s")
-    t_train = time.time() - t0
-    after, kinds, center = pairwise_accuracy(rm.eval(), tok, heldout, args.device, args.eval_batch)
-    print(f"held-out pairwise accuracy after:  {after:.3f} ({len(heldout)} pairs) | " + kind_line(kinds))
-    runs.append_jsonl(os.path.join(run_dir, "log.jsonl"), {"step": args.steps, "heldout_accuracy_before": before,
-                      "heldout_accuracy": after, **{f"heldout_accuracy_{k}": v for k, v in kinds.items()},
-                      "center": center, "train_s": t_train})
-    path = os.path.join(run_dir, "rm.pt")
-    save_checkpoint(path, rm.trunk, tok.name, head=rm.head.state_dict(), center=center, task=args.task,
-                    heldout_accuracy=after, tokenizer_dir=init.get("tokenizer_dir", "tokenizers"), args=vars(args))
-    print(f"reward model: {path} ({t_train:.1f}s of training)")
-    return path
+        if i == args.steps:
+            self.finish()
+
+    def finish(self):
+        after, kinds, center = pairwise_accuracy(self.rm.eval(), self.tok, self.heldout, self.device, self.args.eval_batch)
+        print(f"held-out pairwise accuracy after:  {after:.3f} ({len(self.heldout)} pairs) | " + kind_line(kinds))
+        self.done = {"center": center, "heldout_accuracy": after, "task": self.args.task}
+        runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), {
+            "step": self.args.steps, "heldout_accuracy_before": self.before, "heldout_accuracy": after,
+            **{f"heldout_accuracy_{k}": v for k, v in kinds.items()}, "center": center, "train_s": time.time() - self.t0})
+        print(f"reward model: {self.path} ({time.time() - self.t0:.1f}s of training)")
+
+    def save(self, step):
+        save_checkpoint(self.path, self.rm.trunk, self.tok.name, head=self.rm.head.state_dict(), optim=self.opt.state_dict(),
+                        random=runs.random_state({"pairs": self.pairs}, {}), step=step, args=vars(self.args),
+                        heldout_accuracy_before=self.before, tokenizer_dir=self.tokenizer_dir, **self.done)
 
 
 def kind_line(kinds):

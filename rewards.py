@@ -55,8 +55,11 @@ import select
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from fractions import Fraction
+
+from sandbox import run_python
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 FORMAT = re.compile(r"\s*<think>.*</think>\s*<answer>(.*)</answer>\s*", re.DOTALL)
@@ -70,6 +73,14 @@ def tags_once(text: str) -> bool:
 def is_formatted(text: str) -> bool:
     m = FORMAT.fullmatch(text)
     return bool(m) and tags_once(text) and m.group(1).strip() != ""
+
+
+def thought(text: str, unclosed: bool = False):
+    """The chain of thought: the inside of the first <think> ... </think>; with unclosed=True also
+    of a <think> never closed (to the end: an output cut off at the length limit). None when there
+    is none."""
+    m = re.search(r"<think>(.*?)(?:</think>|$)" if unclosed else r"<think>(.*?)</think>", text, re.DOTALL)
+    return m.group(1) if m else None
 
 
 def last_boxed(text: str):
@@ -172,6 +183,7 @@ def serve():
     "1" or "0" a line out. In its main thread, so math-verify's own SIGALRM timeouts work."""
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
     logging.disable(logging.WARNING)  # math-verify logs each timeout; the verdict 0 says enough
+    # here, not at the top: only this worker process needs math-verify, so sympy stays out of the trainer
     from math_verify import LatexExtractionConfig, parse, verify
     from math_verify.errors import TimeoutException
 
@@ -259,10 +271,6 @@ def code_reward(prompts, completions, tests, timeout=2.0, workers=4, **fields) -
     """The share of test cases ({"input": stdin, "output": expected stdout}) that the completion's
     program passes, each run in sandbox.run_python (own process, time and memory limits). The
     paper's compiler-checked coding reward, for Python."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from sandbox import run_python
-
     def score(item):
         text, cases = item
         code = extract_code(text)
@@ -284,16 +292,15 @@ def rule_reward(prompts, completions, **fields) -> list[float]:
     return [a + f for a, f in zip(acc, fmt)]
 
 
-THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 WORD = re.compile(r"[^\W\d_]+")  # runs of letters, any script
 LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]+")  # Basic Latin, Latin-1 and Latin Extended-A/B letters
 
 
-def language_share(thought: str, language: str = "en"):
+def language_share(text: str, language: str = "en"):
     """eq. 7: the share of words in the target language; each CJK character counts as a word."""
-    cjk = CJK.findall(thought)
-    words = WORD.findall(CJK.sub(" ", thought))
+    cjk = CJK.findall(text)
+    words = WORD.findall(CJK.sub(" ", text))
     total = len(cjk) + len(words)
     if total == 0:
         return None
@@ -308,8 +315,8 @@ def language_reward(prompts, completions, language=None, **fields) -> list:
     languages = language or ["en"] * len(completions)
     out = []
     for c, lang in zip(completions, languages):
-        m = THINK.search(c)
-        out.append(language_share(m.group(1), lang) if m else 0.0)
+        t = thought(c)
+        out.append(0.0 if t is None else language_share(t, lang))  # no thought: no consistency
     return out
 
 

@@ -1,12 +1,19 @@
 """
-Run plumbing shared by the training stages (train.py, sft.py): flags that fail in one line, the
-model a run starts from (read and checked before any weight is loaded), the run directory, logs
-that survive a crash, every random state for an exact resume, and SIGTERM / SIGINT turned into a
-checkpoint at the next step boundary.
+The run skeleton every training stage stands on (train.py, sft.py, reward_model.py): flags that
+fail in one line, resume from args.json, the run directory, logs and files that survive a crash,
+the optimiser step, the loop of steps with its checkpoints, every random state for an exact
+resume, and SIGTERM / SIGINT turned into a checkpoint at the next step boundary. A stage is
+
+    args = runs.parse_args(parser, argv)          its flags (on --resume, the run's own from args.json), then its checks
+    with runs.session(args) as (rank, world, device, stop):
+        its set-up (fresh, or from the checkpoint), then
+        runs.run_steps(start, total, step, save, stop, ...)   each step calls runs.optimizer_step with its own loss
+
+and writes
 
     out/<run>/args.json           the flags of the run (a resume writes args-resume-<step>.json beside it)
     out/<run>/log.jsonl           one JSON line per step, appended whole and fsync'd
-    out/<run>/ckpt.pt             the last checkpoint (model.save_checkpoint: written to a .tmp, then renamed)
+    out/<run>/ckpt.pt             the last checkpoint (checkpoint.py), written whole or not at all
 
 Exact resume: a checkpoint carries torch's and Python's global random states, the streams every
 rank draws alike (the question stream, the mini-batch shuffler) and each rank's own sampling
@@ -19,12 +26,14 @@ What is left out: CUDA's global generator (nothing here draws from it) and numpy
 """
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import random
 import signal
 import threading
-from dataclasses import asdict
+import time
 
 import torch
 
@@ -44,6 +53,19 @@ class Parser(argparse.ArgumentParser):
                 self.error(message)
 
 
+def parse_args(parser, argv=None, defaults=None):
+    """parser's flags over `defaults` (a --preset's values), and on --resume over the resumed run's
+    own flags (its args.json): they fill the namespace first, and argparse sets defaults only for
+    what is not there yet, so flags given explicitly still win."""
+    known = parser.parse_known_args(argv)[0]
+    defaults = dict(defaults or {})
+    saved = os.path.join(known.out_dir, known.run_name or "", "args.json")
+    if known.resume and known.run_name and os.path.isfile(saved):
+        run = read_json(saved, "args.json")
+        defaults.update({k: v for k, v in run.items() if k in vars(known) and k not in ("resume", "run_name", "out_dir")})
+    return parser.parse_args(argv, namespace=argparse.Namespace(**defaults))
+
+
 # -----------------------------------------------------------------------------
 # files that a crash or a kill -9 never leaves half-written
 
@@ -55,13 +77,19 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, text):
-    """Write text to path through a .tmp file and a rename: readers see the old file or the new one."""
-    with open(f"{path}.tmp", "w") as f:
-        f.write(text)
-        f.flush()
+def atomic_write(path, data):
+    """Write data to path through path.tmp, fsync'd, and a rename: readers see the old file or the
+    new one, and a crash or a kill -9 never leaves a torn one. data: text, bytes, or a function that
+    writes a file at the path it is given (torch.save, safetensors' save_file, a figure's savefig)."""
+    tmp = f"{path}.tmp"
+    if callable(data):
+        data(tmp)
+    else:
+        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+            f.write(data)
+    with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(f"{path}.tmp", path)
+    os.replace(tmp, path)
     fsync_dir(os.path.dirname(path))
 
 
@@ -88,17 +116,25 @@ def read_jsonl(path):
     return records, torn
 
 
+def read_json(path: str, what: str) -> dict:
+    """A JSON file's object; FileNotFoundError naming `what` when it is missing."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    with open(path) as f:
+        return json.load(f)
+
+
 # -----------------------------------------------------------------------------
 # the run directory
 
-def check_run_dir(args):
+def check_run_dir(args, ckpt="ckpt.pt"):
     """The error (a string naming the flag and the fix) that opening this run would meet, or None.
-    Run before any work: a fresh run must not overwrite one, a resume needs a checkpoint."""
+    Run before any work: a fresh run must not overwrite one, a resume needs its checkpoint."""
     run_dir = os.path.join(args.out_dir, args.run_name or "")
-    ckpt = os.path.join(run_dir, "ckpt.pt")
+    path = os.path.join(run_dir, ckpt)
     if args.resume:
-        if not args.run_name or not os.path.isfile(ckpt):
-            return f"--resume needs the --run_name of a run with a checkpoint; none at {ckpt}"
+        if not args.run_name or not os.path.isfile(path):
+            return f"--resume needs the --run_name of a run with a checkpoint; none at {path}"
     elif args.run_name and os.path.exists(os.path.join(run_dir, "log.jsonl")):
         return f"{run_dir} already holds a run: pick another --run_name, or --resume it"
     parent = os.path.abspath(args.out_dir)
@@ -107,6 +143,12 @@ def check_run_dir(args):
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         return f"--out_dir {args.out_dir}: {parent} is not a writable directory: pick another --out_dir"
     return None
+
+
+def run_path(args, prefix=""):
+    """<out_dir>/<run_name>; without --run_name, a name from rank 0's clock (set in args, alike on every rank)."""
+    args.run_name = dist.gather_object(args.run_name or time.strftime(f"{prefix}%Y%m%d-%H%M%S"))[0]
+    return os.path.join(args.out_dir, args.run_name)
 
 
 def start_run(run_dir, args, world, start):
@@ -138,71 +180,12 @@ def start_run(run_dir, args, world, start):
         atomic_write(path, "".join(line for line, k in zip(lines, keep) if k))
 
 
-def resume_hint(args, prog="train.py"):
+def resume_hint(args, prog):
     return f"python {prog} --resume --run_name {args.run_name} --out_dir {args.out_dir}"
 
 
 # -----------------------------------------------------------------------------
-# the model a run starts from, checked before anything is loaded
-
-def starting_point(args, parser):
-    """(tokenizer, model config as a dict of ModelConfig fields) of what the run starts from, read
-    without loading any weights: --init hf:DIR's config.json and tokenizer.json, --init CKPT's
-    config and tokenizer, or the --model preset with --tokenizer. The tokenizer's prompt format
-    is set from --chat. Bad input is parser.error's one line."""
-    try:
-        if args.init and args.init.startswith("hf:"):
-            from hf import HFTokenizer, config_from_hf, read_json
-            path = args.init.removeprefix("hf:")
-            if not os.path.isdir(path):
-                raise FileNotFoundError(f"no such model directory: {path}")
-            config = asdict(config_from_hf(read_json(os.path.join(path, "config.json"), "config.json")))
-            tok = HFTokenizer(path)
-        elif args.init:
-            if not os.path.isfile(args.init):
-                raise FileNotFoundError(f"no such checkpoint: {args.init} (a directory of Hugging Face weights is hf:DIR)")
-            from tokenizer import get_tokenizer
-            ckpt = torch.load(args.init, map_location="cpu", weights_only=True, mmap=True)
-            config, tok = ckpt["config"], get_tokenizer(ckpt["tokenizer"], ckpt.get("tokenizer_dir", "tokenizers"))
-        else:
-            from model import PRESETS as MODELS
-            from tokenizer import get_tokenizer
-            if args.model not in MODELS:
-                parser.error(f"--model {args.model} is not a preset: choose from {', '.join(MODELS)}")
-            tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
-            config = dict(MODELS[args.model], vocab_size=tok.vocab_size)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        flag = f"--init {args.init}" if args.init else f"--tokenizer {args.tokenizer}"
-        parser.error(f"{flag}: {' '.join(str(e).split())}")
-    if config.get("vocab_size", 0) < tok.vocab_size:
-        parser.error(f"--init {args.init}: the tokenizer has {tok.vocab_size} tokens, the model's embedding only {config['vocab_size']}")
-    set_chat(tok, args.chat)
-    return tok, config
-
-
-def set_chat(tok, chat):
-    """--chat: auto keeps the tokenizer's own prompt format, none is the R1-Zero template."""
-    tok.chat = tok.chat if chat == "auto" else None if chat == "none" else chat
-
-
-def memory_error(args, config, world):
-    """The training state needs, per parameter: fp32 weights, gradient and two AdamW moments (16
-    bytes) and the reference's copy (2 in bf16, 4 in fp32; none with --beta 0), divided over the
-    ranks with --fsdp. Activations and the KV cache come on top. An error if that alone exceeds
-    the device's free memory, before anything is allocated. Runs without --beta or --fsdp
-    (sft.py) have no reference and one replica."""
-    from model import GPT, ModelConfig, free_memory
-    with torch.device("meta"):
-        n = sum(p.numel() for p in GPT(ModelConfig(**config)).parameters())
-    beta, fsdp = getattr(args, "beta", 0), getattr(args, "fsdp", False)
-    per_param = 16 + (0 if beta == 0 else 2 if args.dtype == "bf16" else 4)
-    need, free = n * per_param / (world if fsdp else 1), free_memory(args.device)
-    if need > free:
-        return (f"--init/--model: training {n / 1e9:.2f}B parameters needs ~{need / 2**30:.1f} GiB for weights, gradients, "
-                f"AdamW and the reference, {free / 2**30:.1f} GiB are free on {args.device}: use --fsdp over more GPUs, "
-                f"--beta 0, or a smaller model")
-    return None
-
+# the device
 
 def device_error(device):
     kind, _, index = device.partition(":")
@@ -213,6 +196,89 @@ def device_error(device):
     if index and int(index) >= torch.cuda.device_count():
         return f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here: use a lower index"
     return None
+
+
+def free_memory(device) -> int:
+    """Bytes that can still be allocated on the device: CUDA's free memory, or MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+
+
+# -----------------------------------------------------------------------------
+# the steps
+
+@contextlib.contextmanager
+def session(args):
+    """Where a training stage runs -> (rank, world size, device, stop): in torchrun's process group
+    if there is one (dist.setup), under --dtype bf16's autocast (matmuls in bf16; parameters and
+    optimiser state stay fp32, as a bf16 weight keeps ~3 significant digits and an update of lr
+    ~1e-6 would round away), with denormal floats flushed (tiny gradients as denormals make CPU
+    matmuls ~20x slower), and SIGTERM / SIGINT as a stop request (StopSignal). The group is left at
+    the end, and on a one-line SystemExit (every rank decides alike); not on an error: that rank
+    exits and torchrun ends the others. Models must be gone by the end (dist.cleanup)."""
+    rank, world, device = dist.setup(args.device)
+    torch.set_flush_denormal(True)
+    precision = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=getattr(args, "dtype", "fp32") == "bf16")
+    try:
+        with StopSignal() as stop, precision:
+            yield rank, world, device, stop
+    except SystemExit:
+        dist.cleanup()
+        raise
+    dist.cleanup()
+
+
+def optimizer_step(module, opt, parts, loss_of, grad_clip):
+    """One optimiser step, its gradient accumulated over the micro-batches `parts`: loss_of(part)
+    is that part's share of the global loss, already divided by the normaliser of the whole step on
+    every rank, so micro-batching and the world size do not change the update. DDP all-reduces on
+    the last part only; each backward is of loss x world size, as DDP and FSDP average gradients
+    over ranks and the global loss is their sum. The loss is summed over ranks (one host sync per
+    step). A step whose loss or gradient norm is not finite is skipped, weights and optimiser state
+    untouched (both are global: every rank decides alike). -> (loss, gradient norm, stepped)"""
+    world, total = dist.world(), 0.0
+    for j, part in enumerate(parts):
+        with dist.no_sync(module, last=j == len(parts) - 1):
+            loss = loss_of(part)
+            (loss * world).backward()
+        total = total + loss.detach()
+    total = float(dist.all_sum(total))
+    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip or float("inf")).item()
+    stepped = math.isfinite(total) and math.isfinite(grad_norm)
+    if stepped:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total, grad_norm, stepped
+
+
+def run_steps(start, total, step, save, stop, save_every, resume):
+    """The loop of a training stage: steps start..total, each step(i); save(i) checkpoints after
+    step i every save_every steps (0: only at the end) and after the last (a run of 0 steps saves
+    its starting point, step 0). A stop request is looked at between steps, on every rank alike:
+    the last finished step is checkpointed, the command that resumes (`resume`) is printed, and it
+    returns False."""
+    for i in range(start, total + 1):
+        if stop.requested():  # a preemption or a Ctrl-C, on any rank: all stop here
+            save(i - 1)
+            dist.print0(f"stopped by {stop.name or 'a signal'} after step {i - 1}, checkpoint saved: resume with {resume}")
+            return False
+        step(i)
+        if save_every and i % save_every == 0 and i < total:
+            save(i)
+    if start <= total or start == 1:
+        save(total)
+    return True
+
+
+def lr_at(step, total, peak, warmup):
+    """Linear warmup, then cosine decay to 10% of the peak (the base stage and SFT)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 # -----------------------------------------------------------------------------

@@ -1,28 +1,20 @@
 """
-Batched sampling with a KV cache, and the sequence layout the sampler and the trainer share.
+Batched sampling with a KV cache: the "sample G outputs from pi_theta_old" of eq. 1.
 
-GRPO samples G outputs per question from the old policy (eq. 1), then the trainer recomputes the
-log-probs of exactly those tokens. Both sides lay a batch out the same way (`pack`):
-
-    prefix   (P,)          the longest token prefix common to every prompt (the R1-Zero template),
-                           run once with batch 1; every row attends to its keys and values
-    rows     (B, R + C)    each prompt's remaining tokens, left-padded to width R, then its
-                           completion, right-padded to width C
-    valid    (B, R + C)    False on padding: padding is never attended to, never in the loss
-
-Positions count valid tokens only, so a row's tokens sit at the same positions whatever the
-padding, and the sampler and the trainer see identical attention inputs. `generate` prefills each
-prompt once and copies its cache to its G samples, decodes with the cache, stops a row at
+`generate` prefills each prompt once and copies its cache to its G samples (the template shared
+by the whole batch is run once: batch.py's layout), decodes with the cache, stops a row at
 <|endoftext|> or </answer> (the stop token is part of the completion and of the loss; padding is
 not), and returns the sampler's log-probs of the chosen tokens under the temperature-scaled
-distribution, the quantity the trainer computes. top-k / top-p change what is drawn but not that
-log-prob; with them on, the sampling distribution is not the trained one, so RL leaves them off.
+distribution, the quantity the trainer computes (grpo_update.completion_logprobs). top-k / top-p
+change what is drawn but not that log-prob; with them on, the sampling distribution is not the
+trained one, so RL leaves them off.
 
-A real tokenizer (hf.py) spells </answer> as several tokens: `generate` then also stops a row
-when the decoded tail of its completion contains one of `stop_texts`.
+A real tokenizer (tokenizer.HFTokenizer) spells </answer> as several tokens: `generate` then also
+stops a row when the decoded tail of its completion contains one of `stop_texts`.
 
 `generate_naive` is the reference: one row at a time, no padding, no cache, the whole sequence
-re-run for every new token. tests/test_sample.py checks the two give the same tokens.
+re-run for every new token. tests/test_sample.py checks the two give the same tokens. Left out:
+continuous batching (a static batch decodes until its last row stops) and paged caches.
 
     python sample.py --ckpt out/<run>/ckpt.pt --prompt "Compute 82 + 97"
     python sample.py --ckpt hf:/models/Qwen2.5-0.5B-Instruct --prompt "Compute 82 + 97"
@@ -32,31 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
-from grpo import grpo_loss, grpo_metrics
+from batch import Batch, pack, positions_and_mask
+from checkpoint import load_model
 from kernels import token_logprobs
 from model import KVCache
-from tasks import CHAT, render_prompt
-
-
-@dataclass
-class Batch:
-    prefix: torch.Tensor  # (P,) tokens shared by every row
-    rows: torch.Tensor    # (B, R + C) prompt rest (left-padded), then completion (right-padded)
-    valid: torch.Tensor   # (B, R + C) bool, False on padding
-    R: int                # width of the prompt part; completion token j is at column R + j
-
-    @property
-    def completions(self):
-        return self.rows[:, self.R:]  # (B, C)
-
-    @property
-    def completion_mask(self):
-        return self.valid[:, self.R:].float()  # (B, C)
-
-    def select(self, idx):
-        """The rows idx (a mini- or micro-batch), with the same prefix and layout."""
-        return Batch(self.prefix, self.rows[idx], self.valid[idx], self.R)
+from runs import Parser
+from template import CHAT_FLAGS, chat_format, render_prompt
 
 
 @dataclass
@@ -64,75 +37,6 @@ class Rollout:
     batch: Batch
     sampler_logp: torch.Tensor  # (B, C), 0 on padding
     truncated: torch.Tensor     # (B,) bool: hit max_new_tokens without a stop token
-
-
-def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, device="cpu") -> Batch:
-    """Lay out prompts and their completions (lists of token ids) as described above."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    P = 0  # longest common prefix, leaving each row at least one prompt token of its own
-    while P < min(map(len, prompts)) - 1 and all(p[P] == prompts[0][P] for p in prompts):
-        P += 1
-    rests = [p[P:] for p in prompts]
-    R, C = max(map(len, rests)), max(map(len, completions))
-    rows = torch.full((len(prompts), R + C), pad, dtype=torch.long)
-    valid = torch.zeros(len(prompts), R + C, dtype=torch.bool)
-    for i, (rest, comp) in enumerate(zip(rests, completions)):
-        rows[i, R - len(rest):R], rows[i, R:R + len(comp)] = torch.tensor(rest), torch.tensor(comp, dtype=torch.long)
-        valid[i, R - len(rest):R + len(comp)] = True
-    return Batch(torch.tensor(prompts[0][:P], dtype=torch.long, device=device), rows.to(device), valid.to(device), R)
-
-
-def positions_and_mask(P: int, valid: torch.Tensor):
-    """Positions (B, S) and attention mask (B, 1, S, P+S) for rows after a P-token prefix."""
-    B, S = valid.shape
-    pos = P + valid.long().cumsum(-1) - 1  # (B, S): valid tokens at P, P+1, ...; padding is never read
-    causal = torch.ones(S, S, dtype=torch.bool, device=valid.device).tril()
-    # each query sees the prefix and the valid earlier tokens of its row; also itself, so that a
-    # padding query is never fully masked (its output is unused, but NaN would spread)
-    keys = (causal & valid[:, None, :]) | torch.eye(S, dtype=torch.bool, device=valid.device)
-    mask = torch.cat([keys.new_ones(B, S, P), keys], dim=-1)  # (B, S, P+S)
-    return pos.clamp(min=0), mask[:, None]  # (B, 1, S, P+S)
-
-
-def forward_rows(model, batch: Batch):
-    """Hidden states (B, R + C, C) of the rows, with the shared prefix run once."""
-    P = batch.prefix.numel()
-    past = model(batch.prefix[None])[1] if P else None
-    pos, mask = positions_and_mask(P, batch.valid)
-    return model(batch.rows, pos, mask, past)[0]
-
-
-def completion_logprobs(model, batch: Batch, temperature=1.0, entropy=False):
-    """The trainer's log pi(o_t | q, o_<t) of every completion token, (B, C), 0 on padding; with
-    entropy=True also the entropy (B, C) of each next-token distribution, for logging. On CUDA the
-    (B, C, V) logits are never materialised (kernels/fused_linear.py)."""
-    h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): the states that predict each token
-    out = kernels.logprobs_from_hidden(h, model.lm_head.weight, batch.completions, temperature, with_entropy=entropy)
-    mask = batch.completion_mask
-    return (out[0] * mask, out[1] * mask) if entropy else out * mask
-
-
-def completion_grpo_loss(model, batch: Batch, temperature, old_logp, ref_logp, advantages, mask, eps_low=0.2,
-                         eps_high=None, **loss_kw):
-    """The trainer's GRPO loss (grpo.grpo_loss, eq. 1-2) of the batch's completions, old_logp=None
-    meaning on-policy (pi_theta_old = pi_theta); loss_kw: grpo_loss's beta, loss_type, normalizer.
-    Returns (loss, metrics, logp, entropy), the last two (B, C) detached. On CUDA in one pass from the hidden states (kernels.linear_grpo_loss): the
-    logits are never held, nor recomputed for the backward; elsewhere the reference path,
-    completion_logprobs then grpo_loss."""
-    if kernels.fast(model.lm_head.weight):
-        h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): the states that predict each token
-        loss, logp, entropy = kernels.linear_grpo_loss(h, model.lm_head.weight, batch.completions, old_logp, ref_logp,
-                                                       advantages, mask, eps_low, eps_high, temperature=temperature,
-                                                       with_entropy=True, **loss_kw)
-        logp, entropy = logp * batch.completion_mask, entropy * batch.completion_mask
-        metrics = grpo_metrics(logp, logp if old_logp is None else old_logp, ref_logp, advantages, mask,
-                               eps_low, eps_high)
-        return loss, metrics, logp, entropy
-    logp, entropy = completion_logprobs(model, batch, temperature, entropy=True)
-    loss, metrics = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages, mask,
-                              eps_low, eps_high, **loss_kw)
-    return loss, metrics, logp.detach(), entropy
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
@@ -223,13 +127,12 @@ def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, gen
     return out
 
 
-def main():
-    from runs import Parser
+def main(argv=None):
     parser = Parser(description="Sample completions from a checkpoint.")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py, e.g. out/<run>/ckpt.pt, or "
                         "hf:DIR, a Hugging Face model directory")
     parser.add_argument("--prompt", required=True, help="the question; wrapped in the prompt format unless --raw")
-    parser.add_argument("--chat", default="auto", choices=["auto", "none", *CHAT],
+    parser.add_argument("--chat", default="auto", choices=CHAT_FLAGS,
                         help="prompt format: the R1-Zero template (none), a chat format, or auto: the tokenizer's")
     parser.add_argument("--raw", action="store_true", help="use the prompt as given, without the template")
     parser.add_argument("--num_samples", type=int, default=4, help="completions to draw")
@@ -240,18 +143,15 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the weights' dtype")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     parser.check([(args.num_samples >= 1, "--num_samples must be at least 1"),
                   (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
                   (args.temperature >= 0, "--temperature must be >= 0 (0: greedy)"),
                   (args.top_k >= 0, "--top_k cannot be negative (0: off)"),
-                    (0 < args.top_p <= 1, "--top_p must be in (0, 1] (1: off)")])
-
-    from model import load_model
+                  (0 < args.top_p <= 1, "--top_p must be in (0, 1] (1: off)")])
     model, tok, _ = load_model(args.ckpt, args.device, torch.bfloat16 if args.dtype == "bf16" else None)
     try:
-        chat = tok.chat if args.chat == "auto" else None if args.chat == "none" else args.chat
-        prompt = tok.encode(args.prompt if args.raw else render_prompt(args.prompt, chat))
+        prompt = tok.encode(args.prompt if args.raw else render_prompt(args.prompt, chat_format(args.chat, tok.chat)))
         out = generate(model, [prompt], args.num_samples, args.max_new_tokens, tok.stop_ids, tok.pad,
                        args.temperature, args.top_k, args.top_p, torch.Generator(args.device).manual_seed(args.seed),
                        stop_texts=tok.stop_texts, decode=tok.decode)

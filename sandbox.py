@@ -39,7 +39,7 @@ or AHA_UNSAFE_NO_SANDBOX=1 in the environment. Needs: `apt-get install bubblewra
 unprivileged user namespaces enabled (/proc/sys/user/max_user_namespaces > 0).
 
     python -m pytest tests/test_sandbox.py
-    python sandbox.py    # the cost of one sandboxed run, and code_reward's throughput
+    python sandbox.py    # the cost of one sandboxed run, and of a code reward's 48 test programs
 """
 
 import json
@@ -51,6 +51,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 UID = 1 << 30  # the sandbox's uid and gid when the trainer is root: far above any real account's
@@ -263,18 +265,23 @@ def run_python(source: str, stdin: str = "", timeout: float = 2.0, cpu_s: int = 
         shutil.rmtree(host, ignore_errors=True)
 
 
-if __name__ == "__main__":  # the cost of the isolation: python sandbox.py
-    import time
-
-    from rewards import code_reward
+def bench(n=50, tests=48, workers=4):
+    """The cost of the isolation: one trivial program at a time, then a code reward's load (16
+    completions x 3 test cases, as rewards.code_reward runs them: a pool of `workers` threads)."""
     check()
-    t0, n = time.perf_counter(), 50
+    t0 = time.perf_counter()
     for _ in range(n):
         run_python("pass")
     print(f"one trivial program: {(time.perf_counter() - t0) / n * 1000:.1f} ms")
-    tests = [{"input": f"{i} {i}\n", "output": f"{2 * i}\n"} for i in range(3)]
-    answer = "<think>x</think> <answer>\n```python\na, b = map(int, input().split())\nprint(a + b)\n```\n</answer>"
+    program = "a, b = map(int, input().split())\nprint(a + b)\n"
     t0 = time.perf_counter()
-    assert code_reward([""] * 16, [answer] * 16, tests=[tests] * 16) == [1.0] * 16
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda i: run_python(program, f"{i} {i}\n"), range(tests)))
     dt = time.perf_counter() - t0
-    print(f"code_reward, 16 completions x 3 tests: {dt:.2f} s ({48 / dt:.0f} programs/s)")
+    assert [r.stdout for r in results] == [f"{2 * i}\n" for i in range(tests)]
+    print(f"{tests} test programs in {workers} threads (a code reward of 16 completions x 3 tests): "
+          f"{dt:.2f} s ({tests / dt:.0f} programs/s)")
+
+
+if __name__ == "__main__":
+    bench()

@@ -1,25 +1,32 @@
 """
-Supervised fine-tuning on (prompt, completion) pairs: the R1 pipeline's cold start, its SFT on
-rejection-sampled data, and distillation into a smaller model are all this one step.
+Supervised fine-tuning on (prompt, completion) pairs. Three of the R1 pipeline's stages are this
+one step, on three kinds of data:
+
+    the cold start       the base model on a few thousand readable long chains of thought (R1 stage 1;
+                         cold_start.py makes the miniature's)
+    rejection-sampling   the base model again, on the reasoning-RL model's correct and readable
+    SFT                  outputs (R1 stage 3; reject.py makes them)
+    distillation         a smaller model on the teacher's traces: reject.py run on the final model
+                         (the paper's distilled Qwen and Llama models)
 
     loss = - sum_{completion tokens t} log pi(o_t | q, o_<t) / (completion tokens in the batch)
 
 The prompt is context only: its tokens are never predicted (sft_loss's mask), and the completion's
 <|endoftext|> is, so the model learns to stop. Data is JSONL, one {"prompt": ..., "completion": ...}
 per line (--prompt_field, --completion_field). The prompt is used AS GIVEN: it must already be the
-text the model will be asked, i.e. rendered with the R1-Zero template (reject.py and r1.py write
-it so); with --render each prompt is a raw question and is rendered here with tasks.render_prompt
-in --chat's format. A completion starts as the model's reply does (" <think> ... </answer>").
+text the model will be asked, i.e. rendered with the R1-Zero template (reject.py and cold_start.py
+write it so); with --render each prompt is a raw question and is rendered here (template.py) in
+--chat's format. A completion starts as the model's reply does (" <think> ... </answer>").
 
 Optimisation: AdamW, --epochs passes over the data in an order that is a function of (--seed,
 epoch) only, --batch examples per optimiser step (gradients accumulated over --micro_batch rows),
-linear warmup then cosine decay to 10% (pretrain.lr_at). Under torchrun each rank takes its block
-of every batch, gradients are averaged by DDP and the loss is divided by the tokens of the whole
-batch, so the update does not depend on the world size or micro-batching. Everything goes where
-train.py puts it (runs.py): out/<run>/args.json, log.jsonl, ckpt.pt (train.py --init, rollout.py,
-sample.py and sft.py --init all take it), and --resume continues at the step after the checkpoint
-(the data order needs no saved random state). With --eval_problems the held-out pass@1 of --task
-is measured at the end (rollout.evaluate). Left out: FSDP, packing several examples into one row.
+linear warmup then cosine decay to 10% (runs.lr_at). Under torchrun each rank takes its block of
+every batch, gradients are averaged by DDP and the loss is divided by the tokens of the whole
+batch, so the update does not depend on the world size or micro-batching. The run is train.py's
+(runs.py): out/<run>/args.json, log.jsonl, ckpt.pt (train.py --init, evaluate.py, sample.py and
+sft.py --init all take it), and --resume continues at the step after the checkpoint (the data
+order needs no saved random state). With --eval_problems the held-out pass@1 of --task is
+measured at the end (evaluate.py). Left out: FSDP, packing several examples into one row.
 
     python sft.py --init out/base/ckpt.pt --data cold_start.jsonl --run_name cold --epochs 2
     python sft.py --init hf:/models/Qwen2.5-0.5B --data traces.jsonl --dtype bf16 --lr 1e-5
@@ -27,17 +34,21 @@ is measured at the end (rollout.evaluate). Left out: FSDP, packing several examp
 """
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import time
 
 import torch
 import torch.nn as nn
 
+import dist
+import kernels
 import runs
-from tasks import add_task_args, make_task, render_prompt
+from batch import forward_rows, pack
+from checkpoint import load_checkpoint, load_model, memory_error, save_checkpoint, starting_point
+from evaluate import evaluate, print_eval
+from tasks import add_task_args, make_task
+from template import CHAT_FLAGS, chat_format, render_prompt
 
 parser = runs.Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 g = parser.add_argument_group("run")
@@ -50,7 +61,7 @@ g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu
 g.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: forward passes under bf16 autocast, fp32 weights and optimiser state")
 g = parser.add_argument_group("model and data")
 g.add_argument("--init", default=None, help="(required) the model to fine-tune: a ckpt.pt of ours or hf:DIR (a local Hugging Face model directory)")
-g.add_argument("--chat", choices=["auto", "none", "chatml", "llama3"], default="auto",
+g.add_argument("--chat", choices=CHAT_FLAGS, default="auto",
                help="prompt format of --render and of the evaluation: auto (the tokenizer's), none (the R1-Zero template), chatml, llama3")
 g.add_argument("--data", default=None, help="(required) JSONL file(s) of (prompt, completion) pairs, comma-separated")
 g.add_argument("--completion_field", default="completion", help="the field of --data holding the completion (its prompt: --prompt_field)")
@@ -73,11 +84,61 @@ g.add_argument("--eval_top_p", type=float, default=0.95, help="evaluation top-p 
 g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of an evaluation completion")
 g.add_argument("--log_samples", type=int, default=4, help="evaluation completions written to samples.jsonl")
 
-import dist  # noqa: E402
-import kernels  # noqa: E402
-from model import load_checkpoint, load_model, save_checkpoint  # noqa: E402
-from pretrain import lr_at  # noqa: E402
-from sample import forward_rows, pack  # noqa: E402
+
+def main(argv=None):
+    args, ids = parse_args(argv)
+    kernels.USE = "cuda"  # the Triton kernels on CUDA, the references elsewhere
+    with runs.session(args) as (rank, world, device, stop):
+        run_dir = SFTRun(args, ids, rank, world, device).run(stop)
+    return run_dir
+
+
+def parse_args(argv=None):
+    """Flags, and on --resume the run's own (its args.json) as defaults; then every check that needs
+    no training: a bad flag, file or line is one line naming the fix (exit status 2)."""
+    args = runs.parse_args(parser, argv)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    parser.check([
+        (args.init and args.data, "--init (a ckpt.pt or hf:DIR) and --data (JSONL files) are required"),
+        (args.epochs >= 1, "--epochs must be at least 1"),
+        (args.batch >= 1 and args.micro_batch >= 0, "--batch must be at least 1, --micro_batch at least 0"),
+        (args.batch % world == 0, f"--batch {args.batch} does not split across {world} processes: make it divisible"),
+        (args.lr > 0 and 0 <= args.warmup < 1, "--lr must be > 0 and --warmup in [0, 1)"),
+        (args.grad_clip >= 0 and args.weight_decay >= 0, "--grad_clip and --weight_decay cannot be negative"),
+        (args.save_every >= 0, "--save_every cannot be negative (0: only at the end)"),
+        (args.eval_problems >= 0 and args.eval_samples >= 1, "--eval_problems must be >= 0 and --eval_samples >= 1"),
+        (runs.device_error(args.device) is None, runs.device_error(args.device)),
+    ])
+    if error := runs.check_run_dir(args):
+        parser.error(error)
+    try:
+        tok, config = starting_point(args)
+        tok.chat = chat_format(args.chat, tok.chat)
+        pairs = read_pairs(args.data.split(","), args.prompt_field, args.completion_field)
+        if args.eval_problems:
+            task = make_task(args, log=lambda line: None)
+            if args.eval_problems > len(task.test_set):
+                raise ValueError(f"--eval_problems {args.eval_problems}: --task {args.task} has {len(task.test_set)} held-out problems")
+    except ValueError as e:
+        parser.error(str(e))
+    ids = encode(tok, [(render_prompt(p, tok.chat), c) for p, c in pairs] if args.render else pairs)
+    check_data(args, ids, config, world)
+    if error := memory_error(args, config, world):
+        parser.error(error)
+    return args, ids
+
+
+def check_data(args, ids, config, world):
+    """Every example fits the model's context; a batch is at most the data (rejection sampling may
+    keep fewer examples than a batch: then one step per epoch, of all of them)."""
+    longest = max(range(len(ids)), key=lambda i: len(ids[i][0]) + len(ids[i][1]))
+    if (n := len(ids[longest][0]) + len(ids[longest][1])) > config["block_size"]:
+        parser.error(f"--data: example {longest + 1} is {n} tokens (prompt + completion + end of text), more than the "
+                     f"model's context of {config['block_size']}: shorten or drop it")
+    if len(ids) < args.batch:
+        print(f"note: --batch {args.batch} is more than the {len(ids)} examples: using --batch {len(ids) // world * world}")
+        args.batch = len(ids) // world * world
+        parser.check([(args.batch > 0, f"--data: {len(ids)} examples do not make a batch of one per process ({world})")])
 
 
 def read_pairs(paths, prompt_field="prompt", completion_field="completion"):
@@ -128,7 +189,7 @@ def sft_loss(model, batch, targets, mask, normalizer):
 
 
 class Loss(nn.Module):
-    """The module DDP wraps: one forward per backward, the SFT loss of a micro-batch."""
+    """The module DDP wraps (dist.replicate): one forward per backward, the SFT loss of a micro-batch."""
 
     def __init__(self, model):
         super().__init__()
@@ -138,164 +199,90 @@ class Loss(nn.Module):
         return sft_loss(self.model, batch, targets, mask, normalizer)
 
 
-def parse_args(argv=None):
-    """Flags, and on --resume the run's own (its args.json) as defaults; then every check that needs
-    no training: a bad flag, file or line is one line naming the fix (exit status 2)."""
-    known = parser.parse_known_args(argv)[0]
-    saved = os.path.join(known.out_dir, known.run_name or "", "args.json")
-    if known.resume and known.run_name and os.path.isfile(saved):
-        with open(saved) as f:
-            run_args = json.load(f)
-        parser.set_defaults(**{k: v for k, v in run_args.items() if k in vars(known) and k not in ("resume", "run_name", "out_dir")})
-    args = parser.parse_args(argv)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    parser.check([
-        (args.init and args.data, "--init (a ckpt.pt or hf:DIR) and --data (JSONL files) are required"),
-        (args.epochs >= 1, "--epochs must be at least 1"),
-        (args.batch >= 1 and args.micro_batch >= 0, "--batch must be at least 1, --micro_batch at least 0"),
-        (args.batch % world == 0, f"--batch {args.batch} does not split across {world} processes: make it divisible"),
-        (args.lr > 0 and 0 <= args.warmup < 1, "--lr must be > 0 and --warmup in [0, 1)"),
-        (args.grad_clip >= 0 and args.weight_decay >= 0, "--grad_clip and --weight_decay cannot be negative"),
-        (args.save_every >= 0, "--save_every cannot be negative (0: only at the end)"),
-        (args.eval_problems >= 0 and args.eval_samples >= 1, "--eval_problems must be >= 0 and --eval_samples >= 1"),
-        (runs.device_error(args.device) is None, runs.device_error(args.device)),
-    ])
-    if error := runs.check_run_dir(args):
-        parser.error(error)
-    tok, config = runs.starting_point(args, parser)
-    try:
-        pairs = read_pairs(args.data.split(","), args.prompt_field, args.completion_field)
-        if args.eval_problems:
-            task = make_task(args, log=lambda line: None)
-            if args.eval_problems > len(task.test_set):
-                raise ValueError(f"--eval_problems {args.eval_problems}: --task {args.task} has {len(task.test_set)} held-out problems")
-    except ValueError as e:
-        parser.error(str(e))
-    if args.render:
-        pairs = [(render_prompt(p, tok.chat), c) for p, c in pairs]
-    ids = encode(tok, pairs)
-    longest = max(range(len(ids)), key=lambda i: len(ids[i][0]) + len(ids[i][1]))
-    if (n := len(ids[longest][0]) + len(ids[longest][1])) > config["block_size"]:
-        parser.error(f"--data: example {longest + 1} is {n} tokens (prompt + completion + end of text), more than the "
-                     f"model's context of {config['block_size']}: shorten or drop it")
-    if len(ids) < args.batch:  # rejection sampling may keep fewer than a batch: one step per epoch, of all of them
-        print(f"note: --batch {args.batch} is more than the {len(ids)} examples: using --batch {len(ids) // world * world}")
-        args.batch = len(ids) // world * world
-        parser.check([(args.batch > 0, f"--data: {len(ids)} examples do not make a batch of one per process ({world})")])
-    if error := runs.memory_error(args, config, world):
-        parser.error(error)
-    return args, ids
+class SFTRun:
+    """One SFT run on the run skeleton (runs.run_steps): fresh from --init (its weights only, not
+    its step or optimiser), or from the checkpoint of the run being resumed."""
 
+    def __init__(self, args, ids, rank, world, device):
+        self.args, self.ids, self.rank, self.world, self.device = args, ids, rank, world, device
+        self.t_start = time.time()
+        self.dir = runs.run_path(args, prefix="sft-")
+        if args.resume:
+            self.model, self.tok, ckpt = load_checkpoint(os.path.join(self.dir, "ckpt.pt"), device, full=True)
+        else:
+            self.model, self.tok, ckpt = load_model(args.init, device, torch.float32)  # fp32 master weights whatever --dtype
+            ckpt = {"tokenizer_dir": ckpt.get("tokenizer_dir", "tokenizers")}  # a fresh run: not the init's step or optimiser
+        self.tok.chat = chat_format(args.chat, self.tok.chat)
+        args.tokenizer_dir = ckpt.get("tokenizer_dir", "tokenizers")  # where its checkpoint's tokenizer is found
+        self.start = ckpt.get("step", 0) + 1
+        runs.start_run(self.dir, args, world, self.start)
+        self.steps_per_epoch = len(ids) // args.batch
+        self.total = args.epochs * self.steps_per_epoch
+        dist.print0(f"run: {self.dir} | {len(ids)} examples, {args.epochs} epochs x {self.steps_per_epoch} steps of "
+                    f"{args.batch}" + (f" | resuming after step {self.start - 1}" if self.start > 1 else ""))
+        self.loss = dist.replicate(Loss(self.model))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+        if ckpt.get("optim") is not None:
+            self.opt.load_state_dict(ckpt["optim"])
 
-def main(argv=None):
-    args, ids = parse_args(argv)
-    rank, world, device = dist.setup(args.device)
-    kernels.USE = "cuda"  # the Triton kernels on CUDA, the references elsewhere
-    precision = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=args.dtype == "bf16")
-    with runs.StopSignal() as stop, precision:
-        run_dir = train(args, ids, rank, world, device, stop)
-    dist.cleanup()
-    return run_dir
+    def run(self, stop):
+        done = runs.run_steps(self.start, self.total, self.step, self.save, stop, self.args.save_every,
+                              runs.resume_hint(self.args, "sft.py"))
+        if done and self.args.eval_problems:
+            self.evaluate_at_end()
+        dist.print0(f"done in {(time.time() - self.t_start) / 60:.1f} min: {self.dir}")
+        return self.dir
 
-
-def train(args, ids, rank, world, device, stop):
-    torch.set_flush_denormal(True)  # tiny gradients become denormal floats, which make CPU matmuls ~20x slower
-    t_start = time.time()
-    args.run_name = dist.gather_object(args.run_name or time.strftime("sft-%Y%m%d-%H%M%S"))[0]  # rank 0's clock
-    run_dir = os.path.join(args.out_dir, args.run_name)
-    if args.resume:
-        model, tok, ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"), device, full=True)
-    else:
-        model, tok, ckpt = load_model(args.init, device, torch.float32)  # fp32 master weights whatever --dtype
-        ckpt = {"tokenizer_dir": ckpt.get("tokenizer_dir", "tokenizers")}  # a fresh run: not the init's step or optimiser
-    runs.set_chat(tok, args.chat)
-    args.tokenizer_dir = ckpt.get("tokenizer_dir", "tokenizers")  # where its checkpoint's tokenizer is found
-    start = ckpt.get("step", 0) + 1
-    runs.start_run(run_dir, args, world, start)
-    steps_per_epoch = len(ids) // args.batch
-    total = args.epochs * steps_per_epoch
-    dist.print0(f"run: {run_dir} | {len(ids)} examples, {args.epochs} epochs x {steps_per_epoch} steps of {args.batch}"
-                + (f" | resuming after step {start - 1}" if start > 1 else ""))
-    loss_module = Loss(model)
-    if dist.active():
-        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[model.lm_head.weight.device.index]
-                                                          if model.lm_head.weight.is_cuda else None)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
-    if ckpt.get("optim") is not None:
-        opt.load_state_dict(ckpt["optim"])
-    log_path = os.path.join(run_dir, "log.jsonl")
-    step = start - 1
-    for step in range(start, total + 1):
-        if stop.requested():
-            save(run_dir, model, tok, opt, args, step - 1)
-            dist.print0(f"stopped by {stop.name or 'a signal'} after step {step - 1}, checkpoint saved: "
-                        f"resume with {runs.resume_hint(args, 'sft.py')}")
-            return run_dir
-        epoch, i = divmod(step - 1, steps_per_epoch)
-        order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(args.seed + epoch))  # (N,)
+    def step(self, step):
+        """One optimiser step on this rank's block of the step's batch, logged."""
+        args = self.args
+        epoch, i = divmod(step - 1, self.steps_per_epoch)
+        order = torch.randperm(len(self.ids), generator=torch.Generator().manual_seed(args.seed + epoch))  # (N,)
         rows = order[i * args.batch:(i + 1) * args.batch].tolist()
-        rows = rows[rank * args.batch // world:(rank + 1) * args.batch // world]  # this rank's block
-        lr = lr_at(step - 1, total, args.lr, warmup=max(1, round(args.warmup * total)))
-        for group in opt.param_groups:
+        rows = rows[self.rank * args.batch // self.world:(self.rank + 1) * args.batch // self.world]  # this rank's block
+        lr = runs.lr_at(step - 1, self.total, args.lr, warmup=max(1, round(args.warmup * self.total)))
+        for group in self.opt.param_groups:
             group["lr"] = lr
         t0 = time.time()
-        loss, grad_norm, tokens = update(loss_module, model, opt, [ids[r] for r in rows], tok.pad, args, device, world)
-        rec = {"step": step, "epoch": epoch + (i + 1) / steps_per_epoch, "loss": loss, "grad_norm": grad_norm, "lr": lr,
-               "tokens": tokens, "step_s": time.time() - t0, "elapsed": time.time() - t_start}
-        if rank == 0:
-            runs.append_jsonl(log_path, rec)
-        if step % 10 == 0 or step == total or step == start:
-            dist.print0(f"step {step:4d}/{total} | epoch {rec['epoch']:.2f} | loss {loss:.4f} | lr {lr:.2e} | "
+        loss, grad_norm, tokens = self.update([self.ids[r] for r in rows])
+        rec = {"step": step, "epoch": epoch + (i + 1) / self.steps_per_epoch, "loss": loss, "grad_norm": grad_norm,
+               "lr": lr, "tokens": tokens, "step_s": time.time() - t0, "elapsed": time.time() - self.t_start}
+        if self.rank == 0:
+            runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), rec)
+        if step % 10 == 0 or step == self.total or step == self.start:
+            dist.print0(f"step {step:4d}/{self.total} | epoch {rec['epoch']:.2f} | loss {loss:.4f} | lr {lr:.2e} | "
                         f"grad norm {grad_norm:.2f} | {rec['elapsed']:.0f}s")
-        if args.save_every and step % args.save_every == 0 and step < total:
-            save(run_dir, model, tok, opt, args, step)
-    save(run_dir, model, tok, opt, args, step)
-    if args.eval_problems:
-        evaluate_at_end(run_dir, model, tok, args, step)
-    dist.print0(f"done in {(time.time() - t_start) / 60:.1f} min: {run_dir}")
-    return run_dir
 
+    def update(self, examples):
+        """One optimiser step on this rank's examples -> (global mean loss per completion token,
+        gradient norm, completion tokens of the whole batch)."""
+        self.model.train()
+        micro = self.args.micro_batch or len(examples)
+        tokens = dist.all_sum(float(sum(len(c) for _, c in examples)))  # the divisor: the whole batch, every rank
 
-def update(loss_module, model, opt, examples, pad, args, device, world):
-    """One optimiser step on this rank's examples -> (global mean loss per completion token,
-    gradient norm, completion tokens of the whole batch). A non-finite loss skips the step."""
-    model.train()
-    micro = args.micro_batch or len(examples)
-    tokens = dist.all_sum(float(sum(len(c) for _, c in examples)))  # the divisor: the whole batch, every rank
-    total, parts = 0.0, range(0, len(examples), micro)
-    for j, k in enumerate(parts):
-        chunk = examples[k:k + micro]
-        batch = pack([p for p, _ in chunk], [c for _, c in chunk], pad, device)
-        targets, mask = targets_and_mask(batch)
-        last = j == len(parts) - 1 or not hasattr(loss_module, "no_sync")  # DDP: all-reduce on the last only
-        with contextlib.nullcontext() if last else loss_module.no_sync():
-            loss = loss_module(batch, targets, mask, tokens)
-            (loss * world).backward()  # DDP averages over ranks; the global loss is their sum
-        total += loss.item()
-    total = dist.all_sum(total)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf")).item()
-    if math.isfinite(total) and math.isfinite(grad_norm):
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return total, grad_norm, int(tokens)
+        def loss_of(chunk):
+            batch = pack([p for p, _ in chunk], [c for _, c in chunk], self.tok.pad, self.device)
+            targets, mask = targets_and_mask(batch)
+            return self.loss(batch, targets, mask, tokens)
 
+        parts = [examples[k:k + micro] for k in range(0, len(examples), micro)]
+        loss, grad_norm, _ = runs.optimizer_step(self.loss, self.opt, parts, loss_of, self.args.grad_clip)
+        return loss, grad_norm, int(tokens)
 
-def save(run_dir, model, tok, opt, args, step):
-    if dist.rank() == 0:
-        save_checkpoint(os.path.join(run_dir, "ckpt.pt"), model, tok.name, optim=opt.state_dict(), step=step,
-                        args=vars(args), tokenizer_dir=args.tokenizer_dir)
+    def save(self, step):
+        if dist.rank() == 0:
+            save_checkpoint(os.path.join(self.dir, "ckpt.pt"), self.model, self.tok.name, optim=self.opt.state_dict(),
+                            step=step, args=vars(self.args), tokenizer_dir=self.args.tokenizer_dir)
 
-
-def evaluate_at_end(run_dir, model, tok, args, step):
-    """Held-out pass@1 of --task (rollout.evaluate), appended to log.jsonl as train.py's evaluations are."""
-    from rollout import evaluate, print_eval
-    task = make_task(args, log=dist.print0)
-    m, samples = evaluate(model, tok, task, args, step)
-    print_eval(step, m, args)
-    if dist.rank() == 0:
-        runs.append_jsonl(os.path.join(run_dir, "log.jsonl"), {"step": step, **m})
-        for s in samples:
-            runs.append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
+    def evaluate_at_end(self):
+        """Held-out pass@1 of --task (evaluate.py), appended to log.jsonl as train.py's evaluations are."""
+        task, step = make_task(self.args, log=dist.print0), self.total
+        m, samples = evaluate(self.model, self.tok, task, self.args, step)
+        print_eval(step, m, self.args)
+        if dist.rank() == 0:
+            runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), {"step": step, **m})
+            for s in samples:
+                runs.append_jsonl(os.path.join(self.dir, "samples.jsonl"), s)
 
 
 if __name__ == "__main__":

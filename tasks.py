@@ -27,7 +27,7 @@ the toy base model (tasks without one need a pretrained model). Adding a task is
             return cls(args.n_test, args.seed)
     TASKS["squares"] = Squares
 
-The file tasks (gsm8k, math, jsonl) live in jsonl_tasks.py: nothing is downloaded, they read the
+The file tasks (gsm8k, math, jsonl) live in file_tasks.py: nothing is downloaded, they read the
 paths given (--train_file, --test_file), and a malformed line is one TaskError naming the file,
 the line and the field.
 
@@ -69,41 +69,13 @@ every problem, and each written move leaves a smaller problem (after 9+5=14: whi
     python tasks.py --task countdown
 """
 
+import argparse
 import random
 from fractions import Fraction
 
-from jsonl_tasks import GSM8KTask, JsonlTask, MathTask
+from file_tasks import GSM8KTask, JsonlTask, MathTask
 from rewards import accuracy_reward, answers_match, countdown_reward, countdown_value
-
-# Table 1 of the paper; {prompt} is replaced with the question
-TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-    "The assistant first thinks about the reasoning process in the mind and then provides the user "
-    "with the answer. The reasoning process and answer are enclosed within <think> </think> and "
-    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
-    "<answer> answer here </answer>. User: {prompt}. Assistant:")
-
-
-# the template's instruction, without the "User: ... Assistant:" turns, as a chat model's system message
-SYSTEM = TEMPLATE.split(" User:")[0]
-# chat formats of instruct models: the instruction as the system message, the question as the
-# user's turn, and the assistant's turn opened (what the tokenizer's own chat template renders)
-CHAT = {
-    "chatml": "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
-    "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
-               "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
-}
-
-
-def render_prompt(question: str, chat: str | None = None) -> str:
-    """The R1-Zero prompt for a question: Table 1's template for a base model (chat=None), or the
-    same instruction and question in an instruct model's chat format ("chatml", "llama3")."""
-    if chat is None:
-        return TEMPLATE.format(prompt=question)
-    if chat not in CHAT:
-        raise ValueError(f"unknown chat format '{chat}': use one of {', '.join(CHAT)} (or none for the R1-Zero template)")
-    return CHAT[chat].format(system=SYSTEM, prompt=question)
-
+from template import render_prompt
 
 
 class GeneratedTask:
@@ -441,12 +413,11 @@ def add_task_args(parser):
 
 
 def make_task(args, log=print):
-    """The task of --task and its flags; ValueError (jsonl_tasks.TaskError among them) for bad input."""
+    """The task of --task and its flags; ValueError (file_tasks.TaskError among them) for bad input."""
     return TASKS[args.task].from_args(args, log=log)
 
 
 if __name__ == "__main__":
-    import argparse
     parser = argparse.ArgumentParser(description="Print a few corpus documents of a task.")
     add_task_args(parser)
     parser.add_argument("--seed", type=int, default=0)

@@ -13,8 +13,12 @@ merges, nothing to train. Any text round-trips through either. Special tokens ar
     <think> </think> <answer> </answer>   the R1-Zero tags (Table 1), one token each
     <|pad|>        padding; never attended to, never in the loss
 
-A Hugging Face tokenizer ("hf:DIR", a byte-level BPE tokenizer.json) is converted to tiktoken by
-hf.py: there the tags are plain text, several tokens each unless its vocabulary has them.
+A Hugging Face tokenizer ("hf:DIR": a byte-level BPE tokenizer.json, converted to tiktoken by
+hf_tokenizer.py) is `HFTokenizer`: its eos ends a completion (and generation_config.json's other
+eos ids), its chat template says the prompt format, and the R1 tags are plain text to it, several
+tokens each unless its vocabulary has them, so the sampler stops on the text </answer>
+(`stop_texts`). An NFC normalizer (Qwen2's) is applied in `encode`; Llama's <|begin_of_text|> is
+not prepended (the llama3 chat format writes it).
 
 Named tiktoken encodings (gpt2, r50k_base, cl100k_base, o200k_base) are built from their
 `<name>.tiktoken` file in a local directory (--tokenizer_dir); nothing is fetched at run time.
@@ -26,14 +30,22 @@ gpt2 uses r50k_base's file: tiktoken defines the two with the same merges and pa
 """
 
 import base64
+import json
 import os
 import re
 import sys
+import unicodedata
 from collections import Counter
 from unittest import mock
 
 import tiktoken
 import tiktoken.load
+from tiktoken_ext import openai_public
+
+from hf_tokenizer import tiktoken_encoding
+from runs import atomic_write, read_json
+from tasks import AdditionTask, CountdownTask
+from template import CHAT
 
 EOT, THINK, END_THINK, ANSWER, END_ANSWER, PAD = (
     "<|endoftext|>", "<think>", "</think>", "<answer>", "</answer>", "<|pad|>")
@@ -68,7 +80,7 @@ class Tokenizer:
         return [self.eot, self.end_answer]
 
     stop_texts: tuple[str, ...] = ()
-    chat: str | None = None  # the prompt format: None (the R1-Zero template) or tasks.CHAT's "chatml", "llama3"
+    chat: str | None = None  # the prompt format: None (the R1-Zero template) or template.CHAT's "chatml", "llama3"
 
     def encode(self, text: str) -> list[int]:
         # the R1-Zero template itself names the tags, so they are encoded as the special tokens
@@ -111,7 +123,6 @@ def train_bpe(texts, vocab_size: int, pat_str: str = AHA_PATTERN) -> dict[bytes,
 
 def aha_texts() -> list[str]:
     """What aha.tiktoken is trained on: the toy tasks' base-corpus documents (templated and not)."""
-    from tasks import AdditionTask, CountdownTask
     texts = []
     for task in (AdditionTask(), AdditionTask(reflect=False), CountdownTask()):
         texts += [p + c for p, c in task.textbook(500, seed=0) + task.corpus(500, seed=0)]
@@ -119,7 +130,6 @@ def aha_texts() -> list[str]:
 
 
 def write_aha(path: str = AHA_FILE):
-    from runs import atomic_write
     ranks = train_bpe(aha_texts(), AHA_VOCAB)  # tiktoken's format: base64 of the token's bytes, its id
     atomic_write(path, "".join(f"{base64.b64encode(t).decode()} {i}\n" for t, i in sorted(ranks.items(), key=lambda x: x[1])))
 
@@ -140,7 +150,6 @@ def named_encoding(name: str, tokenizer_dir: str, check_hash=True) -> tiktoken.E
         raise FileNotFoundError(
             f"tokenizer '{name}' needs {path}: copy {base}.tiktoken (the file tiktoken downloads for "
             f"'{base}') into {tokenizer_dir}/ or pass --tokenizer_dir DIR; nothing is downloaded at run time")
-    from tiktoken_ext import openai_public
     local = lambda url, expected_hash=None: tiktoken.load.load_tiktoken_bpe(path, expected_hash if check_hash else None)
     with mock.patch.object(openai_public, "load_tiktoken_bpe", local):
         try:
@@ -157,14 +166,71 @@ def named_encoding(name: str, tokenizer_dir: str, check_hash=True) -> tiktoken.E
                              special_tokens=specials)
 
 
+def token_text(t) -> str | None:
+    return t["content"] if isinstance(t, dict) else t  # tokenizer_config writes a token as text or as an AddedToken
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face tokenizer directory as our Tokenizer: eot is the eos token; the tags' ids are
+    None unless they are single tokens; chat is the format of the tokenizer's chat template."""
+
+    def __init__(self, path: str):
+        path = os.path.abspath(path)
+        tj = read_json(os.path.join(path, "tokenizer.json"), "tokenizer.json")
+        tc_path = os.path.join(path, "tokenizer_config.json")
+        tc = {}  # the named tokens: in tokenizer_config.json, or in older directories special_tokens_map.json
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            if os.path.isfile(os.path.join(path, name)):
+                tc.update(read_json(os.path.join(path, name), name))
+        gc_path = os.path.join(path, "generation_config.json")
+        gc = read_json(gc_path, "generation_config.json") if os.path.isfile(gc_path) else {}
+        self.enc = tiktoken_encoding(tj, f"hf:{path}")
+        self.path = path
+        self.name, self.vocab_size = self.enc.name, self.enc.n_vocab
+        self.nfc = (tj.get("normalizer") or {}).get("type") == "NFC"
+        single = lambda text: (ids[0] if len(ids := self.enc.encode(text, allowed_special="all")) == 1 else None)
+        eos = token_text(tc.get("eos_token"))
+        if eos is None or single(eos) is None:
+            raise ValueError(f"{tc_path} names no eos_token that is one token of tokenizer.json: cannot end completions")
+        self.eot = single(eos)
+        extra = gc.get("eos_token_id") or []
+        self.eos_ids = list(dict.fromkeys([self.eot, *(extra if isinstance(extra, list) else [extra])]))
+        self.think, self.end_think, self.answer, self.end_answer = (single(t) for t in SPECIALS[1:5])
+        self.stop_texts = () if self.end_answer is not None else (END_ANSWER,)
+        template = tc.get("chat_template") or ""
+        if os.path.isfile(os.path.join(path, "chat_template.jinja")):  # transformers >= 4.43 writes it apart
+            template = open(os.path.join(path, "chat_template.jinja")).read()
+        template = json.dumps(template)  # a list of named templates, or one string
+        self.chat = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
+        # padding is masked out of attention and the loss, so its id only has to be a valid row of
+        # the embedding that is never content (decode drops it): the tokenizer's pad token; else the
+        # last added special token that is no stop, no bos and not in the chat format (Llama 3: a
+        # reserved token, in no text); else eos, which rollouts drop from the text anyway
+        pad, bos = token_text(tc.get("pad_token")), token_text(tc.get("bos_token"))
+        spare = [t["id"] for t in tj.get("added_tokens", []) if t["special"] and t["content"] != bos
+                 and t["id"] not in self.stop_ids and t["content"] not in CHAT.get(self.chat, "")]
+        self.pad = single(pad) if pad is not None and single(pad) is not None else max(spare, default=self.eot)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return self.eos_ids + ([self.end_answer] if self.end_answer is not None else [])
+
+    def encode(self, text: str) -> list[int]:
+        return super().encode(unicodedata.normalize("NFC", text) if self.nfc else text)
+
+    def decode(self, ids) -> str:
+        # a model's embedding may have more rows than the tokenizer has tokens (Qwen2.5: 151936 for
+        # 151665): such an id has no text
+        return super().decode([i for i in ids if i < self.vocab_size])
+
+
 def get_tokenizer(name: str = "aha", tokenizer_dir: str = "tokenizers") -> Tokenizer:
-    """aha, byte, a named tiktoken encoding, or hf:DIR, the tokenizer.json of a Hugging Face directory (hf.py)."""
+    """aha, byte, a named tiktoken encoding, or hf:DIR, the tokenizer of a Hugging Face directory."""
     if name == "aha":
         return Tokenizer(aha_encoding())
     if name == "byte":
         return Tokenizer(byte_encoding())
     if name.startswith("hf:"):
-        from hf import HFTokenizer
         return HFTokenizer(name.removeprefix("hf:"))
     if name not in NAMED:
         raise ValueError(f"unknown tokenizer '{name}': use aha, byte, hf:DIR or one of {', '.join(NAMED)}")

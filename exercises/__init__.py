@@ -134,5 +134,5 @@ def plug(train_module):
         for target, attr in getattr(s, "PLUG", ()):
             module = train_module if target == "train" else importlib.import_module(target)
             setattr(module, attr, s.plugged(m, attr) if hasattr(s, "plugged") else getattr(m, attr))
-            if target != "train" and hasattr(train_module, attr):  # train.py's own `from grpo import ...`
+            if target != "train" and hasattr(train_module, attr):  # train.py's own `from grpo_update import ...`
                 setattr(train_module, attr, getattr(module, attr))

@@ -24,7 +24,8 @@ Memory beyond inputs and outputs: the (chunk, V) buffer, dW in fp32, and for bf1
 one (V, d) product per chunk before it is added (a GEMM that writes fp32 from bf16 inputs would
 save it). kernels/bench.py measures both functions against the matmul rate.
 
-The references: kernels.logprob.token_logprobs_reference(h @ W.T), and grpo.grpo_loss of that.
+The references: kernels.logprob.token_logprobs_reference(h @ W.T), and grpo.grpo_loss of that
+(tests/test_kernels.py compares them, gradients included).
 
     TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py
 """
@@ -134,17 +135,18 @@ class LinearGRPOLoss(torch.autograd.Function):
                 None if dW is None else (dW * grad_loss).to(ctx.weight_dtype), *([None] * 11))
 
 
-def linear_grpo_loss(h, weight, targets, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None, beta=0.0,
-                     loss_type="grpo", normalizer=None, temperature=1.0, chunk=4096, with_entropy=False):
+def linear_grpo_loss(h, weight, targets, old_logp, ref_logp, advantages, token_weights, eps_low=0.2, eps_high=None,
+                     beta=0.0, temperature=1.0, chunk=4096, with_entropy=False):
     """
     grpo.grpo_loss from hidden states h (B, T, d) and the output weight (V, d) instead of log-probs:
-    targets, old_logp, ref_logp, mask (B, T), advantages (B,); old_logp=None: on-policy (rho = 1).
+    targets, old_logp, ref_logp, token_weights (B, T) (each token's weight in eq. 1's sums: the
+    caller's grpo.token_weights, 0 on padding), advantages (B,); old_logp=None: on-policy (rho = 1).
     Returns (loss, logp (B, T) and entropy (B, T) or None, both detached, for metrics); the loss
     is differentiable in h and weight.
     """
     B, T = targets.shape
     h2d = h.reshape(B * T, h.size(-1)).contiguous()                              # (N, d)
-    old, ref, adv, weights = token_inputs(old_logp, ref_logp, advantages, mask, beta, loss_type, normalizer)
+    old, ref, adv, weights = token_inputs(old_logp, ref_logp, advantages, token_weights, beta)
     loss, logp, entropy = LinearGRPOLoss.apply(h2d, weight, targets.reshape(-1).contiguous(), old, ref, adv, weights,
                                                temperature, eps_low, eps_low if eps_high is None else eps_high, beta,
                                                chunk, with_entropy)

@@ -2,10 +2,11 @@
 The GRPO loss of eq. 1-2 computed from logits in one fused pass: log-prob, ratio, clipping, k3 KL
 and masking per token, with the gradient of the logits written in one more pass. The reference
 is grpo.grpo_loss applied to kernels.logprob.token_logprobs_reference; tests compare the two,
-gradients included.
+gradients included. Like every kernel here it imports only torch and triton: the caller passes
+what grpo.py computes (each token's weight in eq. 1's sums).
 
 Per token t of output i (rho = exp(logp - old_logp), w_t the token's weight in eq. 1's sums,
-grpo.token_weights: mask_t / normalizer, times 1/|o_i| for loss_type "grpo"):
+grpo.token_weights: mask_t / normalizer, times 1/|o_i| for loss_type "grpo", 0 on padding):
 
     loss_t = -w_t [ min(rho A_i, clip(rho, 1-eps_low, 1+eps_high) A_i) - beta k3(logp, ref_logp) ]
 
@@ -28,7 +29,6 @@ import torch
 import triton
 import triton.language as tl
 
-from grpo import token_weights
 from kernels.logprob import _block_v, _row_logprob, logprob_backward
 
 
@@ -79,13 +79,13 @@ def grpo_forward(logits2d, targets, old_logp, ref_logp, advantages, weights, tem
     return loss, dlogp, logp, lse, entropy
 
 
-def token_inputs(old_logp, ref_logp, advantages, mask, beta, loss_type, normalizer):
-    """grpo_loss's (B, T) arguments as the kernel's flat (N,) fp32 vectors: old_logp, ref_logp (None
-    when not needed), the advantage of each token, and each token's weight w_t (module docstring)."""
-    B, T = mask.shape
+def token_inputs(old_logp, ref_logp, advantages, token_weights, beta):
+    """The (B, T) arguments as the kernel's flat (N,) fp32 vectors: old_logp, ref_logp (None when
+    not needed), the advantage of each token, and each token's weight w_t (module docstring)."""
+    B, T = token_weights.shape
     flat = lambda x: None if x is None else x.reshape(-1).float().contiguous()  # noqa: E731
     return (flat(old_logp), flat(None if beta == 0 else ref_logp), flat(advantages[:, None].expand(B, T)),
-            flat(token_weights(mask.float(), loss_type, normalizer)))
+            flat(token_weights))
 
 
 class FusedGRPOLoss(torch.autograd.Function):
@@ -107,19 +107,20 @@ class FusedGRPOLoss(torch.autograd.Function):
         return dlogits, *([None] * 10)
 
 
-def fused_grpo_loss(logits, targets, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None, beta=0.0,
-                    loss_type="grpo", normalizer=None, temperature=1.0, inplace=False):
+def fused_grpo_loss(logits, targets, old_logp, ref_logp, advantages, token_weights, eps_low=0.2, eps_high=None,
+                    beta=0.0, temperature=1.0, inplace=False):
     """
-    grpo.grpo_loss from logits (B, T, V) instead of log-probs: targets, old_logp, ref_logp, mask
-    (B, T), advantages (B,); old_logp=None: on-policy (rho = 1). Returns (loss, logp (B, T) detached,
-    for metrics). Only the gradient of the logits is computed; with inplace=True it overwrites the
-    logits buffer.
+    grpo.grpo_loss from logits (B, T, V) instead of log-probs: targets, old_logp, ref_logp,
+    token_weights (B, T) (each token's weight in eq. 1's sums: the caller's grpo.token_weights, 0
+    on padding), advantages (B,); old_logp=None: on-policy (rho = 1). Returns (loss, logp (B, T)
+    detached, for metrics). Only the gradient of the logits is computed; with inplace=True it
+    overwrites the logits buffer.
     """
     B, T, V = logits.shape
     logits2d = logits.reshape(B * T, V)                               # (N, V)
     if logits2d.stride(-1) != 1:
         logits2d = logits2d.contiguous()
-    old, ref, adv, weights = token_inputs(old_logp, ref_logp, advantages, mask, beta, loss_type, normalizer)
+    old, ref, adv, weights = token_inputs(old_logp, ref_logp, advantages, token_weights, beta)
     loss, logp = FusedGRPOLoss.apply(logits2d, targets.reshape(-1).contiguous(), old, ref, adv, weights, temperature,
                                      eps_low, eps_low if eps_high is None else eps_high, beta, inplace)
     return loss, logp.view(B, T)

@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dist  # noqa: E402
 import train  # noqa: E402
+from grpo_update import grpo_update, reference, wrap_policy  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
 from sample import Rollout, generate  # noqa: E402
 
@@ -34,16 +35,17 @@ def update(args, rank, world, out_path):
     g = torch.Generator().manual_seed(3)
     for p in ref.parameters():  # a reference that differs from the policy, so that the KL term acts
         p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    ref_state = ref.state_dict()
     # the same rollout on every rank (same seed), then each keeps its block of whole groups
     prompts = [[1, 2, 3, 4 + i, 5 + 2 * i] for i in range(4)]
     full = generate(model, prompts, 4, 10, [63], 62, generator=torch.Generator().manual_seed(1))
     advantages = torch.randn(16, generator=torch.Generator().manual_seed(2))
     rows = torch.arange(16).chunk(world)[rank]
     local = Rollout(full.batch.select(rows), full.sampler_logp[rows], full.truncated[rows])
-    policy = dist.wrap(model, args.fsdp)
-    ref = dist.Policy(dist.shard(ref) if args.fsdp else ref)
+    ref = reference(model, torch.float32, args.fsdp, ref_state)  # as train.py builds it
+    policy = wrap_policy(model, args.fsdp)
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)  # the update is the gradient itself
-    metrics = train.grpo_update(policy, ref, opt, local, advantages[rows], args, torch.Generator().manual_seed(0))
+    metrics = grpo_update(policy, ref, opt, local, advantages[rows], args, torch.Generator().manual_seed(0))
     weights = dist.full_state_dict(model)
     if rank == 0:
         torch.save({"weights": weights, "metrics": metrics, "world": world}, out_path)

@@ -70,7 +70,7 @@ WRONG = {  # exercise -> (a typical wrong answer, words the message must contain
         "    return bool(m) and m.group(1).strip() != ''  # the tags are not counted\n",
         "is_formatted('<think>x</think> <answer>1</answer> <answer>2</answer>') is True; expected False"),
     10: ("import copy\n"
-         "from train import grpo_update as right\n"
+         "from grpo_update import grpo_update as right\n"
          "def grpo_update(policy, ref, opt, out, advantages, args, generator):\n"
          "    args = copy.copy(args)\n"
          "    args.mask_truncated = False  # the truncation mask forgotten\n"
@@ -149,10 +149,11 @@ def test_use_exercises_refuses_in_one_line_when_an_exercise_does_not_pass(work, 
 def test_plug_in_puts_the_students_functions_where_the_run_looks(work, monkeypatch):
     import types
 
+    import evaluate
     import grpo
+    import grpo_update
     import model
     import rewards
-    import rollout
     import sample
     for n in range(1, 11):
         write(n, ex.spec(n).REFERENCE + "\n")
@@ -166,8 +167,9 @@ def test_plug_in_puts_the_students_functions_where_the_run_looks(work, monkeypat
     ex.plug(train_module)  # what plug_in does once every check passes (each is tested above)
     assert grpo.group_advantages is not before and grpo.group_advantages.__module__ == "student_ex01_advantages"
     assert train_module.group_advantages is grpo.group_advantages
-    assert model.KVCache is sample.KVCache and rollout.extract_answer is rewards.extract_answer
+    assert model.KVCache is sample.KVCache and evaluate.extract_answer is rewards.extract_answer
     assert train_module.grpo_update.__qualname__.startswith("plugged")  # ex10's wrapper: the metrics it lacks are NaN
+    assert grpo_update.grpo_update is train_module.grpo_update  # where the run looks it up, and train.py's own import
 
 
 def test_finale_reads_the_runs_log(tmp_path, monkeypatch):

@@ -7,8 +7,6 @@ both libraries are test-only oracles. Everything is built here, in tmp_path.
 import json
 import logging
 import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -17,11 +15,15 @@ import transformers
 from safetensors.torch import load_file, save_file
 from tokenizers import Regex, Tokenizer as HFTok, decoders, models, normalizers, pre_tokenizers, trainers
 
-from hf import HFTokenizer, export, load_hf, save_hf
-from model import make_model, save_checkpoint
+import checkpoint
+import evaluate
+from checkpoint import export, save_checkpoint
+from hf import load_hf, save_hf
+from model import make_model
 from sample import generate
-from tasks import AdditionTask, render_prompt
-from tokenizer import get_tokenizer
+from tasks import AdditionTask
+from template import render_prompt
+from tokenizer import HFTokenizer, get_tokenizer
 
 # Qwen2's split regex, as its tokenizer.json stores it
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
@@ -178,10 +180,10 @@ def test_export_our_checkpoint_with_our_tokenizers(tmp_path, name):
     torch.testing.assert_close(back(ids).logits, our_logits(model, ids), **TOL)
     # a checkpoint whose tokenizer has no tokenizer.json form: one line, through the CLI
     save_checkpoint(str(tmp_path / "gpt2.pt"), model, "gpt2")
-    r = subprocess.run([sys.executable, "-m", "hf", "export", str(tmp_path / "gpt2.pt"), str(tmp_path / "x")],
-                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert r.returncode == 1 and r.stderr.strip().startswith("error: cannot export the tokenizer 'gpt2'"), r.stderr
-    assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "x")
+    with pytest.raises(SystemExit) as e:
+        checkpoint.main(["export", str(tmp_path / "gpt2.pt"), str(tmp_path / "x")])
+    assert str(e.value.code).startswith("error: cannot export the tokenizer 'gpt2'") and "\n" not in e.value.code
+    assert not os.path.exists(tmp_path / "x")
 
 
 @pytest.mark.parametrize("pattern", [QWEN2_PATTERN, LLAMA3_PATTERN, None], ids=["qwen2", "llama3", "gpt2"])
@@ -275,10 +277,11 @@ def length_reward(prompts, completions, **fields):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_train_from_an_hf_directory_then_export_it(tmp_path, tok_dir, dtype):
+def test_train_from_an_hf_directory_then_export_it(tmp_path, tok_dir, dtype, capsys):
     """End to end on a CPU: train.py --init hf:DIR runs GRPO steps from a transformers-made
-    checkpoint to a ckpt.pt of ours, which `python -m hf export` turns back into a directory that
-    transformers loads with our logits; the evaluation CLI reads both."""
+    checkpoint to a ckpt.pt of ours, which `python checkpoint.py export` turns back into a directory
+    that transformers loads with our logits; the evaluation CLI reads both (each CLI's main(argv),
+    in-process)."""
     import train
     path, _ = make_dir(tmp_path, tok_dir, "qwen2", tied=True)
     out = str(tmp_path / "out")
@@ -296,16 +299,14 @@ def test_train_from_an_hf_directory_then_export_it(tmp_path, tok_dir, dtype):
     assert trained["ref"]["embed.weight"].dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
 
     export_dir = str(tmp_path / "exported")
-    cli = subprocess.run([sys.executable, "-m", "hf", "export", ckpt, export_dir], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert cli.returncode == 0, cli.stderr
+    checkpoint.main(["export", ckpt, export_dir])
     theirs = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).eval()
     ours, tok = load_hf(export_dir)
     ids = torch.tensor([tok.encode(render_prompt("Compute 82 + 97", tok.chat))])
     with torch.no_grad():
         assert torch.allclose(our_logits(ours, ids), theirs(ids).logits, **TOL)
     for spec in (ckpt, f"hf:{export_dir}"):
-        cli = subprocess.run([sys.executable, "rollout.py", "--ckpt", spec, "--eval_problems", "2", "--eval_samples", "2",
-                              "--max_new_tokens", "8", "--json", "--device", "cpu", "--n_test", "8"],
-                             capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        assert cli.returncode == 0 and 0 <= json.loads(cli.stdout)["accuracy"] <= 1, cli.stderr
+        capsys.readouterr()
+        evaluate.main(["--ckpt", spec, "--eval_problems", "2", "--eval_samples", "2", "--max_new_tokens", "8", "--json",
+                       "--device", "cpu", "--n_test", "8"])
+        assert 0 <= json.loads(capsys.readouterr().out.splitlines()[-1])["accuracy"] <= 1

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from grpo import grpo_loss
+import bench_kernels
+from grpo import grpo_loss, token_weights
 from kernels import (fused_grpo_loss, linear_grpo_loss, linear_token_logprobs, token_entropy, token_entropy_triton,
                      token_logprobs_triton)
 from kernels.logprob import token_logprobs_reference
@@ -89,9 +90,10 @@ def test_fused_grpo_loss_matches_grpo_py(loss_type, beta):
     A = torch.randn(B, generator=g).to(DEVICE)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], device=DEVICE)  # an all-masked row
     a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    kw = dict(eps_low=0.2, eps_high=0.28, beta=beta, loss_type=loss_type)
-    ours, logp = fused_grpo_loss(a, targets, old, ref, A, mask, temperature=0.7, **kw)
-    theirs, metrics = grpo_loss(token_logprobs_reference(b, targets, 0.7), old, ref, A, mask.float(), **kw)
+    kw = dict(eps_low=0.2, eps_high=0.28, beta=beta)
+    # the kernel takes each token's weight in eq. 1's sums from its caller: grpo.py's
+    ours, logp = fused_grpo_loss(a, targets, old, ref, A, token_weights(mask.float(), loss_type), temperature=0.7, **kw)
+    theirs, metrics = grpo_loss(token_logprobs_reference(b, targets, 0.7), old, ref, A, mask.float(), loss_type=loss_type, **kw)
     close(ours, theirs, 1e-6)
     close(logp, base, 1e-5)
     ours.backward()
@@ -135,12 +137,12 @@ def test_linear_grpo_loss_matches_grpo_py(on_policy, loss_type, beta):
     ref = base + (torch.randn(B, T, generator=g) * 0.3).to(DEVICE)
     A = torch.randn(B, generator=g).to(DEVICE)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], device=DEVICE).float()
-    kw = dict(eps_low=0.2, eps_high=0.28, beta=beta, loss_type=loss_type)
+    kw, w = dict(eps_low=0.2, eps_high=0.28, beta=beta), token_weights(mask, loss_type)
     h1, W1, h2, W2 = (x.clone().requires_grad_() for x in (h, W, h, W))
-    ours, logp, entropy = linear_grpo_loss(h1, W1, targets, None if on_policy else old, ref, A, mask,
+    ours, logp, entropy = linear_grpo_loss(h1, W1, targets, None if on_policy else old, ref, A, w,
                                            temperature=0.7, chunk=4, with_entropy=True, **kw)  # 4 chunks, one short
     lp = token_logprobs_reference(h2 @ W2.t(), targets, 0.7)
-    theirs, _ = grpo_loss(lp, lp.detach() if on_policy else old, ref, A, mask, **kw)
+    theirs, _ = grpo_loss(lp, lp.detach() if on_policy else old, ref, A, mask, loss_type=loss_type, **kw)
     close(ours, theirs, 1e-6)
     close(logp, base, 1e-5)
     close(entropy, token_entropy(h @ W.t(), 0.7), 1e-4)
@@ -150,7 +152,7 @@ def test_linear_grpo_loss_matches_grpo_py(on_policy, loss_type, beta):
     close(W1.grad, W2.grad, 1e-6)
     assert h1.grad[2].abs().max() == 0                              # masked tokens get no gradient
     with torch.no_grad():                                           # the forward alone: the same loss
-        close(linear_grpo_loss(h, W, targets, None if on_policy else old, ref, A, mask, temperature=0.7, **kw)[0],
+        close(linear_grpo_loss(h, W, targets, None if on_policy else old, ref, A, w, temperature=0.7, **kw)[0],
               theirs, 1e-6)
 
 
@@ -167,7 +169,7 @@ def test_fused_linear_with_a_frozen_output_layer():
 
     pairs = [(lambda h: linear_token_logprobs(h, W, targets, chunk=4).sum(),
               lambda h: token_logprobs_reference(h @ W.t(), targets).sum()),
-             (lambda h: linear_grpo_loss(h, W, targets, None, None, A, mask, chunk=4)[0], reference_loss)]
+             (lambda h: linear_grpo_loss(h, W, targets, None, None, A, token_weights(mask), chunk=4)[0], reference_loss)]
     for ours, reference in pairs:
         h1, h2 = h.clone().requires_grad_(), h.clone().requires_grad_()
         ours(h1).backward()
@@ -202,7 +204,7 @@ def test_in_place_backward_allocates_no_second_logits_tensor(inplace):
     old = torch.full((B, T), -7.0)
     logits = (h @ W.t()).view(B, T, V)                                   # (B, T, V), before recording
     with Allocations() as seen:
-        loss, _ = fused_grpo_loss(logits, targets, old, old - 0.1, torch.tensor([1.0, -1.0]), torch.ones(B, T),
+        loss, _ = fused_grpo_loss(logits, targets, old, old - 0.1, torch.tensor([1.0, -1.0]), token_weights(torch.ones(B, T)),
                                   beta=0.1, inplace=inplace)
         loss.backward()
     full = [n for n in seen.sizes if n >= B * T * V]
@@ -223,12 +225,12 @@ def test_fused_linear_never_holds_the_logits():
     assert ours.sizes.count(chunk * V) == 2                               # one buffer forward, one backward
     with Allocations() as loss:                                           # the loss: its backward in the forward
         A, mask = torch.ones(N // 8), torch.ones(N // 8, 8)
-        linear_grpo_loss(h, W, targets.view(-1, 8), None, None, A, mask, chunk=chunk)[0].backward()
+        linear_grpo_loss(h, W, targets.view(-1, 8), None, None, A, token_weights(mask), chunk=chunk)[0].backward()
     assert max(loss.sizes) == max(chunk * V, V * d) and loss.sizes.count(chunk * V) == 1
 
 
 def test_training_path_uses_the_reference_on_cpu_and_agrees_with_the_kernel():
-    # what sample.completion_logprobs calls: the reference on a CPU, the fused linear on CUDA; both agree
+    # what grpo_update.completion_logprobs calls: the reference on a CPU, the fused linear on CUDA; both agree
     import kernels
     g = torch.Generator().manual_seed(0)
     h, W = torch.randn(2, 6, 16, generator=g), torch.randn(300, 16, generator=g)
@@ -293,8 +295,8 @@ def test_bf16_fused_grpo_loss_on_real_shapes(V):
     mask = (torch.arange(T, device="cuda") < torch.randint(1, T + 1, (B, 1), device="cuda", generator=g)).float()
     mask[3] = 0                                                    # an all-masked output
     a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    kw = dict(eps_low=0.2, eps_high=0.28, beta=0.04, loss_type="grpo")
-    ours, _ = fused_grpo_loss(a, targets, old, ref, A, mask, temperature=0.7, inplace=True, **kw)
+    kw = dict(eps_low=0.2, eps_high=0.28, beta=0.04)
+    ours, _ = fused_grpo_loss(a, targets, old, ref, A, token_weights(mask), temperature=0.7, inplace=True, **kw)
     logp = token_logprobs_reference(b, targets, 0.7)
     logp.retain_grad()                                             # g, the upstream gradient of the log-probs
     theirs, _ = grpo_loss(logp, old, ref, A, mask, **kw)
@@ -327,10 +329,9 @@ def test_bf16_fused_linear_on_real_shapes(V, d):
 
 
 def test_bench_runs_every_implementation_and_they_agree(capsys):
-    # kernels/bench.py end to end on a tiny shape: on a CPU a smoke run under the interpreter (its
-    # timings mean nothing); what is checked is that every row is there and agrees with eager
-    from kernels import bench
-    bench.main(["--device", DEVICE, "--shape", "48,1000,16", "--dtype", "fp32", "--no_compile", "--reps", "1"])
+    # tests/bench_kernels.py end to end on a tiny shape: on a CPU a smoke run under the interpreter
+    # (its timings mean nothing); what is checked is that every row is there and agrees with eager
+    bench_kernels.main(["--device", DEVICE, "--shape", "32,333,16", "--dtype", "fp32", "--no_compile", "--reps", "1"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and " ms " not in line]
     names = [line[:24].strip() for line in lines]
     assert [n for n in names if n != "liger"] == ["eager", "ours", "eager", "ours, log-probs", "ours, loss"]

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from model import GPT, ModelConfig, build_model, load_checkpoint, make_model, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from model import GPT, ModelConfig, build_model, make_model
 from tokenizer import get_tokenizer
 
 

@@ -10,7 +10,8 @@ import torch
 
 import reward_model
 import train
-from model import make_model, save_checkpoint
+from checkpoint import save_checkpoint
+from model import make_model
 from rewards import accuracy_reward, format_reward
 from reward_model import GARBLES, PreferenceReward, bradley_terry_loss, preference_pairs
 from tasks import AdditionTask
@@ -124,3 +125,33 @@ def test_bad_input_is_one_line(trained, capsys, tmp_path):
     assert "worked solutions" in one_line_error(capsys, reward_model.main, cli + ["--init", str(d / "init.pt"), "--task", "linear"])
     assert "already holds" in one_line_error(capsys, reward_model.main, ["--init", str(d / "init.pt"), "--run_name", "rm",
                                                                          "--out_dir", str(d / "out")])
+
+
+def test_a_stopped_reward_model_resumes_exactly(trained, monkeypatch, capsys, tmp_path):
+    # the run skeleton of every stage (runs.run_steps): a stop request after step 3 checkpoints rm.pt,
+    # which --reward_model refuses until --resume finishes it as the uninterrupted run would have
+    d, _, _ = trained
+    argv = ["--init", str(d / "init.pt"), "--out_dir", str(tmp_path), "--steps", "6", "--batch", "4", "--lr", "3e-3",
+            "--n_test", "16", "--device", "cpu"]
+    straight = reward_model.main(argv + ["--run_name", "straight"])
+    asked = []
+
+    def requested(self):  # a SIGTERM that arrives during step 3
+        asked.append(1)
+        return len(asked) == 4
+
+    monkeypatch.setattr(reward_model.runs.StopSignal, "requested", requested)
+    cut = reward_model.main(argv + ["--run_name", "cut"])
+    assert "stopped by a signal after step 3" in capsys.readouterr().out
+    assert torch.load(cut, weights_only=True)["step"] == 3
+    tok = get_tokenizer()
+    assert "stopped at step 3 of its training" in reward_model.check_reward_model(cut, tok, 100)
+    monkeypatch.undo()
+    reward_model.main(["--out_dir", str(tmp_path), "--run_name", "cut", "--resume"])  # its flags come from args.json
+    logs = [[json.loads(line) for line in open(tmp_path / name / "log.jsonl")] for name in ("straight", "cut")]
+    clock = ("elapsed", "train_s")
+    assert [{k: v for k, v in r.items() if k not in clock} for r in logs[0]] == \
+           [{k: v for k, v in r.items() if k not in clock} for r in logs[1]]
+    a, b = (torch.load(p, weights_only=True) for p in (straight, cut))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]) and torch.equal(a["head"]["weight"], b["head"]["weight"])
+    assert reward_model.check_reward_model(cut, tok, 100) is None

@@ -13,7 +13,7 @@ import torch
 
 import plot
 import train
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiny: seconds per run. 2 mini-batches (the shuffler draws), a reference reset at step 3, beta > 0
@@ -78,18 +78,37 @@ def test_sampling_streams_matter(out):
     assert metrics(read_log(run))[3] != metrics(read_log(os.path.join(out, "straight")))[3]
 
 
-def test_a_resumed_torchrun_run_is_the_uninterrupted_one_bit_for_bit(out):
+def test_a_resumed_torchrun_run_is_the_uninterrupted_one_bit_for_bit(out, capsys):
     # 2 gloo processes, each with its own sampling stream: the checkpoint holds both, each restores its own
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *TINY,
-                "--out_dir", out, "--questions", "4", "--eval_problems", "4", "--eval_every", "1"]
+    flags = [*TINY, "--out_dir", out, "--questions", "4", "--eval_problems", "4", "--eval_every", "1"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *flags]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    logs = []
     for argv in (["--run_name", "ddp-straight", "--rl_steps", "2"], ["--run_name", "ddp-part", "--rl_steps", "1"],
                  ["--run_name", "ddp-part", "--rl_steps", "2", "--resume"]):
-        res = subprocess.run(torchrun + argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        res = subprocess.run(torchrun + argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert res.returncode == 0, res.stdout + res.stderr
+        logs.append(res.stdout)
     a, b = (os.path.join(out, name) for name in ("ddp-straight", "ddp-part"))
     assert metrics(read_log(a)) == metrics(read_log(b)) and len(read_log(b)) == 3
     assert_same_state(a, b)
     assert len(torch.load(os.path.join(b, "ckpt.pt"), weights_only=True)["random"]["own"]["sampling"]) == 2
+    # only rank 0 prints and writes
+    assert logs[0].count("run: ") == 1 and "(2 processes)" in logs[0] and logs[0].count("step   2/2") == 1
+
+    # at another world size: as if the 2-process run had crashed after its step-2 checkpoint and a
+    # step-3 log line, it goes on in 1 process (a full checkpoint loads anywhere) with new sampling streams
+    with open(os.path.join(a, "log.jsonl"), "a") as f:
+        f.write('{"step": 3, "crashed": true}\n')
+    capsys.readouterr()
+    train.main(flags + ["--run_name", "ddp-straight", "--rl_steps", "3", "--resume"])
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "written by 2 processes, not 1" in printed and "step   3/3" in printed
+    # nothing written is lost: the line past the checkpoint is set aside, the run's args.json kept
+    assert open(os.path.join(a, "log-after-step-2.jsonl")).read() == '{"step": 3, "crashed": true}\n'
+    assert json.load(open(os.path.join(a, "args.json")))["world_size"] == 2 and os.path.isfile(os.path.join(a, "args-resume-3.json"))
+    assert [r["step"] for r in read_log(a)] == [0, 1, 2, 3]
+    assert torch.load(os.path.join(a, "ckpt.pt"), weights_only=True)["step"] == 3
 
 
 def start(out, name, *flags):
@@ -286,20 +305,20 @@ def test_bad_input_is_one_line_naming_the_flag(argv, flag, message, out, tmp_pat
     ("plot", ["nowhere"], "no log found: nowhere/log.jsonl"),
     ("plot", ["{out}/straight", "--every", "0"], "--every must be > 0"),
     ("sample", ["--ckpt", "{tmp}/torn.pt", "--prompt", "hi"], "is not a checkpoint of this code"),
-    ("rollout", ["--ckpt", "{tmp}/torn.pt"], "is not a checkpoint of this code"),
-    ("rollout", ["--ckpt", "{tmp}/none.pt"], "checkpoint not found"),
-    ("rollout", ["--ckpt", "hf:{tmp}/nowhere"], "no such model directory"),
-    ("rollout", ["--ckpt", "{out}/straight/ckpt.pt", "--eval_top_p", "0"], "--eval_top_p must be in (0, 1]"),
-    ("rollout", ["--ckpt", "{out}/straight/ckpt.pt", "--eval_samples", "0"], "--eval_samples must be at least 1"),
-    ("rollout", ["--ckpt", "{out}/straight/ckpt.pt", "--max_new_tokens", "700"], "longer than the model's context"),
+    ("evaluate", ["--ckpt", "{tmp}/torn.pt"], "is not a checkpoint of this code"),
+    ("evaluate", ["--ckpt", "{tmp}/none.pt"], "checkpoint not found"),
+    ("evaluate", ["--ckpt", "hf:{tmp}/nowhere"], "no such model directory"),
+    ("evaluate", ["--ckpt", "{out}/straight/ckpt.pt", "--eval_top_p", "0"], "--eval_top_p must be in (0, 1]"),
+    ("evaluate", ["--ckpt", "{out}/straight/ckpt.pt", "--eval_samples", "0"], "--eval_samples must be at least 1"),
+    ("evaluate", ["--ckpt", "{out}/straight/ckpt.pt", "--max_new_tokens", "700"], "longer than the model's context"),
     ("sample", ["--ckpt", "hf:{tmp}/nowhere", "--prompt", "hi"], "no such model directory"),
     ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--num_samples", "0"], "--num_samples must be at least 1"),
     ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--top_k", "-1"], "--top_k cannot be negative"),
     ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--top_p", "0"], "--top_p must be in (0, 1]"),
     ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
     ("sample", ["--ckpt", "{out}/straight/ckpt.pt", "--prompt", "hi", "--max_new_tokens", "700"], "longer than the model's context"),
-    ("hf", ["export", "{tmp}/none.pt", "{tmp}/exported"], "checkpoint not found"),
-    ("hf", ["export", "{tmp}/torn.pt", "{tmp}/exported"], "torn.pt"),
+    ("checkpoint", ["export", "{tmp}/none.pt", "{tmp}/exported"], "checkpoint not found"),
+    ("checkpoint", ["export", "{tmp}/torn.pt", "{tmp}/exported"], "torn.pt"),
 ])
 def test_other_clis_bad_input_is_one_line(cli, argv, message, out, tmp_path, monkeypatch, capsys):
     (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 not a whole zip")
@@ -307,6 +326,6 @@ def test_other_clis_bad_input_is_one_line(cli, argv, message, out, tmp_path, mon
     module = __import__(cli)
     monkeypatch.setattr(sys, "argv", [f"{cli}.py"] + argv)
     with pytest.raises(SystemExit) as e:
-        module.main(argv) if cli == "plot" else module.main()
+        module.main(argv)
     text = str(e.value.code) if isinstance(e.value.code, str) else capsys.readouterr().err
     assert message in text and text.strip().count("\n") == 0, text

@@ -5,7 +5,9 @@ import kernels
 
 from kernels.logprob import token_logprobs_reference
 from model import GPT, ModelConfig
-from sample import completion_logprobs, generate, generate_naive, pack, sample_next
+from batch import pack
+from grpo_update import completion_logprobs
+from sample import generate, generate_naive, sample_next
 
 PAD, STOP = 49, [47, 48]
 

@@ -11,9 +11,13 @@ import time
 import pytest
 import torch
 
+import evaluate
+import reject
 import sft
-from model import make_model, save_checkpoint
-from sample import pack
+import train
+from batch import pack
+from checkpoint import save_checkpoint
+from model import make_model
 from tasks import AdditionTask
 from tokenizer import get_tokenizer
 
@@ -34,8 +38,14 @@ def files(tmp_path_factory):
     return d
 
 
-def cli(*argv, timeout=120):
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def one_line_error(capsys, main, argv):
+    """The message of a CLI's one-line error, called in-process: parser errors go to stderr, others
+    are the SystemExit's text."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip() or str(e.value.code)
+    assert e.value.code not in (0, None) and "\n" not in err and "Traceback" not in err, err
+    return err
 
 
 def read_log(run_dir):
@@ -70,35 +80,35 @@ def test_loss_is_on_completion_tokens_only():
     assert not torch.allclose(grads(changed), base)
 
 
-def test_cli_lowers_the_loss_and_its_checkpoint_is_taken_everywhere(files):
+def test_cli_lowers_the_loss_and_its_checkpoint_is_taken_everywhere(files, capsys):
+    # each CLI's main(argv), in-process: the code a command line runs, without a new interpreter each
     out = str(files / "out")
-    res = cli("sft.py", "--init", str(files / "init.pt"), "--data", str(files / "data.jsonl"), "--out_dir", out,
+    sft.main(["--init", str(files / "init.pt"), "--data", str(files / "data.jsonl"), "--out_dir", out,
               "--run_name", "a", "--epochs", "2", "--batch", "8", "--micro_batch", "4", "--lr", "3e-3",
-              "--eval_problems", "1", "--eval_samples", "1", "--n_test", "20", "--max_new_tokens", "16")
-    assert res.returncode == 0, res.stderr
+              "--eval_problems", "1", "--eval_samples", "1", "--n_test", "20", "--max_new_tokens", "16"])
     log = read_log(os.path.join(out, "a"))
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 13))
     assert sum(r["loss"] for r in steps[-3:]) < 0.8 * sum(r["loss"] for r in steps[:3])
     assert "eval_accuracy" in log[-1]
     ckpt = os.path.join(out, "a", "ckpt.pt")
-    res = cli("rollout.py", "--ckpt", ckpt, "--eval_problems", "2", "--eval_samples", "1", "--max_new_tokens", "8", "--json")
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["settings"]["step"] == 12
-    res = cli("train.py", "--init", ckpt, "--out_dir", out, "--run_name", "rl", "--rl_steps", "1", "--questions", "2",
-              "--group_size", "2", "--max_new_tokens", "8", "--eval_problems", "2", "--eval_samples", "1", "--n_test", "20",
-              "--no_plot")
-    assert res.returncode == 0, res.stderr
+    capsys.readouterr()
+    evaluate.main(["--ckpt", ckpt, "--eval_problems", "2", "--eval_samples", "1", "--max_new_tokens", "8", "--json"])
+    assert json.loads(capsys.readouterr().out)["settings"]["step"] == 12
+    rl = train.main(["--init", ckpt, "--out_dir", out, "--run_name", "rl", "--rl_steps", "1", "--questions", "2",
+                     "--group_size", "2", "--max_new_tokens", "8", "--eval_problems", "2", "--eval_samples", "1",
+                     "--n_test", "20", "--no_plot"])
+    assert [r["step"] for r in read_log(rl)] == [0, 1]
     # and sft.py --init takes it too: a second SFT (rejection sampling's) on the cold start's
-    res = cli("sft.py", "--init", ckpt, "--data", str(files / "data.jsonl"), "--out_dir", out, "--run_name", "b",
-              "--epochs", "1", "--batch", "24")
-    assert res.returncode == 0, res.stderr
+    b = sft.main(["--init", ckpt, "--data", str(files / "data.jsonl"), "--out_dir", out, "--run_name", "b",
+                  "--epochs", "1", "--batch", "24"])
+    assert [r["step"] for r in read_log(b)] == [1, 2]
 
 
 def test_sigterm_checkpoints_and_resume_continues_exactly(files):
     out, argv = str(files / "out"), ["--init", str(files / "init.pt"), "--data", str(files / "data.jsonl"), "--epochs", "1",
                                      "--batch", "8", "--lr", "3e-3"]
-    assert cli("sft.py", *argv, "--out_dir", out, "--run_name", "straight").returncode == 0
+    sft.main(argv + ["--out_dir", out, "--run_name", "straight"])
     proc = subprocess.Popen([sys.executable, "sft.py", *argv, "--out_dir", out, "--run_name", "cut"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = os.path.join(out, "cut", "log.jsonl")
@@ -110,8 +120,7 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(files):
     assert proc.returncode == 0 and "resume with python sft.py --resume" in stdout
     stopped = len(read_log(os.path.join(out, "cut")))
     assert stopped < 6
-    res = cli("sft.py", "--out_dir", out, "--run_name", "cut", "--resume")  # its flags come from args.json
-    assert res.returncode == 0, res.stderr
+    sft.main(["--out_dir", out, "--run_name", "cut", "--resume"])  # its flags come from args.json
     straight, resumed = read_log(os.path.join(out, "straight")), read_log(os.path.join(out, "cut"))
     assert [r["step"] for r in resumed] == list(range(1, 7))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
@@ -121,9 +130,9 @@ def test_torchrun_two_processes_make_the_same_updates(files):
     """2 gloo processes, each half of every batch: the losses of the one-process run, step for step."""
     out, argv = str(files / "out"), ["--init", str(files / "init.pt"), "--data", str(files / "data.jsonl"), "--epochs", "1",
                                      "--batch", "8", "--micro_batch", "2", "--lr", "3e-3"]
-    assert cli("sft.py", *argv, "--out_dir", out, "--run_name", "one").returncode == 0
-    res = cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "sft.py", *argv, "--out_dir", out,
-              "--run_name", "two")
+    sft.main(argv + ["--out_dir", out, "--run_name", "one"])
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "sft.py",
+                          *argv, "--out_dir", out, "--run_name", "two"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr
     one, two = (read_log(os.path.join(out, r)) for r in ("one", "two"))
     assert len(one) == len(two) == 6
@@ -140,7 +149,7 @@ def test_torchrun_two_processes_make_the_same_updates(files):
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--run_name", "missing", "--resume"], "--resume needs the --run_name of a run with a checkpoint"),
 ])
-def test_bad_input_is_one_line(files, argv, fragment):
+def test_bad_input_is_one_line(files, argv, fragment, capsys):
     d = str(files)
     (files / "bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
     (files / "torn.jsonl").write_text('{"prompt": "a", "compl\n')
@@ -150,10 +159,7 @@ def test_bad_input_is_one_line(files, argv, fragment):
     for k, v in flags.items():
         if k not in argv:
             argv += [k, v]
-    res = cli("sft.py", *argv)
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment.format(d=d) in lines[0], res.stderr
+    assert fragment.format(d=d) in one_line_error(capsys, sft.main, argv)
 
 
 # --- reject.py: the filters of rejection sampling, on hand-made completions ---
@@ -207,10 +213,30 @@ def test_rejection_keeps_only_what_passes_every_filter():
     assert [name for name, ok in cut.items() if not ok[0]] == ["length"]
 
 
-def test_reject_cli_bad_input_is_one_line(files):
+def test_reject_cli_bad_input_is_one_line(files, capsys):
     for argv, fragment in [(["--ckpt", str(files / "nope.pt"), "--out", str(files / "rs.jsonl")], "checkpoint not found"),
                            (["--ckpt", str(files / "init.pt"), "--out", str(files / "no" / "rs.jsonl")], "no such directory"),
                            (["--ckpt", str(files / "init.pt"), "--out", str(files / "rs.jsonl"), "--k", "0"], "--k must be")]:
-        res = cli("reject.py", *argv)
-        lines = res.stderr.strip().splitlines()
-        assert res.returncode != 0 and len(lines) == 1 and fragment in lines[0], res.stderr
+        assert fragment in one_line_error(capsys, reject.main, argv)
+
+
+def test_cold_start_data_is_correct_formatted_and_fits(tmp_path):
+    # the miniature's curated cold-start data (cold_start.py): the task's written solution, rechecked,
+    # for training problems only, each completion (and its end of text) within the generation limit
+    import cold_start
+    from rewards import accuracy_reward, format_reward
+    from reflection import reflects
+    cold_start.main(["--out", str(tmp_path / "cold.jsonl"), "--examples", "40", "--max_tokens", "96"])
+    rows = [json.loads(line) for line in open(tmp_path / "cold.jsonl")]
+    tok, task = get_tokenizer(), AdditionTask(seed=1337)
+    assert 0 < len(rows) < 40  # some of the 40 are longer than 96 tokens: left out
+    assert all(len(tok.encode(r["completion"])) + 1 <= 96 for r in rows)
+    answers = [str(eval(r["prompt"].split("User: Compute ")[1].split(". Assistant:")[0])) for r in rows]
+    completions = [r["completion"] for r in rows]
+    assert accuracy_reward(None, completions, answer=answers) == [1.0] * len(rows) == format_reward(None, completions)
+    assert all(reflects(c) for c in completions)  # every one rechecks its first attempt
+    held_out = {p["prompt"] for p in task.test_set}
+    assert not any(r["prompt"].split("User: ")[1].split(". Assistant:")[0] in held_out for r in rows)
+    # seeded: the same data for the same seed, other problems for another
+    assert cold_start.cold_start_data(40, 1, 96) == [(r["prompt"], r["completion"]) for r in rows]
+    assert cold_start.cold_start_data(40, 2, 96) != cold_start.cold_start_data(40, 1, 96)

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from tasks import TEMPLATE, AdditionTask
+from tasks import AdditionTask
+from template import TEMPLATE
 
 
 def test_test_set_is_held_out():
@@ -218,7 +219,7 @@ def test_jsonl_maps_fields_and_passes_the_rest_to_the_rewards(tmp_path):
     ("jsonl", ['["prompt", "answer"]'], "{f}:1: not a JSON object"),
 ])
 def test_malformed_lines_name_the_file_the_line_and_the_field(tmp_path, task, lines, message):
-    from jsonl_tasks import TaskError
+    from file_tasks import TaskError
     from tasks import make_task
     f = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(TaskError) as e:
@@ -227,7 +228,7 @@ def test_malformed_lines_name_the_file_the_line_and_the_field(tmp_path, task, li
 
 
 def test_missing_files_and_overlap_are_reported(tmp_path):
-    from jsonl_tasks import TaskError
+    from file_tasks import TaskError
     from tasks import make_task
     with pytest.raises(TaskError, match="give --test_file"):
         make_task(args_for(["--task", "gsm8k"]))

@@ -2,17 +2,17 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+import evaluate
+import grpo_update
+import sample
 import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # small enough for a test: the base model learns the template and the format but has no time to
 # learn the sum, so the reward that rises here is the format reward (and so a larger RL lr)
-SMALL = ["--base_steps", "200", "--base_batch", "16", "--base_lr", "5e-3", "--template_frac", "1.0", "--rl_steps", "16",
+SMALL = ["--base_steps", "100", "--base_batch", "16", "--base_lr", "5e-3", "--template_frac", "1.0", "--rl_steps", "16",
          "--questions", "4", "--group_size", "8", "--lr", "5e-4",
          "--max_new_tokens", "48", "--eval_every", "8", "--eval_problems", "8", "--eval_samples", "2", "--n_test", "8",
          "--max_digits", "2", "--seed", "0"]
@@ -48,13 +48,12 @@ def test_reward_rises_and_everything_is_logged(run):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0
 
 
-def test_base_model_is_cached_and_runs_are_reproducible(run):
+def test_base_model_is_cached_and_runs_are_reproducible(run, capsys):
     run_dir, out = run
     assert len(os.listdir(os.path.join(out, "cache"))) == 1
-    second = subprocess.run([sys.executable, "train.py", *SMALL, "--out_dir", out, "--run_name", "again", "--rl_steps", "3",
-                             "--no_plot"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert "base model: reusing" in second.stdout
+    capsys.readouterr()
+    train.main(SMALL + ["--out_dir", out, "--run_name", "again", "--rl_steps", "3", "--no_plot"])
+    assert "base model: reusing" in capsys.readouterr().out
     # same seed, same base model: the same rollouts and updates, step for step
     again = read_log(os.path.join(out, "again"))
     first = read_log(run_dir)
@@ -74,17 +73,17 @@ def test_reference_model_is_reset_to_the_policy(run):
     assert read_log(run[0])[2]["kl"] > 1e-4
 
 
-def test_sample_and_eval_clis_read_the_checkpoint(run):
+def test_sample_and_eval_clis_read_the_checkpoint(run, capsys):
+    # each CLI's main(argv), in-process: the code its command line runs
     run_dir, _ = run
-    res = subprocess.run([sys.executable, "sample.py", "--ckpt", os.path.join(run_dir, "ckpt.pt"), "--prompt",
-                          "Compute 12 + 34", "--num_samples", "2", "--max_new_tokens", "40"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.count("--- sample") == 2
-    res = subprocess.run([sys.executable, "rollout.py", "--ckpt", os.path.join(run_dir, "ckpt.pt"), "--eval_problems", "4",
-                          "--eval_samples", "2", "--max_new_tokens", "48"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert "held-out pass@1" in res.stdout and "(k=2, T=0.6, top-p=0.95)" in res.stdout
+    capsys.readouterr()
+    sample.main(["--ckpt", os.path.join(run_dir, "ckpt.pt"), "--prompt", "Compute 12 + 34", "--num_samples", "2",
+                 "--max_new_tokens", "40"])
+    assert capsys.readouterr().out.count("--- sample") == 2
+    evaluate.main(["--ckpt", os.path.join(run_dir, "ckpt.pt"), "--eval_problems", "4", "--eval_samples", "2",
+                   "--max_new_tokens", "48"])
+    out = capsys.readouterr().out
+    assert "held-out pass@1" in out and "(k=2, T=0.6, top-p=0.95)" in out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -102,17 +101,17 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_missing_checkpoint_and_too_long_prompt_errors(run):
+def test_missing_checkpoint_and_too_long_prompt_errors(run, capsys):
     run_dir, _ = run
-    res = subprocess.run([sys.executable, "sample.py", "--ckpt", "nowhere/ckpt.pt", "--prompt", "hi"],
-                         cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode != 0 and "checkpoint not found: nowhere/ckpt.pt" in res.stderr
-    res = subprocess.run([sys.executable, "sample.py", "--ckpt", os.path.join(run_dir, "ckpt.pt"), "--prompt", "x" * 700],
-                         cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode != 0 and "longer than the model's context" in res.stderr
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", "nowhere/ckpt.pt", "--prompt", "hi"])
+    assert "checkpoint not found: nowhere/ckpt.pt" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", os.path.join(run_dir, "ckpt.pt"), "--prompt", "x" * 700])
+    assert e.value.code == 2 and "longer than the model's context" in capsys.readouterr().err
 
 
-# --- the GRPO update of train.py (issue: GRPO, exactly) on a small random model ---
+# --- the GRPO update (grpo_update.py) on a small random model ---
 
 def small_rollout(seed=0, B_questions=4, G=4, max_new=12, device="cpu"):
     import torch
@@ -131,11 +130,11 @@ def small_rollout(seed=0, B_questions=4, G=4, max_new=12, device="cpu"):
 
 def update(model, out, advantages, argv, ref=None, lr=1.0):
     import torch
-    from dist import Policy
+    from grpo_update import Policy
     args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "12"] + argv)
     opt = torch.optim.SGD(model.parameters(), lr=lr)  # SGD: the update is the gradient itself
-    return train.grpo_update(Policy(model), ref and Policy(ref), opt, out, advantages, args,
-                             torch.Generator().manual_seed(0))
+    return grpo_update.grpo_update(Policy(model), ref and Policy(ref), opt, out, advantages, args,
+                                   torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "token", "dr_grpo"])
@@ -220,14 +219,14 @@ def test_a_non_finite_loss_skips_the_update(minibatches):
     # optimiser step is skipped, the weights and the optimiser state untouched; the others go on
     import copy
     import torch
-    from dist import Policy
+    from grpo_update import Policy
     model, out, A = small_rollout()
     A[0] = float("nan")
     before = copy.deepcopy(model)
     args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "12", "--beta", "0",
                              "--minibatches", str(minibatches)])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    m = train.grpo_update(Policy(model), None, opt, out, A, args, torch.Generator().manual_seed(0))
+    m = grpo_update.grpo_update(Policy(model), None, opt, out, A, args, torch.Generator().manual_seed(0))
     assert m["skipped_steps"] == 1
     moved = any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
     if minibatches == 1:

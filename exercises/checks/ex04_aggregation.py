@@ -29,7 +29,7 @@ def check(m):
     g = torch.Generator().manual_seed(4)
     mask = (torch.arange(9)[None] < torch.tensor([9, 1, 4, 7, 2, 5])[:, None]).float()  # ragged: 28 tokens
     for loss_type in grpo.LOSS_TYPES:
-        for what, args in ((f"a ragged (6, 9) mask", (mask,)), ("a ragged mask with max_len=12", (mask, 12)),
+        for what, args in (("a ragged (6, 9) mask", (mask,)), ("a ragged mask with max_len=12", (mask, 12)),
                            ("an all-zero mask", (torch.zeros(3, 5),)),
                            ("a random integer mask", ((torch.rand(4, 6, generator=g) > 0.5).long(),))):
             got = f(loss_type, *args)

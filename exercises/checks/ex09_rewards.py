@@ -7,7 +7,7 @@ TITLE = "format and accuracy rewards vs hostile text"
 EQUATION = "eq. 4"
 PROJECT = "rewards.py: is_formatted, extract_answer"
 REFERENCE = "from rewards import extract_answer, is_formatted"
-PLUG = [("rewards", "is_formatted"), ("rewards", "extract_answer"), ("rollout", "extract_answer")]
+PLUG = [("rewards", "is_formatted"), ("rewards", "extract_answer"), ("evaluate", "extract_answer")]
 
 TEXTS = [
     "<think>5 + 7 = 12</think> <answer>12</answer>",

@@ -1,4 +1,4 @@
-"""Checks of exercise 10 against train.grpo_update: the same tiny model and rollout updated by the
+"""Checks of exercise 10 against grpo_update.grpo_update: the same tiny model and rollout updated by the
 student's function and by the project's, under several settings; the weights after, the loss, the
 grad norm and the skipped steps must agree."""
 
@@ -8,18 +8,18 @@ import math
 
 import torch
 
+import grpo_update
 import sample
-import train
-from dist import Policy
 from exercises import Mismatch
 from exercises.checks import same
+from grpo_update import Policy
 from model import GPT, ModelConfig
 
 TITLE = "GRPO update: mini-batches, micro-batches"
 EQUATION = "eq. 1"
-PROJECT = "train.py: grpo_update"
-REFERENCE = "from train import grpo_update"
-PLUG = [("train", "grpo_update")]
+PROJECT = "grpo_update.py: grpo_update"
+REFERENCE = "from grpo_update import grpo_update"
+PLUG = [("grpo_update", "grpo_update")]
 DEFAULTS = dict(temperature=1.0, ppo_epochs=1, minibatches=1, micro_batch=0, beta=0.0, clip_eps=0.2,
                 clip_eps_high=None, loss_type="grpo", max_new_tokens=10, grad_clip=1.0, mask_truncated=False)
 SETTINGS = [dict(micro_batch=3, beta=0.1, loss_type="token"), dict(minibatches=2, micro_batch=2, ppo_epochs=2, mask_truncated=True),
@@ -52,7 +52,7 @@ def check(m):
         if nan:
             adv[0] = math.nan
         results, models = [], []
-        for fn in (m.grpo_update, train.grpo_update):
+        for fn in (m.grpo_update, grpo_update.grpo_update):
             model = copy.deepcopy(net).train()
             opt = torch.optim.SGD(model.parameters(), lr=0.5)  # SGD: the update is the gradient itself
             r = fn(Policy(model), ref if args.beta > 0 else None, opt, out, adv.clone(), args,

@@ -1,6 +1,6 @@
 """
 Exercise 10: the GRPO update over mini-batches with micro-batch gradient accumulation (the
-project's version: train.py, grpo_update, which also sums over processes and logs more).
+project's version: grpo_update.py, grpo_update, which also sums over processes and logs more).
 
 One rollout (G outputs for each question, sampled by pi_theta_old) is trained on for
 args.ppo_epochs passes, each cut at random into args.minibatches mini-batches, with one optimiser
@@ -19,7 +19,7 @@ from grpo import loss_normalizer  # exercise 4
 def grpo_update(policy, ref, opt, out, advantages, args, generator):
     """
     policy: a module; policy(b, T) -> log-probs (rows, C) of the completion tokens of b, a
-            sample.Batch of some rows; policy(b, T, grpo=dict(old_logp=, ref_logp=, advantages=,
+            batch.Batch of some rows; policy(b, T, grpo=dict(old_logp=, ref_logp=, advantages=,
             mask=, eps_low=, eps_high=, beta=, loss_type=, normalizer=)) -> (loss, metrics, logp,
             entropy): the GRPO loss of those rows (grpo.grpo_loss, exercises 1-5); old_logp=None
             means on-policy (pi_theta_old = pi_theta, the log-probs detached).

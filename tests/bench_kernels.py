@@ -1,10 +1,13 @@
 """
 Benchmark of the log-prob / GRPO-loss paths, every implementation side by side in one run.
 
-    python -m kernels.bench                    # on a GPU: the issue's two shapes, bf16
-    python -m kernels.bench --shape 2048,50304,768 --no_compile     # any shape, N,V,d
-    TRITON_INTERPRET=1 python -m kernels.bench --device cpu --shape 64,1000,16 --dtype fp32 --no_compile
+    python tests/bench_kernels.py              # on a GPU: the two default shapes, bf16
+    python tests/bench_kernels.py --shape 2048,50304,768 --no_compile     # any shape, N,V,d
+    TRITON_INTERPRET=1 python tests/bench_kernels.py --device cpu --shape 64,1000,16 --dtype fp32 --no_compile
                                                # a smoke run of every code path on a CPU (tests do this)
+
+It lives beside the tests, not in kernels/: it compares the kernels with grpo.py's equations (the
+reference), and the kernels themselves import only torch and triton.
 
 First the device's own limits are measured: memory bandwidth (a large copy) and the matmul rate
 (a large square matmul in the benchmark's dtype). Then, for each shape (N tokens, vocabulary V,
@@ -39,14 +42,16 @@ import argparse
 import importlib
 import os
 import statistics
+import sys
 import time
 
 import torch
 
-from grpo import grpo_loss
-from kernels.fused_linear import linear_grpo_loss, linear_token_logprobs
-from kernels.grpo_loss import fused_grpo_loss
-from kernels.logprob import token_logprobs_reference
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from grpo import grpo_loss, token_weights  # noqa: E402
+from kernels.fused_linear import linear_grpo_loss, linear_token_logprobs  # noqa: E402
+from kernels.grpo_loss import fused_grpo_loss  # noqa: E402
+from kernels.logprob import token_logprobs_reference  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -180,7 +185,8 @@ def logits_level(N, V, dtype, device, reps, use_compile):
     impls = {"eager": (eager, same)}
     if use_compile:
         impls["compile"] = (torch.compile(eager), same)
-    impls["ours"] = (lambda z: fused_grpo_loss(z, ids, old, ref, adv, mask, inplace=True, **KW)[0], same)
+    w = token_weights(mask)  # each token's weight in eq. 1's sums: what the kernels take from their caller
+    impls["ours"] = (lambda z: fused_grpo_loss(z, ids, old, ref, adv, w, inplace=True, **KW)[0], same)
     triton_grpo_loss = liger("transformers.grpo_loss", "triton_grpo_loss")
     if triton_grpo_loss:
         # Liger takes (B, T+1, V) logits and drops the last position: its own padded copy, made
@@ -211,7 +217,8 @@ def from_hidden(N, V, d, dtype, device, reps, use_compile):
         impls["compile"] = (torch.compile(eager), same)
     impls["ours, log-probs"] = (lambda h, W: grpo_loss(linear_token_logprobs(h, W, ids), old, ref, adv, mask, **KW)[0],
                                 same)
-    impls["ours, loss"] = (lambda h, W: linear_grpo_loss(h, W, ids, old, ref, adv, mask, **KW)[0], same)
+    w = token_weights(mask)
+    impls["ours, loss"] = (lambda h, W: linear_grpo_loss(h, W, ids, old, ref, adv, w, **KW)[0], same)
     LigerLoss = liger("chunked_loss", "LigerFusedLinearGRPOLoss")
     if LigerLoss:
         fn = LigerLoss(beta=KW["beta"], epsilon_low=KW["eps_low"], epsilon_high=KW["eps_low"], loss_type="grpo",
@@ -228,15 +235,15 @@ def gib(nbytes):
 def main(argv=None):
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("kernels.bench: no CUDA GPU here; for a smoke run on a CPU: "
-                         "TRITON_INTERPRET=1 python -m kernels.bench --device cpu --shape 64,1000,16 --dtype fp32 --no_compile")
+        raise SystemExit("bench_kernels: no CUDA GPU here; for a smoke run on a CPU: TRITON_INTERPRET=1 python "
+                         "tests/bench_kernels.py --device cpu --shape 64,1000,16 --dtype fp32 --no_compile")
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise SystemExit("kernels.bench: --device cpu runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1")
+        raise SystemExit("bench_kernels: --device cpu runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1")
     try:
         shapes = [tuple(int(x) for x in s.split(",")) for s in (args.shape or ["16384,151936,1536", "16384,50304,768"])]
         assert all(len(s) == 3 and min(s) > 0 for s in shapes)
     except (ValueError, AssertionError):
-        raise SystemExit(f"kernels.bench: --shape takes three positive integers N,V,d, got {args.shape}")
+        raise SystemExit(f"bench_kernels: --shape takes three positive integers N,V,d, got {args.shape}")
     dtype = DTYPES[args.dtype]
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (Triton interpreter)"
     bandwidth, tflops = device_limits(args.device, dtype, args.reps)

@@ -1,21 +1,17 @@
-"""Evaluation (rollout.py): pass@k against direct enumeration, cons@k on hand-made votes, and
+"""Evaluation (evaluate.py): pass@k against direct enumeration, cons@k on hand-made votes, and
 evaluate / the CLI on a small random model and a MATH-format fixture."""
 
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from rollout import evaluate, majority_correct, pass_at_k
+from evaluate import evaluate, majority_correct, pass_at_k
 from tasks import CountdownTask, MathTask
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 7])
@@ -105,20 +101,22 @@ def test_evaluate_metrics_match_the_completions_it_scored(tmp_path):
     assert evaluate(model, tok, task, args, step=3)[0] == m
 
 
-def test_cli_evaluates_a_checkpoint_on_a_file_task_and_prints_json(tmp_path):
-    from model import save_checkpoint
+def test_cli_evaluates_a_checkpoint_on_a_file_task_and_prints_json(tmp_path, capsys):
+    # the CLI's main(argv), in-process: the code its command line runs
+    import evaluate as cli
+    from checkpoint import save_checkpoint
     model, _ = tiny_model()
     test_file = math_file(tmp_path)
     ckpt = str(tmp_path / "ckpt.pt")
     save_checkpoint(ckpt, model, "aha", step=5, args={"task": "math", "test_file": test_file, "seed": 0})
-    cmd = [sys.executable, "rollout.py", "--ckpt", ckpt, "--eval_samples", "2", "--max_new_tokens", "4", "--device", "cpu"]
-    res = subprocess.run(cmd + ["--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)  # the whole of stdout is one JSON object
+    cmd = ["--ckpt", ckpt, "--eval_samples", "2", "--max_new_tokens", "4", "--device", "cpu"]
+    cli.main(cmd + ["--json"])
+    out = json.loads(capsys.readouterr().out)  # the whole of stdout is one JSON object
     assert out["settings"]["task"] == "math" and out["settings"]["problems"] == 6 and out["settings"]["step"] == 5
     assert out["settings"]["temperature"] == 0.6 and out["settings"]["top_p"] == 0.95
     assert {"accuracy", "pass@2", "cons@2", "format", "by_subject", "by_level"} <= set(out)
     # a flag given on the command line wins over the checkpoint's; bad input is one line, no traceback
-    res = subprocess.run(cmd + ["--test_file", str(tmp_path / "missing.jsonl")], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 2 and "cannot read" in res.stderr and "missing.jsonl" in res.stderr
-    assert "Traceback" not in res.stderr
+    with pytest.raises(SystemExit) as e:
+        cli.main(cmd + ["--test_file", str(tmp_path / "missing.jsonl")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "cannot read" in err and "missing.jsonl" in err and err.count("\n") == 1

@@ -1,6 +1,6 @@
 r"""
-Tasks read from the user's local JSONL files (the registry is tasks.py): GSM8K, MATH / MATH-500 and
-any JSONL with a field mapping. One line is one problem; training draws from --train_file, the
+Tasks read from the user's local files (the registry is tasks.py): GSM8K, MATH / MATH-500 and any
+JSONL with a field mapping. One JSONL line is one problem; training draws from --train_file, the
 held-out set is --test_file.
 
     gsm8k   `question`, `answer` ending in `#### 42` (the number after it, commas removed)

@@ -1,0 +1,54 @@
+"""
+The prompt: the R1-Zero template (Table 1 of the paper), and the same instruction in an instruct
+model's chat format. Every prompt the project writes, for rollouts, evaluation, SFT data and the
+base corpus, is rendered here, so the sampler, the trainer and the data agree on it.
+
+A base model reads Table 1 as plain text and continues after "Assistant:". An instruct model
+expects its chat format: the instruction becomes the system message, the question the user's
+turn, and the assistant's turn is opened (what its tokenizer's own chat template renders).
+The tokenizer carries which one its model wants (`tok.chat`: None for Table 1, or a key of CHAT);
+the `--chat` flag of every CLI picks another (`chat_format`).
+
+    python template.py "Compute 82 + 97"              # prints the R1-Zero prompt
+    python template.py "Compute 82 + 97" chatml
+"""
+
+import sys
+
+# Table 1 of the paper; {prompt} is replaced with the question
+TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user "
+    "with the answer. The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+    "<answer> answer here </answer>. User: {prompt}. Assistant:")
+
+# the template's instruction, without the "User: ... Assistant:" turns, as a chat model's system message
+SYSTEM = TEMPLATE.split(" User:")[0]
+CHAT = {
+    "chatml": "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+    "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+}
+# the --chat flag's values: auto keeps the tokenizer's own format, none is Table 1
+CHAT_FLAGS = ["auto", "none", *CHAT]
+
+
+def render_prompt(question: str, chat: str | None = None) -> str:
+    """The R1-Zero prompt for a question: Table 1's template for a base model (chat=None), or the
+    same instruction and question in an instruct model's chat format ("chatml", "llama3")."""
+    if chat is None:
+        return TEMPLATE.format(prompt=question)
+    if chat not in CHAT:
+        raise ValueError(f"unknown chat format '{chat}': use one of {', '.join(CHAT)} (or none for the R1-Zero template)")
+    return CHAT[chat].format(system=SYSTEM, prompt=question)
+
+
+def chat_format(flag: str, own: str | None) -> str | None:
+    """The prompt format a --chat flag asks for, given the tokenizer's own (`own`): auto keeps it,
+    none is Table 1 (None), a format's name is that format."""
+    return own if flag == "auto" else None if flag == "none" else flag
+
+
+if __name__ == "__main__":
+    print(render_prompt(sys.argv[1] if len(sys.argv) > 1 else "Compute 82 + 97", sys.argv[2] if len(sys.argv) > 2 else None))
