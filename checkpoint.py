@@ -13,6 +13,9 @@ the model's shape without loading a weight.
 A checkpoint says what it is: its format version (a newer one is refused), the git commit of the
 code that wrote it, every flag of its run, and its tokenizer's identity, so that a checkpoint of
 another tokenizer or another model shape is one line, not a shape error deep in load_state_dict.
+`memory_error` checks, with the starting point's shape, that training it fits the device. Left
+out: sharded checkpoints (rank 0 gathers and writes the full state: fine up to a few billion
+parameters), and writing our checkpoints as safetensors (`export` does, for the HF format).
 
     python checkpoint.py export out/<run>/ckpt.pt /models/my-policy   # -> transformers, vLLM, lm-eval
 """
@@ -47,6 +50,20 @@ def save_checkpoint(path, model: GPT, tokenizer_name: str, state_dict=None, **ex
     ckpt = {"format": FORMAT_VERSION, "commit": commit, "config": asdict(model.config), "model": weights,
             "tokenizer": tokenizer_name, "vocab_size": model.config.vocab_size, **extra}
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def read_header(path) -> dict:
+    """A ckpt.pt's dict without reading its tensors into memory (memory-mapped): config, tokenizer,
+    step, flags, ... FileNotFoundError when it is missing, ValueError (one line) when it is not a
+    checkpoint of this code (a torn or foreign file)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt["config"], ckpt["tokenizer"]  # what every checkpoint of ours has
+    except Exception as e:
+        raise ValueError(f"{path} is not a checkpoint of this code ({type(e).__name__})") from None
+    return ckpt
 
 
 def load_checkpoint(path, device="cpu", tokenizer=None, config=None, full=False):
@@ -90,14 +107,15 @@ def load_checkpoint(path, device="cpu", tokenizer=None, config=None, full=False)
     return (model.eval(), tok, ckpt) if full else (model.eval(), tok)
 
 
-def load_model(spec, device="cpu", dtype=None):
-    """(model, tokenizer, checkpoint dict or {}) for --init / --ckpt: hf:DIR, a local Hugging Face
-    directory, or a ckpt.pt of ours, in dtype (default: as stored). Bad input is one line (SystemExit)."""
+def load_model(spec, device="cpu", dtype=None, flag="--ckpt"):
+    """(model, tokenizer, checkpoint dict or {}) for --init / --ckpt (`flag`, for the error): hf:DIR,
+    a local Hugging Face directory, or a ckpt.pt of ours, in dtype (default: as stored). Bad input
+    is one line (SystemExit)."""
     if spec.startswith("hf:"):
         try:
             return (*load_hf(spec.removeprefix("hf:"), device, dtype), {})
         except (ValueError, OSError, MemoryError) as e:
-            raise SystemExit(f"error: {spec}: {e}")
+            raise SystemExit(f"error: {flag} {spec}: {e}")
     model, tok, ckpt = load_checkpoint(spec, device, full=True)
     return (model if dtype is None else model.to(dtype)), tok, ckpt
 
@@ -131,7 +149,7 @@ def starting_point(args):
         elif args.init:
             if not os.path.isfile(args.init):
                 raise FileNotFoundError(f"no such checkpoint: {args.init} (a directory of Hugging Face weights is hf:DIR)")
-            ckpt = torch.load(args.init, map_location="cpu", weights_only=True, mmap=True)
+            ckpt = read_header(args.init)
             config, tok = ckpt["config"], get_tokenizer(ckpt["tokenizer"], ckpt.get("tokenizer_dir", "tokenizers"))
         else:
             tok = get_tokenizer(args.tokenizer, args.tokenizer_dir)
@@ -163,13 +181,8 @@ def memory_error(args, config, world):
 
 def export(ckpt_path: str, out: str):
     """One of our checkpoints (ckpt.pt) -> a Hugging Face directory (hf.save_hf)."""
-    if not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        name = ckpt["tokenizer"]
-    except Exception as e:  # a torn or foreign file
-        raise ValueError(f"{ckpt_path} is not a checkpoint of this code ({type(e).__name__})") from None
+    ckpt = read_header(ckpt_path)
+    name = ckpt["tokenizer"]
     if name not in ("byte", "aha") and not name.startswith("hf:"):
         raise ValueError(f"cannot export the tokenizer '{name}': export supports aha, byte and hf: tokenizers")
     tok = get_tokenizer(name)

@@ -16,7 +16,9 @@ average gradients over ranks, so a stage multiplies its loss by the world size t
 gradient of the global loss (runs.optimizer_step). Checkpoints are full, unsharded state dicts
 (weights and optimiser state keyed by parameter name), gathered here and written by rank 0, so a
 run resumes at any world size, with or without FSDP. Which module the GRPO trainer wraps, and
-why, is grpo_update.Policy's docstring.
+why, is grpo_update.Policy's docstring. Left out: tensor and pipeline parallelism (a model must
+fit once per GPU as FSDP shards it), FSDP for sft.py (DDP only), and elastic restarts (torchrun's
+--max-restarts: a crashed rank ends the job, and --resume continues it).
 """
 
 import contextlib
@@ -38,6 +40,12 @@ def setup(device: str):
         device = f"cuda:{local}"
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def launched_world() -> int:
+    """The number of processes torchrun started (its WORLD_SIZE; 1 without torchrun), known before
+    the process group is joined: what a stage's flags are checked against."""
+    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def active() -> bool:

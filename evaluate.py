@@ -19,7 +19,7 @@ train.py's periodic evaluation, sft.py's at the end and r1.py's table are `evalu
 
 Under torchrun each rank evaluates an equal block of the held-out questions and the results are
 gathered (dist.py); with FSDP every decode step is a collective, so all ranks decode until every
-rank is done.
+rank is done. Left out: greedy pass@1 (R1 samples), and benchmarks scored by a model judge.
 """
 
 import argparse
@@ -33,7 +33,7 @@ import dist
 from checkpoint import load_for_cli
 from reflection import reflects
 from rewards import extract_answer, language_reward
-from rollout import rollout
+from rollout import rollouts
 from runs import Parser
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS
@@ -77,10 +77,9 @@ def evaluate(model, tok, task, args, step, all_done=None):
     problems = task.test_set[dist.rank() * k:(dist.rank() + 1) * k]
     gen = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed + 1 + dist.rank())  # the same draws every time
     acc, fmt, lang, lengths, cons, refl, samples = [], [], [], [], [], [], []
-    for i in range(0, len(problems), 25):
-        chunk = problems[i:i + 25]
-        out, texts, scores = rollout(model, tok, chunk, n, args, gen, args.eval_temperature, args.eval_top_p,
-                                     reward_fns=[("language", language_reward, 1.0)], all_done=all_done, correct=task.correct)
+    for i, (chunk, out, texts, scores) in enumerate(rollouts(
+            model, tok, problems, n, args, gen, args.eval_temperature, args.eval_top_p,
+            reward_fns=[("language", language_reward, 1.0)], all_done=all_done, correct=task.correct)):
         acc.append(scores["accuracy"]), fmt.append(scores["format"]), lang.append(scores["language"])
         lengths.append(out.batch.completion_mask.sum(1).cpu())
         refl.append(torch.tensor([float(reflects(t)) for t in texts]))
@@ -134,7 +133,7 @@ g.add_argument("--chat", choices=CHAT_FLAGS, default=None,
                help="prompt format (default: the run's --chat; auto: the tokenizer's chat format, none: the R1-Zero template)")
 g.add_argument("--json", action="store_true", help="print the metrics and settings as one JSON object, nothing else")
 g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-TASK_FLAGS = [a.dest for a in add_task_args(parser)._group_actions]
+TASK_FLAGS = add_task_args(parser)
 
 
 def main(argv=None):

@@ -103,7 +103,7 @@ class GSM8KTask(FileTask):
 
 
 class MathTask(FileTask):
-    r"""MATH / MATH-500: `problem`, and `answer`, or else the last oxed{} of `solution`; `level`
+    r"""MATH / MATH-500: `problem`, and `answer`, or else the last \boxed{} of `solution`; `level`
     and `subject` (MATH's `type`) kept for per-subject and per-level tables."""
 
     name = "math"

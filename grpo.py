@@ -24,7 +24,7 @@ outputs have the same length). Its gradient is not zero: it is the policy gradie
 KL, clip fraction and grad norm instead.
 
 These functions act on (B, T) log-probs, so they cost nothing next to the log-probs themselves.
-On CUDA, train.py gets those from kernels/fused_linear.py (through sample.completion_logprobs)
+On CUDA, the update gets those from kernels/fused_linear.py (grpo_update.completion_grpo_loss)
 and the (N, V) logits never exist; kernels/grpo_loss.py fuses these same per-token terms into
 the logits pass, for callers that hold logits, and is tested against grpo_loss here.
 

@@ -1,6 +1,12 @@
 """
-The GRPO update: the policy trained on one rollout, with grpo.py's equations (eq. 1-3) applied to
-the trainer's log-probs of the completions it sampled.
+The GRPO update: the policy trained on one rollout, with grpo.py's equations applied to the
+trainer's log-probs of the completions it sampled,
+
+    loss = - sum_t w_t [ min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i) - beta k3_t ]     (eq. 1, 2)
+
+with A_i the group-normalised advantage of output i (eq. 3, computed by the caller from the
+rollout's rewards), rho_t = pi_theta / pi_theta_old per token and w_t each token's weight
+(grpo.token_weights: the aggregation of --loss_type).
 
 A rollout (this rank's rows: G outputs for each of its questions, sampled by pi_theta_old) is
 trained on for --ppo_epochs passes, each over --minibatches random mini-batches, one optimiser
@@ -17,6 +23,9 @@ or their GRPO loss, which is what DDP expects (one forward per backward) though 
 is called twice inside (the shared prompt prefix, then the rows: batch.forward_rows). On CUDA
 the loss is computed from the hidden states by kernels/fused_linear.py and the (B, C, V) logits
 never exist; elsewhere by the reference path, completion_logprobs then grpo.grpo_loss.
+
+Left out: a value model (GRPO has none), an entropy bonus, importance-sampling corrections for a
+sampler whose log-probs differ from the trainer's (here they agree: `sampler_logp_diff`).
 
     python -m pytest tests/test_train.py -k update
 """
@@ -127,7 +136,7 @@ def wrap_policy(model, fsdp: bool):
     """The trainable Policy over model: FSDP2-sharded (model is sharded in place: each block, then
     the root), DDP-replicated, or as is in a single process."""
     if fsdp:
-        return Policy(shard(model))
+        return Policy(shard_model(model))
     return dist.replicate(Policy(model))
 
 
@@ -137,7 +146,7 @@ def reference(model, dtype, fsdp: bool, state=None):
     ref = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
     if state is not None:
         ref.load_state_dict(state)
-    return Policy(shard(ref) if fsdp else ref)
+    return Policy(shard_model(ref) if fsdp else ref)
 
 
 def reset_reference(ref, policy):
@@ -145,7 +154,7 @@ def reset_reference(ref, policy):
     ref.load_state_dict(policy.module.state_dict() if hasattr(policy, "module") else policy.state_dict())
 
 
-def shard(model):
+def shard_model(model):
     """FSDP2 over the transformer: each block, then the root (dist.shard)."""
     # a block returns its keys and values, views of its projection; FSDP warns that an in-place op
     # on them would skip its backward hook. None happens: decoding copies them into KVCaches

@@ -8,23 +8,24 @@ log-probs for the same tokens (GRPO's ratio is pi_theta / pi_theta_old of the sa
 
 forward(idx, pos, mask, past) returns the final hidden states and the key/value cache. `past` is
 either a KV cache being decoded or a prompt prefix shared by the whole batch: the prefix is run
-once with batch 1 and every row attends to it, which is how sample.py and train.py avoid paying
-for the ~380-token R1-Zero template once per row. The cache is a list of per-layer (k, v)
-tensors extended by concatenation, not a preallocated buffer written in place, so gradients flow
-through a cached prefix during training. The output layer is separate (`lm_head`) so that callers
-compute logits only where they need them.
+once with batch 1 and every row attends to it, which is how the sampler and the trainer
+(batch.py) avoid paying for the R1-Zero template once per row. A shared prefix is a list of
+per-layer (k, v) tensors that the rows' keys are concatenated to, so gradients flow through it in
+training; decoding writes into a preallocated KVCache in place (inference only). The output layer
+is separate (`lm_head`) so that callers compute logits only where they need them.
 
-Presets: `tiny` trains on a laptop CPU (`nano`, smaller, is r1.py's distillation student); the others have the shapes of GPT-2 small and
-Qwen2.5-0.5B / 1.5B (vocabulary size always comes from the tokenizer). Pretrained bases are
-loaded by hf.py; what they need here is a config field per difference from the plain shape:
-`qkv_bias` (Qwen2), `head_dim` apart from n_embd / n_head and `qk_norm`, an RMSNorm over each
-head of q and k (Qwen3), `rope_scaling` of type "llama3" (Llama 3.1 / 3.2: long wavelengths
-slowed down by `factor`, a smooth ramp between). In bf16 the norms' statistics and the rotary
-angles stay in fp32, as in Hugging Face's implementations. `build_model` assigns given weights
-to a model constructed on the meta device (no second copy). This file knows no disk and no
-tokenizer: checkpoints are checkpoint.py's, Hugging Face directories hf.py's.
+Presets: `tiny` trains on a laptop CPU (`nano`, smaller, is r1.py's distillation student); the
+others have the shapes of GPT-2 small and Qwen2.5-0.5B / 1.5B (vocabulary size always comes from
+the tokenizer). Pretrained bases are loaded by hf.py; what they need here is a config field per
+difference from the plain shape: `qkv_bias` (Qwen2), `head_dim` apart from n_embd / n_head and
+`qk_norm`, an RMSNorm over each head of q and k (Qwen3), `rope_scaling` of type "llama3" (Llama
+3.1 / 3.2: long wavelengths slowed down by `factor`, a smooth ramp between). In bf16 the norms'
+statistics and the rotary angles stay in fp32, as in Hugging Face's implementations.
+`build_model` assigns given weights to a model constructed on the meta device (no second copy).
 `grad_checkpointing = True` recomputes each block's activations in the backward instead of
-holding them (training only).
+holding them (training only). This file knows no disk and no tokenizer: checkpoints are
+checkpoint.py's, Hugging Face directories hf.py's. Left out: sliding-window attention, mixture
+of experts and multi-head latent attention (DeepSeek-V3's), biases other than Qwen2's q, k, v.
 
     python model.py tiny      # prints the preset's parameter count
 """

@@ -4,7 +4,7 @@ the share of responses that reflect (reflection.py) against RL step, from a run'
 (log.jsonl is the source of truth: every figure is drawn from it). A line a crash tore (at most
 the last one) is skipped and reported; a run still going is redrawn every few seconds with
 --follow. `plot_runs` puts the first steps of several runs side by side (r1.py's cold start
-against R1-Zero).
+against R1-Zero). Left out: the trackers (TensorBoard, W&B): log.jsonl is the source.
 
     python plot.py out/<run>              # writes out/<run>/curves.png (train.py calls this at the end)
     python plot.py out/<run> --follow     # redraws it every 10 s while the run goes on (Ctrl-C ends)
@@ -73,13 +73,13 @@ def plot_run(run_dir):
 def plot_runs(runs, keys, n, path):
     """The first n RL steps of several runs side by side, one panel per key of their logs (e.g.
     reward_accuracy, format); runs: (run directory, label) pairs."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     for run_dir, label in runs:
         log = [r for r in read_log(run_dir) if "reward" in r][:n]
-        for ax, key in zip(axes, keys):
+        for ax, key in zip(axes[0], keys):
             ax.plot([r["step"] for r in log], [r[key] for r in log], label=label)
             ax.set_xlabel("RL step"), ax.set_title(f"train {key.removeprefix('reward_')} (per step)")
-    axes[0].legend()
+    axes[0, 0].legend()
     return save(fig, path)
 
 

@@ -1,22 +1,23 @@
 """
 The DeepSeek-R1 pipeline in miniature, one command, on the toy addition task and a CPU: each stage
-is the documented CLI (train.py, sft.py, reject.py, reward_model.py) run as a subprocess, each
-stage's output is kept under <out_dir>/r1/<stage>/ and a stage whose output is there is skipped,
-so any stage re-runs alone (--from STAGE, or delete its directory). At the end: one table row per
-model, measured alike (held-out pass@1 over --eval_samples samples at T 0.6, top-p 0.95; format
-rate; language consistency, eq. 7; mean completion length), with each row's wall time, and a plot
-of the first RL steps of R1-Zero against reasoning RL after the cold start.
+is the documented CLI (train.py, cold_start.py, sft.py, reject.py, reward_model.py) run as a
+subprocess, each stage's output is kept under <out_dir>/r1/<stage>/ and a stage whose output is
+there is skipped, so any stage re-runs alone (--from STAGE, or delete its directory). At the end:
+one table row per model, measured alike (held-out pass@1 over --eval_samples samples at T 0.6,
+top-p 0.95; format rate; language consistency, eq. 7; mean completion length), with each row's
+wall time, and a plot of the first RL steps of R1-Zero against reasoning RL after the cold start.
 
     base            the toy base model (pretrain.py through train.py --rl_steps 0)
     r1zero          GRPO straight on the base, rules only (accuracy + format): R1-Zero
     cold_data       cold-start data (cold_start.py): a few hundred readable, correct, formatted long
                     chains of thought (the task's first attempts rechecked: the paper's curated data)
     cold_sft        SFT of the base on them (sft.py)
-    reasoning_rl    GRPO from cold_sft with accuracy + format + the language reward (stage 2 of the paper)
+    reasoning_rl    GRPO from cold_sft with accuracy + format + the language reward (the paper's stage 2)
     rs_data         rejection sampling from reasoning_rl (reject.py): correct and readable samples
     rs_sft          SFT of the BASE on them, as the paper retrains DeepSeek-V3-Base (stage 3)
-    rm, rl2_rules,  stage 4: RL at temperature 0.7 from rs_sft, rules only, then its last part with
-    rl2             the reward model's score added (reward_model.py; --rl2_rm_steps 0: rules only)
+    rm, rl2_rules,  the paper's stage 4, its second RL stage: RL at temperature 0.7 from rs_sft, rules
+    rl2             only, then its last part with the reward model's score added (reward_model.py;
+                    --rl2_rm_steps 0: rules only)
     traces          rejection sampling from the final model (rl2): the teacher's traces
     student_base    a smaller model (model.py's `nano`) pretrained on the same corpus
     student_grpo    GRPO on the student alone (R1-Zero on the small model)
@@ -79,7 +80,7 @@ ROWS = [("base", "base", ["base"]),
         ("cold_sft", "cold-start SFT", ["cold_data", "cold_sft"]),
         ("reasoning_rl", "reasoning RL (+language reward)", ["reasoning_rl"]),
         ("rs_sft", "rejection sampling + SFT", ["rs_data", "rs_sft"]),
-        ("rl2", "RL stage 2 (T 0.7, rules + RM)", ["rm", "rl2_rules", "rl2"]),
+        ("rl2", "stage-4 RL (T 0.7, rules + RM)", ["rm", "rl2_rules", "rl2"]),
         ("student_base", "student base (nano)", ["student_base"]),
         ("student_grpo", "student GRPO", ["student_grpo"]),
         ("student_sft", "student SFT on teacher traces", ["traces", "student_sft"]),
@@ -170,8 +171,8 @@ def main():
     t_stages = time.time() - t_all
     print_table(a, d, commands, stages)
     print(f"\nstages: {t_stages / 60:.1f} min this call; with the table: {(time.time() - t_all) / 60:.1f} min")
-    runs = [(os.path.join(d, "r1zero"), "R1-Zero (from base)"), (os.path.join(d, "reasoning_rl"), "after cold-start SFT")]
-    print(f"plot: {plot_runs(runs, ('reward_accuracy', 'format'), a.rl_steps, os.path.join(d, 'cold_start_vs_r1zero.png'))}")
+    compared = [(os.path.join(d, "r1zero"), "R1-Zero (from base)"), (os.path.join(d, "reasoning_rl"), "after cold-start SFT")]
+    print(f"plot: {plot_runs(compared, ('reward_accuracy', 'format'), a.rl_steps, os.path.join(d, 'cold_start_vs_r1zero.png'))}")
 
 
 def parse_args():
@@ -226,7 +227,7 @@ def print_table(a, d, commands, stages):
         wall = sum(json.load(open(os.path.join(d, p, "stage.json")))["wall_s"] for p in parts
                    if os.path.isfile(os.path.join(d, p, "stage.json")))
         tokens = "" if stage in ("base", "student_base") else f"{trained_tokens(os.path.join(d, stage)):,.0f}"
-        label = "RL stage 2 (T 0.7, rules only)" if stage == "rl2" and not commands["rm"][0] else label
+        label = "stage-4 RL (T 0.7, rules only)" if stage == "rl2" and not commands["rm"][0] else label
         print(f"| {label:<32} | {m['pass@1']:6.3f} | {m['format']:6.3f} | {m['language']:8.3f} | {m['length']:6.1f} | "
               f"{wall:6.0f} | {tokens:>14} |")
 

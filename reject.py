@@ -30,8 +30,8 @@ import torch
 
 from checkpoint import load_for_cli
 from rewards import language_reward, thought
-from rollout import rollout
-from runs import Parser, atomic_write, device_error
+from rollout import rollouts
+from runs import Parser, atomic_write
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS, render_prompt
 
@@ -109,7 +109,7 @@ g.add_argument("--repeat_words", type=int, default=3, help="a run of this many w
 g.add_argument("--min_tokens", type=int, default=1, help="fewest completion tokens")
 g.add_argument("--max_tokens", type=int, default=None, help="most completion tokens (default: --max_new_tokens)")
 g.add_argument("--keep_per_question", type=int, default=1, help="most distinct samples kept per question")
-TASK_FLAGS = [a.dest for a in add_task_args(parser)._group_actions]
+TASK_FLAGS = add_task_args(parser)
 
 
 def main(argv=None):
@@ -118,19 +118,17 @@ def main(argv=None):
     problems = task.train_problems(random.Random(f"reject-{args.seed}"), args.questions)
     gen = torch.Generator(args.device).manual_seed(args.seed)
     rows, passed_all = [], None
-    for i in range(0, len(problems), 25):  # 25 questions x k samples at a time
-        chunk = problems[i:i + 25]
-        try:
-            out, texts, scores = rollout(model, tok, chunk, args.k, args, gen, args.temperature, args.top_p,
-                                         reward_fns=[("language", language_reward, 1.0)], correct=task.correct)
-        except ValueError as e:  # a prompt plus --max_new_tokens longer than the model's context
-            parser.error(f"--max_new_tokens {args.max_new_tokens}: {e}")
-        lengths = out.batch.completion_mask.sum(1).long().tolist()
-        scores = {k: [None if v != v else v for v in s.tolist()] for k, s in scores.items()}  # NaN: declined
-        passed = filters(texts, lengths, out.truncated.tolist(), scores, args)
-        prompts = [render_prompt(p["prompt"], tok.chat) for p in chunk for _ in range(args.k)]
-        rows += select(chunk, prompts, texts, passed, args.k, args.keep_per_question)
-        passed_all = passed if passed_all is None else {k: passed_all[k] + v for k, v in passed.items()}
+    try:
+        for chunk, out, texts, scores in rollouts(model, tok, problems, args.k, args, gen, args.temperature, args.top_p,
+                                                  reward_fns=[("language", language_reward, 1.0)], correct=task.correct):
+            lengths = out.batch.completion_mask.sum(1).long().tolist()
+            scores = {k: [None if v != v else v for v in s.tolist()] for k, s in scores.items()}  # NaN: declined
+            passed = filters(texts, lengths, out.truncated.tolist(), scores, args)
+            prompts = [render_prompt(p["prompt"], tok.chat) for p in chunk for _ in range(args.k)]
+            rows += select(chunk, prompts, texts, passed, args.k, args.keep_per_question)
+            passed_all = passed if passed_all is None else {k: passed_all[k] + v for k, v in passed.items()}
+    except ValueError as e:  # a prompt plus --max_new_tokens longer than the model's context
+        parser.error(f"--max_new_tokens {args.max_new_tokens}: {e}")
     atomic_write(args.out, "".join(json.dumps(r) + "\n" for r in rows))
     print(report(passed_all, rows, len(problems)))
     print(f"wrote {args.out}")
@@ -140,8 +138,8 @@ def main(argv=None):
 def parse_args(argv=None):
     """The flags, the checkpoint's run's task flags as defaults, the checks -> (args, model, tokenizer, task)."""
     known = parser.parse_known_args(argv)[0]
-    parser.check([(device_error(known.device) is None, device_error(known.device)),
-                  (os.path.isdir(os.path.dirname(os.path.abspath(known.out))), f"--out {known.out}: no such directory")])
+    parser.check_device(known.device)
+    parser.check([(os.path.isdir(os.path.dirname(os.path.abspath(known.out))), f"--out {known.out}: no such directory")])
     args, model, tok, _ = load_for_cli(parser, argv, TASK_FLAGS)
     args.max_tokens = args.max_tokens or args.max_new_tokens
     parser.check([(args.questions >= 1 and args.k >= 1, "--questions and --k must be at least 1"),

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 import runs
 from batch import forward_rows, pack
-from checkpoint import load_checkpoint, load_model, save_checkpoint, starting_point
+from checkpoint import load_checkpoint, load_model, read_header, save_checkpoint, starting_point
 from tasks import add_task_args, make_task
 from template import render_prompt
 
@@ -67,7 +67,7 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, batch):
-        """Scores (B,) of a batch laid out by sample.pack (completions ending in <|endoftext|>)."""
+        """Scores (B,) of a batch laid out by batch.pack (completions ending in <|endoftext|>)."""
         h = forward_rows(self.trunk, batch)  # (B, R + C, d)
         last = batch.R + batch.valid[:, batch.R:].sum(1) - 1  # (B,) column of each row's last token
         return self.head(h[torch.arange(h.size(0), device=h.device), last]).squeeze(-1)  # (B,)
@@ -177,16 +177,16 @@ def check_reward_model(path, tok, context):
     if not os.path.isfile(path):
         return f"--reward_model {path}: no such file: train one with python reward_model.py --init CKPT --run_name NAME"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        name, vocab, block = ckpt["tokenizer"], ckpt["vocab_size"], ckpt["config"]["block_size"]
-    except Exception as e:
-        return f"--reward_model {path} is not a checkpoint of this code ({type(e).__name__}): give a rm.pt of reward_model.py"
+        ckpt = read_header(path)
+    except ValueError as e:
+        return f"--reward_model {e}: give a rm.pt of reward_model.py"
+    name, vocab, block = ckpt["tokenizer"], ckpt["config"]["vocab_size"], ckpt["config"]["block_size"]
     if "head" not in ckpt:
         return f"--reward_model {path} is a policy checkpoint, not a reward model: train one with reward_model.py"
     if "center" not in ckpt:
-        run = ckpt.get("args") or {}
-        return (f"--reward_model {path} stopped at step {ckpt.get('step')} of its training: finish it with python "
-                f"reward_model.py --resume --run_name {run.get('run_name')} --out_dir {run.get('out_dir')}")
+        run = argparse.Namespace(**(ckpt.get("args") or {"run_name": "NAME", "out_dir": "out"}))
+        return (f"--reward_model {path} stopped at step {ckpt.get('step')} of its training: finish it with "
+                f"{runs.resume_hint(run, 'reward_model.py')}")
     if (name, vocab) != (tok.name, tok.vocab_size):
         return (f"--reward_model {path} reads tokenizer {name} ({vocab} tokens), the policy {tok.name} ({tok.vocab_size}): "
                 f"train the reward model from a checkpoint with the policy's tokenizer")
@@ -256,8 +256,8 @@ def parse_args(argv=None):
         (args.init, "--init is required: a ckpt.pt of ours (e.g. the policy's) or hf:DIR"),
         (args.steps >= 1 and args.batch >= 1 and args.eval_batch >= 1, "--steps, --batch and --eval_batch must be at least 1"),
         (args.lr > 0 and args.grad_clip >= 0 and args.save_every >= 0, "--lr must be > 0, --grad_clip and --save_every >= 0 (0: off)"),
-        (runs.device_error(args.device) is None, runs.device_error(args.device)),
     ])
+    parser.check_device(args.device)
     if error := runs.check_run_dir(args, ckpt="rm.pt"):
         parser.error(error)
     try:
@@ -290,7 +290,7 @@ class RewardModelRun:
         self.args, self.task, self.heldout, self.device = args, task, heldout, device
         self.dir = os.path.join(args.out_dir, args.run_name)
         self.path = os.path.join(self.dir, "rm.pt")
-        trunk, self.tok, ckpt = load_model(self.path if args.resume else args.init, device, torch.float32)
+        trunk, self.tok, ckpt = load_model(self.path if args.resume else args.init, device, torch.float32, "--init")
         torch.manual_seed(args.seed)
         self.rm = RewardModel(trunk).to(device)
         self.opt = torch.optim.AdamW(self.rm.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -338,18 +338,22 @@ class RewardModelRun:
             self.finish()
 
     def finish(self):
+        t_train = time.time() - self.t0  # this session's training (a resumed run: since the resume)
         after, kinds, center = pairwise_accuracy(self.rm.eval(), self.tok, self.heldout, self.device, self.args.eval_batch)
         print(f"held-out pairwise accuracy after:  {after:.3f} ({len(self.heldout)} pairs) | " + kind_line(kinds))
         self.done = {"center": center, "heldout_accuracy": after, "task": self.args.task}
         runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), {
             "step": self.args.steps, "heldout_accuracy_before": self.before, "heldout_accuracy": after,
-            **{f"heldout_accuracy_{k}": v for k, v in kinds.items()}, "center": center, "train_s": time.time() - self.t0})
-        print(f"reward model: {self.path} ({time.time() - self.t0:.1f}s of training)")
+            **{f"heldout_accuracy_{k}": v for k, v in kinds.items()}, "center": center, "train_s": t_train})
+        print(f"reward model: {self.path} ({t_train:.1f}s of training)")
 
     def save(self, step):
-        save_checkpoint(self.path, self.rm.trunk, self.tok.name, head=self.rm.head.state_dict(), optim=self.opt.state_dict(),
-                        random=runs.random_state({"pairs": self.pairs}, {}), step=step, args=vars(self.args),
-                        heldout_accuracy_before=self.before, tokenizer_dir=self.tokenizer_dir, **self.done)
+        """rm.pt: the trunk and the head; mid-run also the optimiser state and the pair stream (what a
+        resume needs), finished the score's center instead (what --reward_model needs)."""
+        resume = {} if self.done else {"optim": self.opt.state_dict(), "random": runs.random_state({"pairs": self.pairs}, {})}
+        save_checkpoint(self.path, self.rm.trunk, self.tok.name, head=self.rm.head.state_dict(), step=step,
+                        args=vars(self.args), heldout_accuracy_before=self.before, tokenizer_dir=self.tokenizer_dir,
+                        **resume, **self.done)
 
 
 def kind_line(kinds):

@@ -7,7 +7,8 @@ temperature and which rewards are asked for.
 Every rollout is also scored by the task's own check (`correct`, logged as accuracy: math
 accuracy, or countdown's) and by format_reward, whatever the reward, so that accuracy and format
 are always there to watch. A reward function may decline an output (None): its score is NaN, and
-grpo.group_advantages leaves that output out.
+grpo.group_advantages leaves that output out. Left out: multi-turn rollouts (tool calls), and
+scoring while decoding goes on (the rewards run when the whole batch has stopped).
 
     python -m pytest tests/test_evaluate.py
 """
@@ -44,6 +45,16 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
                 raise ValueError(f"reward {name} returned {len(r)} values for {len(texts)} completions")
             scores[name] = torch.tensor([math.nan if x is None else float(x) for x in r])
     return out, texts, scores
+
+
+def rollouts(model, tok, problems, G, args, generator, temperature, top_p, reward_fns=(), all_done=None,
+             correct=accuracy_reward, chunk=25):
+    """rollout over many problems, `chunk` of them (chunk x G rows) at a time, which bounds the
+    sampler's memory: yields (those problems, out, texts, scores) for each chunk (evaluation and
+    rejection sampling)."""
+    for i in range(0, len(problems), chunk):
+        part = problems[i:i + chunk]
+        yield (part, *rollout(model, tok, part, G, args, generator, temperature, top_p, reward_fns, all_done, correct))
 
 
 def longest_prompt(task, tok):

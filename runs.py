@@ -52,6 +52,11 @@ class Parser(argparse.ArgumentParser):
             if not ok:
                 self.error(message)
 
+    def check_device(self, device):
+        """--device must be cpu, cuda or cuda:N, and be here."""
+        if error := device_error(device):
+            self.error(error)
+
 
 def parse_args(parser, argv=None, defaults=None):
     """parser's flags over `defaults` (a --preset's values), and on --resume over the resumed run's

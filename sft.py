@@ -97,7 +97,7 @@ def parse_args(argv=None):
     """Flags, and on --resume the run's own (its args.json) as defaults; then every check that needs
     no training: a bad flag, file or line is one line naming the fix (exit status 2)."""
     args = runs.parse_args(parser, argv)
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = dist.launched_world()
     parser.check([
         (args.init and args.data, "--init (a ckpt.pt or hf:DIR) and --data (JSONL files) are required"),
         (args.epochs >= 1, "--epochs must be at least 1"),
@@ -107,8 +107,8 @@ def parse_args(argv=None):
         (args.grad_clip >= 0 and args.weight_decay >= 0, "--grad_clip and --weight_decay cannot be negative"),
         (args.save_every >= 0, "--save_every cannot be negative (0: only at the end)"),
         (args.eval_problems >= 0 and args.eval_samples >= 1, "--eval_problems must be >= 0 and --eval_samples >= 1"),
-        (runs.device_error(args.device) is None, runs.device_error(args.device)),
     ])
+    parser.check_device(args.device)
     if error := runs.check_run_dir(args):
         parser.error(error)
     try:
@@ -210,7 +210,7 @@ class SFTRun:
         if args.resume:
             self.model, self.tok, ckpt = load_checkpoint(os.path.join(self.dir, "ckpt.pt"), device, full=True)
         else:
-            self.model, self.tok, ckpt = load_model(args.init, device, torch.float32)  # fp32 master weights whatever --dtype
+            self.model, self.tok, ckpt = load_model(args.init, device, torch.float32, "--init")  # fp32 master weights whatever --dtype
             ckpt = {"tokenizer_dir": ckpt.get("tokenizer_dir", "tokenizers")}  # a fresh run: not the init's step or optimiser
         self.tok.chat = chat_format(args.chat, self.tok.chat)
         args.tokenizer_dir = ckpt.get("tokenizer_dir", "tokenizers")  # where its checkpoint's tokenizer is found
@@ -276,7 +276,7 @@ class SFTRun:
 
     def evaluate_at_end(self):
         """Held-out pass@1 of --task (evaluate.py), appended to log.jsonl as train.py's evaluations are."""
-        task, step = make_task(self.args, log=dist.print0), self.total
+        task, step = make_task(self.args, log=dist.print0), max(self.total, self.start - 1)  # the last step trained
         m, samples = evaluate(self.model, self.tok, task, self.args, step)
         print_eval(step, m, self.args)
         if dist.rank() == 0:

@@ -156,7 +156,7 @@ class GeneratedTask:
     def textbook(self, n: int, seed: int) -> list[tuple[str, str]]:
         """n documents without the template, none from the test set, always answered by the worked
         solution: here the model learns the skill. Short documents are where a tiny model learns it
-        quickly: behind the ~380-token template attention starts spread over every template token,
+        quickly: behind the template (92 aha tokens) attention starts spread over every template token,
         and the copy the worked solution needs forms far later."""
         rng = random.Random(f"textbook-{seed}")
         return [(f"User: {p['prompt']}. Assistant:", self.solved(p)) for p in self.corpus_problems(rng, n)]
@@ -392,8 +392,9 @@ TASKS = {"addition": AdditionTask, "countdown": CountdownTask, "linear": LinearT
          "gsm8k": GSM8KTask, "math": MathTask, "jsonl": JsonlTask}
 
 
-def add_task_args(parser):
-    """The task flags, one group (train.py and rollout.py)."""
+def add_task_args(parser) -> list[str]:
+    """The task flags, one group (every CLI that builds a task: train, sft, evaluate, reject,
+    reward_model) -> their names (a CLI that reads a checkpoint takes its run's as defaults)."""
     g = parser.add_argument_group("task")
     g.add_argument("--task", choices=list(TASKS), default="addition", help="what to train and evaluate on (tasks.py)")
     g.add_argument("--n_test", type=int, default=200, help="generated tasks: held-out problems, never trained on")
@@ -409,7 +410,7 @@ def add_task_args(parser):
     g.add_argument("--test_file", default=None, help="gsm8k, math, jsonl: the held-out problems, a local .jsonl")
     g.add_argument("--prompt_field", default="prompt", help="jsonl: the field holding the question")
     g.add_argument("--answer_field", default="answer", help="jsonl: the field holding the reference answer ('' for none)")
-    return g
+    return [a.dest for a in g._group_actions]
 
 
 def make_task(args, log=print):

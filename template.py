@@ -7,7 +7,9 @@ A base model reads Table 1 as plain text and continues after "Assistant:". An in
 expects its chat format: the instruction becomes the system message, the question the user's
 turn, and the assistant's turn is opened (what its tokenizer's own chat template renders).
 The tokenizer carries which one its model wants (`tok.chat`: None for Table 1, or a key of CHAT);
-the `--chat` flag of every CLI picks another (`chat_format`).
+the `--chat` flag of every CLI picks another (`chat_format`). Left out: rendering a tokenizer's
+own Jinja chat template (the two formats here are written out; an instruct model of another
+family needs its format added to CHAT).
 
     python template.py "Compute 82 + 97"              # prints the R1-Zero prompt
     python template.py "Compute 82 + 97" chatml

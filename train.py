@@ -140,7 +140,7 @@ def main(argv=None):
         args.no_kernels = True  # on CUDA the fused kernels would bypass the student's log-probs and loss
     kernels.USE = "never" if args.no_kernels else "cuda"  # a CPU takes the references
     with runs.session(args) as (rank, world, device, stop):  # from here a SIGTERM / SIGINT stops at a step boundary
-        run_dir = GRPORun(args, rank, world, device, stop).run(stop)
+        run_dir = GRPORun(args, rank, world, device, stop).run()
     return run_dir
 
 
@@ -156,8 +156,9 @@ def parse_args(argv=None):
 def validate(args):
     """Every check that needs no training, before any: each failure is one line that names the flag
     and the fix (parser.error, exit status 2)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
-    parser.check(flag_checks(args, world) + [(runs.device_error(args.device) is None, runs.device_error(args.device))])
+    world = dist.launched_world()
+    parser.check(flag_checks(args, world))
+    parser.check_device(args.device)
     task = check_task(args)
     try:
         tok, config = starting_point(args)
@@ -259,7 +260,7 @@ class GRPORun:
     rank's sampling stream."""
 
     def __init__(self, args, rank, world, device, stop):
-        self.args, self.rank, self.world, self.t_start = args, rank, world, time.time()
+        self.args, self.rank, self.world, self.stop, self.t_start = args, rank, world, stop, time.time()
         self.dir = runs.run_path(args)
         self.tok, _ = starting_point(args)
         self.tok.chat = chat_format(args.chat, self.tok.chat)
@@ -296,7 +297,7 @@ class GRPORun:
     def streams(self):  # (shared, own): the random streams, as runs.random_state takes them
         return {"questions": self.questions, "shuffle": self.shuffle}, {"sampling": self.sampling}
 
-    def run(self, stop):
+    def run(self):
         """Evaluate the starting policy, then the GRPO steps (runs.run_steps); the curves at the end."""
         if self.start == 1:
             m = self.evaluate(0)
@@ -304,7 +305,7 @@ class GRPORun:
             if self.rank == 0:
                 runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), {"step": 0, "elapsed": time.time() - self.t_start, **m})
         self.t_rl = time.time()
-        if not runs.run_steps(self.start, self.args.rl_steps, self.step, self.save, stop, self.args.save_every,
+        if not runs.run_steps(self.start, self.args.rl_steps, self.step, self.save, self.stop, self.args.save_every,
                               runs.resume_hint(self.args, "train.py")):
             return self.dir
         if self.rank == 0 and not self.args.no_plot:
@@ -405,7 +406,7 @@ def initial_model(args, tok, task, rank, device, stop=None):
     """The policy RL starts from, in fp32 (the optimiser's master weights whatever --dtype): --init's
     weights, or the toy base stage (rank 0 trains or loads the cached one, then the others load it)."""
     if args.init:
-        return load_model(args.init, device, torch.float32)[0]
+        return load_model(args.init, device, torch.float32, flag="--init")[0]
     if rank == 0:
         model = base_model(args, tok, task, device, log=dist.print0, stop=stop)
     dist.barrier()

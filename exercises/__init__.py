@@ -132,7 +132,7 @@ def plug(train_module):
         s = spec(n)
         m = load(n) if getattr(s, "PLUG", None) else None
         for target, attr in getattr(s, "PLUG", ()):
-            module = train_module if target == "train" else importlib.import_module(target)
+            module = importlib.import_module(target)
             setattr(module, attr, s.plugged(m, attr) if hasattr(s, "plugged") else getattr(m, attr))
-            if target != "train" and hasattr(train_module, attr):  # train.py's own `from grpo_update import ...`
+            if hasattr(train_module, attr):  # train.py's own `from grpo_update import grpo_update`
                 setattr(train_module, attr, getattr(module, attr))

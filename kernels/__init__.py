@@ -7,15 +7,19 @@ PyTorch reference.
     grpo_loss.py     the GRPO loss of eq. 1-2 fused into that pass (ratio, clipping, k3 KL, masking)
     fused_linear.py  both from hidden states and the output weight, in chunks of tokens: the
                      (N, V) logits never exist in memory at once
-    bench.py         python -m kernels.bench: eager, torch.compile, these kernels (and Liger-Kernel
-                     when installed), side by side
 
-What sample.py calls: `token_logprobs` (from logits, for the sampler), `logprobs_from_hidden`
-(from hidden states: the old policy's and the reference model's log-probs) and
-`linear_grpo_loss` (the trainer's loss, on CUDA). `kernels.USE` says where the kernels are taken:
+A leaf: each kernel imports only torch and triton, and takes what the paper's equations give
+(each token's weight in eq. 1's sums, grpo.token_weights) from its caller. What the project
+calls: `token_logprobs` (from logits, for the sampler: sample.py), `logprobs_from_hidden` (from
+hidden states: the old policy's and the reference model's log-probs, and SFT's) and
+`linear_grpo_loss` (the trainer's loss on CUDA: grpo_update.py). The benchmark, eager against
+torch.compile against these kernels (and Liger-Kernel when installed), is
+tests/bench_kernels.py. `kernels.USE` says where the kernels are taken:
 "cuda" (the default) on CUDA tensors and the references on a CPU; "never" (train.py
 --no_kernels); "always", CPU tensors included, which needs TRITON_INTERPRET=1 there (the tests
 use it to run the sampler and the trainer through the kernels on a CPU).
+
+    TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py      # conftest.py sets it without a GPU
 """
 
 from kernels.fused_linear import linear_grpo_loss, linear_token_logprobs

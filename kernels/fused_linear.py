@@ -22,7 +22,7 @@ them by the incoming gradient (1 for a plain loss.backward()).
 
 Memory beyond inputs and outputs: the (chunk, V) buffer, dW in fp32, and for bf16/fp16 weights
 one (V, d) product per chunk before it is added (a GEMM that writes fp32 from bf16 inputs would
-save it). kernels/bench.py measures both functions against the matmul rate.
+save it). tests/bench_kernels.py measures both functions against the matmul rate.
 
 The references: kernels.logprob.token_logprobs_reference(h @ W.T), and grpo.grpo_loss of that
 (tests/test_kernels.py compares them, gradients included).
