@@ -25,9 +25,10 @@ import importlib.util
 import io
 import os
 import pathlib
-import shutil
 
 import torch
+
+from runs import atomic_write
 
 HERE = pathlib.Path(__file__).parent
 NAMES = sorted(p.stem for p in (HERE / "checks").glob("ex[0-9][0-9]_*.py"))  # ex01_advantages, ...
@@ -62,8 +63,7 @@ def start(n: int, force=False) -> pathlib.Path:
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists (your work): edit it, or pass --force to start over")
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(HERE / "stubs" / f"{name(n)}.py", f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)
+    atomic_write(str(path), (HERE / "stubs" / f"{name(n)}.py").read_text())
     return path
 
 
