@@ -155,6 +155,12 @@ def main(argv=None):
 def parse_args(argv=None):
     """The flags over the task flags of the run that wrote the checkpoint (flags given here win),
     then the checks -> (args, model, tokenizer, task, the checkpoint's step)."""
+    a = parser.parse_known_args(argv)[0]  # this CLI's own flags are checked before the model loads
+    parser.check([(a.eval_problems >= 0, "--eval_problems must be at least 0 (0: all)"),
+                  (a.eval_samples >= 1, "--eval_samples must be at least 1"),
+                  (a.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
+                  (a.eval_temperature >= 0, "--eval_temperature must be >= 0 (0: greedy)"),
+                  (0 < a.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)")])
     args, model, tok, ckpt = load_for_cli(parser, argv, TASK_FLAGS)
     step = ckpt.get("step", 0)
     if args.seed is None:
@@ -163,11 +169,6 @@ def parse_args(argv=None):
         task = make_task(args, log=lambda s: print(s, file=sys.stderr))
     except ValueError as e:
         parser.error(str(e))
-    parser.check([(args.eval_problems >= 0, "--eval_problems must be at least 0 (0: all)"),
-                  (args.eval_samples >= 1, "--eval_samples must be at least 1"),
-                  (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
-                  (args.eval_temperature >= 0, "--eval_temperature must be >= 0 (0: greedy)"),
-                  (0 < args.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)")])
     args.eval_problems = min(args.eval_problems or len(task.test_set), len(task.test_set))  # printed with the results
     args.log_samples = 0
     return args, model, tok, task, step

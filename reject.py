@@ -137,16 +137,17 @@ def main(argv=None):
 
 def parse_args(argv=None):
     """The flags, the checkpoint's run's task flags as defaults, the checks -> (args, model, tokenizer, task)."""
-    known = parser.parse_known_args(argv)[0]
-    parser.check_device(known.device)
-    parser.check([(os.path.isdir(os.path.dirname(os.path.abspath(known.out))), f"--out {known.out}: no such directory")])
+    a = parser.parse_known_args(argv)[0]  # this CLI's own flags are checked before the model loads
+    a.max_tokens = a.max_tokens or a.max_new_tokens
+    parser.check_device(a.device)
+    parser.check([(os.path.isdir(os.path.dirname(os.path.abspath(a.out))), f"--out {a.out}: no such directory"),
+                  (a.questions >= 1 and a.k >= 1, "--questions and --k must be at least 1"),
+                  (a.temperature > 0 and 0 < a.top_p <= 1, "--temperature must be > 0 and --top_p in (0, 1]"),
+                  (a.max_new_tokens >= 1 and 0 <= a.min_tokens <= a.max_tokens, "need --max_new_tokens >= 1 and 0 <= --min_tokens <= --max_tokens"),
+                  (0 <= a.min_language <= 1, "--min_language must be in [0, 1]"),
+                  (a.repeat_words >= 1 and a.keep_per_question >= 1, "--repeat_words and --keep_per_question must be at least 1")])
     args, model, tok, _ = load_for_cli(parser, argv, TASK_FLAGS)
     args.max_tokens = args.max_tokens or args.max_new_tokens
-    parser.check([(args.questions >= 1 and args.k >= 1, "--questions and --k must be at least 1"),
-                  (args.temperature > 0 and 0 < args.top_p <= 1, "--temperature must be > 0 and --top_p in (0, 1]"),
-                  (args.max_new_tokens >= 1 and 0 <= args.min_tokens <= args.max_tokens, "need --max_new_tokens >= 1 and 0 <= --min_tokens <= --max_tokens"),
-                  (0 <= args.min_language <= 1, "--min_language must be in [0, 1]"),
-                  (args.repeat_words >= 1 and args.keep_per_question >= 1, "--repeat_words and --keep_per_question must be at least 1")])
     try:
         task = make_task(args, log=lambda s: print(s, file=sys.stderr))
         task.train_problems(random.Random(0), 1)  # a file task without --train_file fails here

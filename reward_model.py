@@ -243,7 +243,7 @@ g.add_argument("--eval_batch", type=int, default=64, help="rows per batch when s
 def main(argv=None):
     """Train a reward model -> the path of its rm.pt."""
     args, task, heldout = parse_args(argv)
-    with runs.session(args) as (_, _, device, stop):
+    with runs.session(args.device) as (_, _, device, stop):  # one process, fp32
         path = RewardModelRun(args, task, heldout, device).run(stop)
     return path
 
@@ -252,14 +252,22 @@ def parse_args(argv=None):
     """Flags (on --resume, the run's own from args.json), then every check that needs no training:
     one line naming the fix (exit status 2) -> (args, task, held-out preference pairs)."""
     args = runs.parse_args(parser, argv)
+    if error := runs.check_run_dir(args, ckpt="rm.pt"):
+        parser.error(error)
+    if args.resume:  # its rm.pt must be one this run can continue: unfinished
+        try:
+            done = read_header(os.path.join(args.out_dir, args.run_name, "rm.pt"))
+        except ValueError as e:
+            parser.error(f"--resume: {e}")
+        if "center" in done:
+            parser.error(f"--resume: {args.run_name} finished its {done['step']} steps (its rm.pt serves as "
+                         f"--reward_model): train a longer one under another --run_name")
     parser.check([
         (args.init, "--init is required: a ckpt.pt of ours (e.g. the policy's) or hf:DIR"),
         (args.steps >= 1 and args.batch >= 1 and args.eval_batch >= 1, "--steps, --batch and --eval_batch must be at least 1"),
         (args.lr > 0 and args.grad_clip >= 0 and args.save_every >= 0, "--lr must be > 0, --grad_clip and --save_every >= 0 (0: off)"),
     ])
     parser.check_device(args.device)
-    if error := runs.check_run_dir(args, ckpt="rm.pt"):
-        parser.error(error)
     try:
         task = make_task(args, log=lambda line: None)
         if not task.has_corpus:
@@ -319,7 +327,7 @@ class RewardModelRun:
         pairs = preference_pairs(self.task, self.task.train_problems(self.pairs, args.batch), self.pairs, self.tok.chat)
         prompts, scores = [x["prompt"] for x in pairs], {}
 
-        def loss_of(_):
+        def loss_of(pairs):
             # chosen and rejected in one batch: they share the template, which pack runs once
             r = score(rm, self.tok, prompts + prompts, [x["chosen"] for x in pairs] + [x["rejected"] for x in pairs],
                       self.device)

@@ -5,7 +5,7 @@ the optimiser step, the loop of steps with its checkpoints, every random state f
 resume, and SIGTERM / SIGINT turned into a checkpoint at the next step boundary. A stage is
 
     args = runs.parse_args(parser, argv)          its flags (on --resume, the run's own from args.json), then its checks
-    with runs.session(args) as (rank, world, device, stop):
+    with runs.session(args.device, args.dtype) as (rank, world, device, stop):
         its set-up (fresh, or from the checkpoint), then
         runs.run_steps(start, total, step, save, stop, ...)   each step calls runs.optimizer_step with its own loss
 
@@ -216,17 +216,17 @@ def free_memory(device) -> int:
 # the steps
 
 @contextlib.contextmanager
-def session(args):
+def session(device, dtype="fp32"):
     """Where a training stage runs -> (rank, world size, device, stop): in torchrun's process group
-    if there is one (dist.setup), under --dtype bf16's autocast (matmuls in bf16; parameters and
+    if there is one (dist.setup), under bf16 autocast with dtype "bf16" (matmuls in bf16; parameters and
     optimiser state stay fp32, as a bf16 weight keeps ~3 significant digits and an update of lr
     ~1e-6 would round away), with denormal floats flushed (tiny gradients as denormals make CPU
     matmuls ~20x slower), and SIGTERM / SIGINT as a stop request (StopSignal). The group is left at
     the end, and on a one-line SystemExit (every rank decides alike); not on an error: that rank
     exits and torchrun ends the others. Models must be gone by the end (dist.cleanup)."""
-    rank, world, device = dist.setup(args.device)
+    rank, world, device = dist.setup(device)
     torch.set_flush_denormal(True)
-    precision = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=getattr(args, "dtype", "fp32") == "bf16")
+    precision = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=dtype == "bf16")
     try:
         with StopSignal() as stop, precision:
             yield rank, world, device, stop

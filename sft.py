@@ -88,7 +88,7 @@ g.add_argument("--log_samples", type=int, default=4, help="evaluation completion
 def main(argv=None):
     args, ids = parse_args(argv)
     kernels.USE = "cuda"  # the Triton kernels on CUDA, the references elsewhere
-    with runs.session(args) as (rank, world, device, stop):
+    with runs.session(args.device, args.dtype) as (rank, world, device, stop):
         run_dir = SFTRun(args, ids, rank, world, device).run(stop)
     return run_dir
 

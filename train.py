@@ -139,7 +139,7 @@ def main(argv=None):
             parser.error(error)
         args.no_kernels = True  # on CUDA the fused kernels would bypass the student's log-probs and loss
     kernels.USE = "never" if args.no_kernels else "cuda"  # a CPU takes the references
-    with runs.session(args) as (rank, world, device, stop):  # from here a SIGTERM / SIGINT stops at a step boundary
+    with runs.session(args.device, args.dtype) as (rank, world, device, stop):  # from here a SIGTERM / SIGINT stops at a step boundary
         run_dir = GRPORun(args, rank, world, device, stop).run()
     return run_dir
 

@@ -155,3 +155,7 @@ def test_a_stopped_reward_model_resumes_exactly(trained, monkeypatch, capsys, tm
     a, b = (torch.load(p, weights_only=True) for p in (straight, cut))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]) and torch.equal(a["head"]["weight"], b["head"]["weight"])
     assert reward_model.check_reward_model(cut, tok, 100) is None
+    # a finished run is not resumed (its rm.pt keeps no optimiser state), a missing one says so: one line each
+    again = ["--out_dir", str(tmp_path), "--resume", "--run_name"]
+    assert "finished its 6 steps" in one_line_error(capsys, reward_model.main, again + ["cut"])
+    assert "--resume needs the --run_name of a run with a checkpoint" in one_line_error(capsys, reward_model.main, again + ["nope"])
