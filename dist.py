@@ -49,7 +49,9 @@ def launched_world() -> int:
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    """In torchrun's process group (a group a library made for itself, as vLLM's engine does in a
+    single process, is not this run's)."""
+    return "RANK" in os.environ and dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
@@ -141,12 +143,13 @@ def shard(module, blocks):
     return module
 
 
-def full_state_dict(module):
-    """The unsharded state dict (a collective under FSDP), for rank 0 to save."""
+def full_state_dict(module, everywhere=False):
+    """The unsharded state dict (a collective under FSDP), for rank 0 to save; everywhere=True: on
+    every rank, on the device (each rank's vLLM engine loads it)."""
     if not active():
         return module.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # ~1.5 s of import (as shard's)
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
 
 
 def full_optim_state_dict(module, opt):

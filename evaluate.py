@@ -16,6 +16,7 @@ train.py's periodic evaluation, sft.py's at the end and r1.py's table are `evalu
     python evaluate.py --ckpt out/default/ckpt.pt                  # the task of the run that wrote it
     python evaluate.py --ckpt out/default/ckpt.pt --eval_samples 16 --json    # JSON only, for scripts
     python evaluate.py --ckpt CKPT --task gsm8k --test_file gsm8k_test.jsonl
+    python evaluate.py --ckpt hf:/models/my-policy --engine vllm             # sampled by vLLM
 
 Under torchrun each rank evaluates an equal block of the held-out questions and the results are
 gathered (dist.py); with FSDP every decode step is a collective, so all ranks decode until every
@@ -37,6 +38,7 @@ from rollout import rollouts
 from runs import Parser
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS
+from vllm_engine import add_engine_args, engine_checks, make_engine
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -68,10 +70,11 @@ def majority_correct(texts, correct, same) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, tok, task, args, step, all_done=None):
+def evaluate(model, tok, task, args, step, all_done=None, engine=None):
     """Held-out pass@1 (over --eval_samples samples), pass@k and cons@k (k = --eval_samples) on the
     first --eval_problems held-out problems, with per-subject / per-level tables when the problems
-    have those fields -> (metrics, the first --log_samples completions of rank 0's block)."""
+    have those fields -> (metrics, the first --log_samples completions of rank 0's block). engine:
+    a vllm_engine.VLLMEngine holding model's weights, or None (sample.generate)."""
     model.eval()
     n, k = args.eval_samples, args.eval_problems // dist.world()
     problems = task.test_set[dist.rank() * k:(dist.rank() + 1) * k]
@@ -79,7 +82,7 @@ def evaluate(model, tok, task, args, step, all_done=None):
     acc, fmt, lang, lengths, cons, refl, samples = [], [], [], [], [], [], []
     for i, (chunk, out, texts, scores) in enumerate(rollouts(
             model, tok, problems, n, args, gen, args.eval_temperature, args.eval_top_p,
-            reward_fns=[("language", language_reward, 1.0)], all_done=all_done, correct=task.correct)):
+            reward_fns=[("language", language_reward, 1.0)], all_done=all_done, correct=task.correct, engine=engine)):
         acc.append(scores["accuracy"]), fmt.append(scores["format"]), lang.append(scores["language"])
         lengths.append(out.batch.completion_mask.sum(1).cpu())
         refl.append(torch.tensor([float(reflects(t)) for t in texts]))
@@ -133,13 +136,14 @@ g.add_argument("--chat", choices=CHAT_FLAGS, default=None,
                help="prompt format (default: the run's --chat; auto: the tokenizer's chat format, none: the R1-Zero template)")
 g.add_argument("--json", action="store_true", help="print the metrics and settings as one JSON object, nothing else")
 g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+add_engine_args(parser)
 TASK_FLAGS = add_task_args(parser)
 
 
 def main(argv=None):
     args, model, tok, task, step = parse_args(argv)
     try:
-        m = evaluate(model, tok, task, args, step=step)[0]
+        m = evaluate(model, tok, task, args, step=step, engine=make_engine(args, model, tok, args.device, args.seed))[0]
     except ValueError as e:  # a prompt plus --max_new_tokens longer than the model's context
         parser.error(f"--max_new_tokens {args.max_new_tokens}: {e}")
     settings = {"ckpt": args.ckpt, "step": step, "task": args.task, "problems": args.eval_problems, "k": args.eval_samples,
@@ -160,7 +164,7 @@ def parse_args(argv=None):
                   (a.eval_samples >= 1, "--eval_samples must be at least 1"),
                   (a.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
                   (a.eval_temperature >= 0, "--eval_temperature must be >= 0 (0: greedy)"),
-                  (0 < a.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)")])
+                  (0 < a.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)"), *engine_checks(a, a.device)])
     args, model, tok, ckpt = load_for_cli(parser, argv, TASK_FLAGS)
     step = ckpt.get("step", 0)
     if args.seed is None:

@@ -120,14 +120,27 @@ def clipped_surrogate(logp, old_logp, advantages, eps_low=0.2, eps_high=None):
     return torch.min(ratio * A, ratio.clamp(1 - eps_low, 1 + eps_high) * A)
 
 
+def tis_weights(old_logp, sampler_logp, cap=2.0):
+    """
+    Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings
+    you off-policy RL training"), per token (B, T): min(pi_theta_old / pi_sampler, C). eq. 1's
+    expectation is over outputs of pi_theta_old, but another engine (vLLM: other kernels, bf16)
+    drew them from its own pi_sampler; weighting each token's term by the ratio makes the
+    expectation pi_theta_old's again, and the cap C bounds what a token the sampler found far
+    less likely than the trainer can weigh. It is 1 where the two agree, and carries no gradient.
+    """
+    return torch.exp(old_logp - sampler_logp).clamp(max=cap).detach()
+
+
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=None, beta=0.0,
-              loss_type="grpo", normalizer=None):
+              loss_type="grpo", normalizer=None, is_weights=None):
     """
     eq. 1 as a loss to minimise. logp, old_logp, ref_logp: (B, T) log-probs of the sampled tokens
     under pi_theta (with grad), pi_theta_old and pi_ref (ref_logp may be None when beta = 0);
     advantages (B,); mask (B, T) of 0/1 on completion tokens. eps_high=None clips symmetrically.
-    normalizer: see loss_normalizer; by default this batch's own. Returns (loss, metrics), the
-    metrics averaged over this batch's tokens, with their count in "tokens".
+    normalizer: see loss_normalizer; by default this batch's own. is_weights (B, T): each token's
+    importance weight when another engine sampled (tis_weights), or None. Returns (loss, metrics),
+    the metrics averaged over this batch's tokens, with their count in "tokens".
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -136,6 +149,8 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=
     surrogate = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = surrogate - beta * kl                              # - beta * D_KL (eq. 2)
+    if is_weights is not None:
+        per_token = per_token * is_weights                         # sampled by pi_sampler, not pi_theta_old
     J = (per_token * token_weights(mask, loss_type, normalizer)).sum()
     loss = -J
     return loss, grpo_metrics(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high)

@@ -24,8 +24,12 @@ is called twice inside (the shared prompt prefix, then the rows: batch.forward_r
 the loss is computed from the hidden states by kernels/fused_linear.py and the (B, C, V) logits
 never exist; elsewhere by the reference path, completion_logprobs then grpo.grpo_loss.
 
-Left out: a value model (GRPO has none), an entropy bonus, importance-sampling corrections for a
-sampler whose log-probs differ from the trainer's (here they agree: `sampler_logp_diff`).
+When another engine samples (vllm_engine.py), its log-probs differ from the trainer's: --tis
+weights each token's term by min(pi_theta_old / pi_sampler, --tis_cap) (grpo.tis_weights), which
+needs pi_theta_old's log-probs even for a single step (one more no-grad pass). The gap is logged
+either way (`sampler_logp_diff`, `_max`; with the own sampler ~1e-7), and the weights' mean, min, max.
+
+Left out: a value model (GRPO has none), an entropy bonus.
 
     python -m pytest tests/test_train.py -k update
 """
@@ -58,30 +62,47 @@ def grpo_update(policy, ref, opt, out, advantages, args, generator):
     B = mask.size(0)
     micro = args.micro_batch or B // args.minibatches
     everything = torch.arange(B).split(micro)
-    # pi_theta_old (unless a single step is its own) and pi_ref, before the first update
-    single = args.ppo_epochs * args.minibatches == 1
+    # pi_theta_old (unless a single step is its own and no importance weight needs it) and pi_ref,
+    # before the first update
+    tis = tis_on(args)
+    single = args.ppo_epochs * args.minibatches == 1 and not tis
     old_logp = None if single else logprobs_in_chunks(policy, batch, everything, args.temperature)
     ref_logp = logprobs_in_chunks(ref, batch, everything, args.temperature) if args.beta > 0 else None
+    is_w = grpo.tis_weights(old_logp, out.sampler_logp, args.tis_cap) if tis else None  # (B, C)
     stats, losses, norms, skipped = UpdateStats(mask.device), [], [], 0
     for _ in range(args.ppo_epochs):
         for mb in torch.randperm(B, generator=generator).chunk(args.minibatches):  # (B / minibatches,) rows
             norm = dist.all_sum(grpo.loss_normalizer(args.loss_type, mask[mb], args.max_new_tokens))
-            loss_of = partial(micro_batch_loss, policy, out, old_logp, ref_logp, advantages, mask, norm, args, stats)
+            loss_of = partial(micro_batch_loss, policy, out, old_logp, ref_logp, is_w, advantages, mask, norm, args,
+                              stats)
             loss, grad_norm, stepped = runs.optimizer_step(policy, opt, mb.split(micro), loss_of, args.grad_clip)
             if stepped:
                 losses.append(loss), norms.append(grad_norm)
             else:
                 skipped += 1
     mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
-    return {"loss": mean(losses), "grad_norm": mean(norms), "skipped_steps": skipped, **stats.means()}
+    return {"loss": mean(losses), "grad_norm": mean(norms), "skipped_steps": skipped, **stats.means(),
+            **({} if is_w is None else tis_stats(is_w, mask))}
 
 
-def micro_batch_loss(policy, out, old_logp, ref_logp, advantages, mask, norm, args, stats, idx):
+def tis_on(args) -> bool:
+    """--tis auto: on exactly when another engine samples."""
+    return args.tis == "on" or (args.tis == "auto" and args.engine == "vllm")
+
+
+def tis_stats(is_w, mask) -> dict:
+    """The importance weights' mean, min and max over every rank's completion tokens."""
+    w = torch.cat(dist.gather_object(is_w[mask.bool()].cpu()))  # (tokens of all ranks,)
+    return {"tis_mean": w.mean().item(), "tis_min": w.min().item(), "tis_max": w.max().item()} if w.numel() else {}
+
+
+def micro_batch_loss(policy, out, old_logp, ref_logp, is_w, advantages, mask, norm, args, stats, idx):
     """eq. 1-2 on the rows idx: their share of the mini-batch's loss (divided by its normaliser)."""
     pick = lambda x: None if x is None else x[idx]  # noqa: E731
     loss, m, logp, entropy = policy(out.batch.select(idx), args.temperature, grpo=dict(
         old_logp=pick(old_logp), ref_logp=pick(ref_logp), advantages=advantages[idx], mask=mask[idx],
-        eps_low=args.clip_eps, eps_high=args.clip_eps_high, beta=args.beta, loss_type=args.loss_type, normalizer=norm))
+        eps_low=args.clip_eps, eps_high=args.clip_eps_high, beta=args.beta, loss_type=args.loss_type, normalizer=norm,
+        is_weights=pick(is_w)))
     stats.add(m, entropy * mask[idx], logp, out.sampler_logp[idx], out.batch.completion_mask[idx])
     return loss
 
@@ -89,8 +110,8 @@ def micro_batch_loss(policy, out, old_logp, ref_logp, advantages, mask, norm, ar
 class UpdateStats:
     """What the update logs, summed on the device over micro-batches (no host sync for each), then
     over ranks: the KL, the ratio, the clip fractions and the entropy per token, and how far the
-    sampler's log-probs are from the trainer's on the first micro-batch (the same model, the same
-    temperature, the same tokens: they must agree, to ~1e-7)."""
+    sampler's log-probs are from the trainer's on the first micro-batch, mean and max (the same
+    model, the same temperature, the same tokens: with the own sampler they agree to ~1e-7)."""
 
     NAMES = ("kl", "ratio", "clip_low", "clip_high", "entropy", "tokens")
 
@@ -101,12 +122,15 @@ class UpdateStats:
         n = m["tokens"]  # grpo_metrics are means over this micro-batch's tokens: back to sums
         self.sums += torch.stack([m["kl"] * n, m["ratio"] * n, m["clip_low"] * n, m["clip_high"] * n, entropy.sum(), n])
         if self.diff is None:
-            self.diff = ((logp - sampler_logp).abs() * valid).sum() / valid.sum().clamp(min=1)
+            gap = (logp - sampler_logp).abs() * valid
+            self.diff = torch.stack([gap.sum() / valid.sum().clamp(min=1), gap.max()])  # mean, max
 
     def means(self) -> dict:
-        sums = dist.all_sum(torch.cat([self.sums, self.diff.reshape(1) / dist.world()])).tolist()
+        sums = dist.all_sum(torch.cat([self.sums, self.diff[:1] / dist.world()])).tolist()
         m = {k: v / max(sums[-2], 1) for k, v in zip(self.NAMES[:-1], sums)}
-        return {"clip_frac": m["clip_low"] + m["clip_high"], **m, "sampler_logp_diff": sums[-1]}
+        gap_max = max(x.item() for x in dist.gather_object(self.diff[1].cpu()))
+        return {"clip_frac": m["clip_low"] + m["clip_high"], **m, "sampler_logp_diff": sums[-1],
+                "sampler_logp_diff_max": gap_max}
 
 
 @torch.no_grad()
@@ -176,7 +200,7 @@ def completion_logprobs(model, batch: Batch, temperature=1.0, entropy=False):
 
 
 def completion_grpo_loss(model, batch: Batch, temperature, old_logp, ref_logp, advantages, mask, eps_low=0.2,
-                         eps_high=None, beta=0.0, loss_type="grpo", normalizer=None):
+                         eps_high=None, beta=0.0, loss_type="grpo", normalizer=None, is_weights=None):
     """The trainer's GRPO loss (grpo.grpo_loss, eq. 1-2) of the batch's completions, old_logp=None
     meaning on-policy (pi_theta_old = pi_theta). Returns (loss, metrics, logp, entropy), the last
     two (B, C) detached. On CUDA in one pass from the hidden states (kernels.linear_grpo_loss, with
@@ -185,6 +209,8 @@ def completion_grpo_loss(model, batch: Batch, temperature, old_logp, ref_logp, a
     if kernels.fast(model.lm_head.weight):
         h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): the states that predict each token
         weights = grpo.token_weights(mask, loss_type, normalizer)
+        if is_weights is not None:
+            weights = weights * is_weights  # grpo_loss's per-token factor, as a weight of the fused loss
         loss, logp, entropy = kernels.linear_grpo_loss(h, model.lm_head.weight, batch.completions, old_logp, ref_logp,
                                                        advantages, weights, eps_low, eps_high, beta,
                                                        temperature=temperature, with_entropy=True)
@@ -194,5 +220,5 @@ def completion_grpo_loss(model, batch: Batch, temperature, old_logp, ref_logp, a
         return loss, metrics, logp, entropy
     logp, entropy = completion_logprobs(model, batch, temperature, entropy=True)
     loss, metrics = grpo.grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages, mask,
-                                   eps_low, eps_high, beta, loss_type, normalizer)
+                                   eps_low, eps_high, beta, loss_type, normalizer, is_weights)
     return loss, metrics, logp.detach(), entropy

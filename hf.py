@@ -155,6 +155,13 @@ def weight_files(path, config: ModelConfig) -> dict[str, str]:
     return shard_of
 
 
+def hf_weights(state_dict, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our state dict under Hugging Face's names, as an export stores it and vLLM loads it: a tied
+    lm_head is left out (it is the embedding; safetensors stores no shared tensors)."""
+    return {hf_name(n): t.detach().contiguous() for n, t in state_dict.items()
+            if not (config.tie_embeddings and n == "lm_head.weight")}
+
+
 def save_hf(model: GPT, tokenizer: Tokenizer, path: str):
     """Write model and tokenizer as a Hugging Face directory (config.json, model.safetensors,
     tokenizer.json, tokenizer_config.json, generation_config.json), each file atomically. The
@@ -175,8 +182,7 @@ def save_hf(model: GPT, tokenizer: Tokenizer, path: str):
     files["generation_config.json"] = json.dumps({"eos_token_id": eos, "pad_token_id": tokenizer.pad}).encode()
     config = {**config_to_hf(model.config, tokenizer), "torch_dtype": str(model.lm_head.weight.dtype).removeprefix("torch.")}
     files["config.json"] = json.dumps(config, indent=2).encode()
-    weights = {hf_name(n): t.detach().contiguous() for n, t in model.state_dict().items()
-               if not (model.config.tie_embeddings and n == "lm_head.weight")}  # safetensors stores no shared tensors
+    weights = hf_weights(model.state_dict(), model.config)
     os.makedirs(path, exist_ok=True)
     atomic_write(os.path.join(path, "model.safetensors"), lambda p: save_file(weights, p, metadata={"format": "pt"}))
     for name, data in files.items():

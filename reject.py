@@ -17,6 +17,7 @@ Each filter's own pass rate and the cumulative one are printed. Simplified: the 
 DeepSeek-V3 as a judge for answers no rule can check, and added ~200k non-reasoning samples.
 
     python reject.py --ckpt out/r1/reasoning_rl/ckpt.pt --questions 300 --k 8 --out out/r1/rs.jsonl
+    python reject.py ... --engine vllm                     # sampled by vLLM (vllm_engine.py)
 """
 
 import argparse
@@ -34,6 +35,7 @@ from rollout import rollouts
 from runs import Parser, atomic_write
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS, render_prompt
+from vllm_engine import add_engine_args, engine_checks, make_engine
 
 SENTENCE = re.compile(r"[.!?\n]+")
 WORDS = re.compile(r"\S+")
@@ -109,6 +111,7 @@ g.add_argument("--repeat_words", type=int, default=3, help="a run of this many w
 g.add_argument("--min_tokens", type=int, default=1, help="fewest completion tokens")
 g.add_argument("--max_tokens", type=int, default=None, help="most completion tokens (default: --max_new_tokens)")
 g.add_argument("--keep_per_question", type=int, default=1, help="most distinct samples kept per question")
+add_engine_args(parser)
 TASK_FLAGS = add_task_args(parser)
 
 
@@ -119,8 +122,10 @@ def main(argv=None):
     gen = torch.Generator(args.device).manual_seed(args.seed)
     rows, passed_all = [], None
     try:
+        engine = make_engine(args, model, tok, args.device, args.seed)
         for chunk, out, texts, scores in rollouts(model, tok, problems, args.k, args, gen, args.temperature, args.top_p,
-                                                  reward_fns=[("language", language_reward, 1.0)], correct=task.correct):
+                                                  reward_fns=[("language", language_reward, 1.0)], correct=task.correct,
+                                                  engine=engine):
             lengths = out.batch.completion_mask.sum(1).long().tolist()
             scores = {k: [None if v != v else v for v in s.tolist()] for k, s in scores.items()}  # NaN: declined
             passed = filters(texts, lengths, out.truncated.tolist(), scores, args)
@@ -145,7 +150,8 @@ def parse_args(argv=None):
                   (a.temperature > 0 and 0 < a.top_p <= 1, "--temperature must be > 0 and --top_p in (0, 1]"),
                   (a.max_new_tokens >= 1 and 0 <= a.min_tokens <= a.max_tokens, "need --max_new_tokens >= 1 and 0 <= --min_tokens <= --max_tokens"),
                   (0 <= a.min_language <= 1, "--min_language must be in [0, 1]"),
-                  (a.repeat_words >= 1 and a.keep_per_question >= 1, "--repeat_words and --keep_per_question must be at least 1")])
+                  (a.repeat_words >= 1 and a.keep_per_question >= 1, "--repeat_words and --keep_per_question must be at least 1"),
+                  *engine_checks(a, a.device)])
     args, model, tok, _ = load_for_cli(parser, argv, TASK_FLAGS)
     args.max_tokens = args.max_tokens or args.max_new_tokens
     try:

@@ -7,7 +7,8 @@ temperature and which rewards are asked for.
 Every rollout is also scored by the task's own check (`correct`, logged as accuracy: math
 accuracy, or countdown's) and by format_reward, whatever the reward, so that accuracy and format
 are always there to watch. A reward function may decline an output (None): its score is NaN, and
-grpo.group_advantages leaves that output out. Left out: multi-turn rollouts (tool calls), and
+grpo.group_advantages leaves that output out. The sampler is sample.generate, or with --engine vllm
+vllm_engine.py's, which keeps its contract. Left out: multi-turn rollouts (tool calls), and
 scoring while decoding goes on (the rewards run when the whole batch has stopped).
 
     python -m pytest tests/test_evaluate.py
@@ -15,6 +16,7 @@ scoring while decoding goes on (the rewards run when the whole batch has stopped
 
 import math
 import random
+from functools import partial
 
 import torch
 
@@ -24,15 +26,17 @@ from template import render_prompt
 
 
 def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, reward_fns=(), all_done=None,
-            correct=accuracy_reward):
+            correct=accuracy_reward, engine=None):
     """Sample G completions per problem and score them with reward_fns, and with `correct` (logged
     as accuracy) and format_reward: name -> (B,) tensor, NaN where a function declined to score.
-    Rows i*G..i*G+G-1 answer problems[i]."""
+    Rows i*G..i*G+G-1 answer problems[i]. engine: a vllm_engine.VLLMEngine holding model's
+    weights, or None for sample.generate on model itself."""
     prompts = [render_prompt(p["prompt"], tok.chat) for p in problems]
+    sample = partial(generate, model) if engine is None else engine.generate  # the same contract
     # a completion ends on a stop id or, for a real BPE whose vocabulary lacks </answer>, on its text
-    out = generate(model, [tok.encode(p) for p in prompts], G, args.max_new_tokens, tok.stop_ids, tok.pad,
-                   temperature=temperature, top_p=top_p, generator=generator, all_done=all_done,
-                   stop_texts=tok.stop_texts, decode=tok.decode)
+    out = sample([tok.encode(p) for p in prompts], G, args.max_new_tokens, tok.stop_ids, tok.pad,
+                 temperature=temperature, top_p=top_p, generator=generator, all_done=all_done,
+                 stop_texts=tok.stop_texts, decode=tok.decode)
     eos = set(tok.stop_ids) - {tok.end_answer}  # end-of-sequence ids are no text; </answer> is
     texts = [tok.decode([t for t in ids if t not in eos]) for ids in out.batch.completions.tolist()]
     prompts = [p for p in prompts for _ in range(G)]
@@ -48,13 +52,14 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
 
 
 def rollouts(model, tok, problems, G, args, generator, temperature, top_p, reward_fns=(), all_done=None,
-             correct=accuracy_reward, chunk=25):
+             correct=accuracy_reward, chunk=25, engine=None):
     """rollout over many problems, `chunk` of them (chunk x G rows) at a time, which bounds the
     sampler's memory: yields (those problems, out, texts, scores) for each chunk (evaluation and
     rejection sampling)."""
     for i in range(0, len(problems), chunk):
         part = problems[i:i + chunk]
-        yield (part, *rollout(model, tok, part, G, args, generator, temperature, top_p, reward_fns, all_done, correct))
+        yield (part, *rollout(model, tok, part, G, args, generator, temperature, top_p, reward_fns, all_done, correct,
+                              engine))
 
 
 def longest_prompt(task, tok):

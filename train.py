@@ -10,7 +10,7 @@ run GRPO on a pretrained model read from a local Hugging Face directory.
 The base model (pretrain.py): a small transformer learns the corpus of the task (tasks.py,
 --task); it is cached. With --init (hf:DIR, or a ckpt.pt of ours) there is none to train.
 Then RL: each step samples --group_size outputs for each of --questions questions from the current
-policy (pi_theta_old; rollout.py), scores them with the rule-based rewards of rewards.py (eq. 4)
+policy (pi_theta_old; rollout.py; --engine vllm: vllm_engine.py), scores them with the rule-based rewards of rewards.py (eq. 4)
 and, with --reward_model, a model-based one (`preference`, reward_model.py; eq. 5 and 8, what the
 paper's second RL stage adds), turns rewards into group-normalised advantages (eq. 3), and trains
 on the rollout (grpo_update.py: eq. 1-2 over mini-batches and epochs). The k3 KL penalty is to a
@@ -55,6 +55,7 @@ from rewards import parse_rewards
 from rollout import longest_prompt, rollout
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS, chat_format
+from vllm_engine import add_engine_args, engine_checks, make_engine
 
 # -----------------------------------------------------------------------------
 # flags
@@ -104,6 +105,7 @@ g.add_argument("--questions", type=int, default=16, help="questions per step (pa
 g.add_argument("--group_size", type=int, default=8, help="G, outputs sampled per question (paper: 16)")
 g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of rollouts (paper: 1.0)")
 g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a completion")
+add_engine_args(parser, train=True)  # --engine own|vllm, and the importance weights of another sampler (vllm_engine.py)
 g = parser.add_argument_group("RL: the GRPO objective (grpo.py) and its update (grpo_update.py)")
 g.add_argument("--lr", type=float, default=5e-5, help="learning rate of RL, constant (paper: 3e-6, for a 671B model)")
 g.add_argument("--beta", type=float, default=0.01, help="KL coefficient; 0 runs no reference model (paper: 0.001)")
@@ -211,6 +213,7 @@ def flag_checks(args, world):
         (args.max_skips >= 1, "--max_skips must be at least 1"),
         (not (args.init and args.init.startswith("hf:") and args.tokenizer != parser.get_default("tokenizer")),
          "--tokenizer: an --init hf:DIR model brings its own tokenizer; leave --tokenizer out"),
+        *engine_checks(args, args.device),
     ]
 
 
@@ -277,6 +280,7 @@ class GRPORun:
             dist.print0(f"resuming {self.dir} after step {self.start - 1}")
         model.grad_checkpointing = args.grad_checkpoint
         self.model = model
+        self.engine = make_engine(args, model, self.tok, device, args.seed + rank)  # None: sample.generate on model
         ref_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         self.ref = None if args.beta == 0 else reference(model, ref_dtype, args.fsdp, ckpt and ckpt.get("ref"))
         self.policy = wrap_policy(model, args.fsdp)
@@ -342,7 +346,8 @@ class GRPORun:
         q = args.questions // self.world
         problems = self.task.train_problems(self.questions, args.questions)[self.rank * q:(self.rank + 1) * q]
         out, texts, scores = rollout(self.model, self.tok, problems, args.group_size, args, self.sampling, args.temperature,
-                                     reward_fns=self.reward_fns, all_done=self.sync, correct=self.task.correct)
+                                     reward_fns=self.reward_fns, all_done=self.sync, correct=self.task.correct,
+                                     engine=self.engine)
         rewards = sum(w * scores[name] for name, _, w in self.reward_fns)  # eq. 4; NaN if any declined
         advantages = grpo.group_advantages(rewards, args.group_size, scale=args.adv_scale).to(out.batch.rows.device)  # eq. 3
         return out, texts, scores, rewards, advantages
@@ -353,6 +358,8 @@ class GRPORun:
         um = grpo_update(self.policy, self.ref, self.opt, out, advantages, self.args, self.shuffle)
         if self.ref is not None and self.args.ref_update_every and step % self.args.ref_update_every == 0:
             reset_reference(self.ref, self.policy)
+        if self.engine is not None:  # the next rollout samples from the weights just trained
+            self.engine.sync(dist.full_state_dict(self.model, everywhere=True))
         return um
 
     def record(self, step, out, texts, scores, rewards, um, t_rollout, t_train):
@@ -383,7 +390,7 @@ class GRPORun:
 
     def evaluate(self, step):
         """Held-out metrics (evaluate.py); rank 0 appends its sample completions to samples.jsonl."""
-        m, samples = evaluate(self.model, self.tok, self.task, self.args, step, self.sync)
+        m, samples = evaluate(self.model, self.tok, self.task, self.args, step, self.sync, self.engine)
         if self.rank == 0:
             for s in samples:
                 runs.append_jsonl(os.path.join(self.dir, "samples.jsonl"), s)

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import grpo
 from grpo import group_advantages, grpo_loss, kl_k3, loss_normalizer
 
 
@@ -181,3 +182,33 @@ def test_clipping_zeroes_gradient_outside_the_trust_region():
 def test_bad_loss_type_says_what_to_fix():
     with pytest.raises(ValueError, match="loss_type"):
         grpo_loss(torch.zeros(1, 2), torch.zeros(1, 2), None, torch.zeros(1), torch.ones(1, 2), loss_type="seq")
+
+
+def test_tis_weights_give_the_on_policy_gradient_when_the_sampler_is_exact_and_bound_it_when_not():
+    # truncated importance sampling (grpo.tis_weights): a sampler whose log-probs are pi_theta_old's
+    # gives weights 1 and the on-policy gradient exactly; one that is off scales each token's
+    # gradient by its weight, never by more than the cap
+    torch.manual_seed(0)
+    B, T, cap = 4, 6, 2.0
+    old = -torch.rand(B, T) * 3
+    mask = (torch.rand(B, T) > 0.2).float()
+    A = torch.randn(B)
+
+    def grad(is_weights):
+        logp = old.clone().requires_grad_(True)
+        loss, _ = grpo.grpo_loss(logp, old, None, A, mask, is_weights=is_weights)
+        loss.backward()
+        return logp.grad
+
+    plain = grad(None)
+    exact = grpo.tis_weights(old, old.clone(), cap)
+    assert torch.equal(exact, torch.ones(B, T))
+    torch.testing.assert_close(grad(exact), plain, rtol=0, atol=0)
+    off = old - 4 * torch.rand(B, T) + 1  # the sampler found some tokens far less likely, some more
+    w = grpo.tis_weights(old, off, cap)
+    assert w.max() == cap and w.min() < 1  # some weights hit the cap, some are below 1
+    g = grad(w)
+    torch.testing.assert_close(g, plain * w)  # each token's gradient, scaled by its weight
+    assert (g.abs() <= cap * plain.abs() + 1e-12).all()
+    untruncated = grad(grpo.tis_weights(old, off, float("inf")))  # plain importance sampling is not bounded
+    assert (untruncated.abs() > cap * plain.abs() + 1e-6).any()

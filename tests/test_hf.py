@@ -64,11 +64,12 @@ def train_tokenizer(path, added=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     return tok
 
 
-def hf_model(kind, vocab, tied=False, seed=0):
+def hf_model(kind, vocab, tied=False, seed=0, heads=4):
     """A tiny random transformers model; every weight drawn (biases and norms included), so that
-    a wrongly mapped or unused tensor shows in the logits."""
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=tied, rms_norm_eps=1e-6)
+    a wrongly mapped or unused tensor shows in the logits. heads=2: head_dim 32, the least vLLM's
+    CPU attention takes."""
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=heads,
+                  num_key_value_heads=heads // 2, max_position_embeddings=256, tie_word_embeddings=tied, rms_norm_eps=1e-6)
     if kind == "qwen2":
         config = transformers.Qwen2Config(**common, rope_theta=10000.0)
     elif kind == "llama":  # llama3 rope scaling whose three frequency bands all occur at head_dim 16
@@ -92,9 +93,10 @@ def tok_dir(tmp_path_factory):
     return path
 
 
-def make_dir(tmp_path, tok_dir, kind, tied=False, **save_kw):
+def make_dir(tmp_path, tok_dir, kind, tied=False, heads=4, **save_kw):
     path = str(tmp_path / kind)
-    hf = hf_model(kind, vocab=HFTok.from_file(os.path.join(tok_dir, "tokenizer.json")).get_vocab_size(), tied=tied)
+    hf = hf_model(kind, vocab=HFTok.from_file(os.path.join(tok_dir, "tokenizer.json")).get_vocab_size(), tied=tied,
+                  heads=heads)
     hf.save_pretrained(path, **save_kw)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         with open(os.path.join(tok_dir, name)) as src, open(os.path.join(path, name), "w") as dst:

@@ -233,3 +233,12 @@ def test_a_non_finite_loss_skips_the_update(minibatches):
         assert not moved and not opt.state and m["loss"] != m["loss"]  # nothing taken: NaN loss
     else:
         assert moved and all(s["step"] == 1 for s in opt.state.values()) and m["loss"] == m["loss"]
+
+
+def test_engine_vllm_without_vllm_is_one_line(monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if it were not installed: its import fails
+    with pytest.raises(SystemExit):
+        train.parse_args(["--engine", "vllm"])
+    err = capsys.readouterr().err
+    assert "pip install -r requirements-vllm.txt" in err and len(err.strip().splitlines()) == 1
