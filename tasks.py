@@ -6,10 +6,10 @@ and (for the CPU toy) the base-model corpus. A registry: `--task NAME` picks one
     countdown  TinyZero's Countdown: 3-4 numbers and a target reachable with + - * /, each number once
                (checked by search when generated); reward: countdown + format; with a base corpus
     linear     linear equations `3x + 7 = 22`, integer or (--linear_fractions) fraction answers
-    gsm8k      a local JSONL in GSM8K's format: `question`, `answer` ending in `#### 42`
-    math       a local JSONL in MATH / MATH-500's format: `problem`, `answer` or a `solution` whose last
+    gsm8k      a local file in GSM8K's format: `question`, `answer` ending in `#### 42`
+    math       a local file in MATH / MATH-500's format: `problem`, `answer` or a `solution` whose last
                \boxed{} is the answer; `level` and `subject` (MATH's `type`) kept for per-subject tables
-    jsonl      any JSONL: --prompt_field, --answer_field; every other field goes to the reward functions
+    jsonl      any records: --prompt_field, --answer_field; every other field goes to the reward functions
 
 A problem is a dict {"prompt": question, "answer": reference, ...fields}; the reward functions
 (rewards.py) get every field as a keyword list. A task has `test_set` (held out, never trained
@@ -28,8 +28,8 @@ the toy base model (tasks without one need a pretrained model). Adding a task is
     TASKS["squares"] = Squares
 
 The file tasks (gsm8k, math, jsonl) live in file_tasks.py: nothing is downloaded, they read the
-paths given (--train_file, --test_file), and a malformed line is one TaskError naming the file,
-the line and the field.
+paths given (--train_file, --test_file: a .jsonl, a .parquet or a datasets.save_to_disk folder),
+and a malformed record is one TaskError naming the file, the line (or row) and the field.
 
 The addition corpus is the miniature of a pretrained LM that can reason but rarely does, and
 whose careful reasoning comes as the recheck of a hurried first attempt:
@@ -406,8 +406,10 @@ def add_task_args(parser) -> list[str]:
     g.add_argument("--cd_max_number", type=int, default=9, help="countdown: numbers are 1..this (TinyZero: 99)")
     g.add_argument("--cd_max_target", type=int, default=30, help="countdown: targets are 1..this (TinyZero: 99)")
     g.add_argument("--linear_fractions", action="store_true", help="linear: answers may be fractions (7/3)")
-    g.add_argument("--train_file", default=None, help="gsm8k, math, jsonl: the training problems, a local .jsonl")
-    g.add_argument("--test_file", default=None, help="gsm8k, math, jsonl: the held-out problems, a local .jsonl")
+    g.add_argument("--train_file", default=None, help="gsm8k, math, jsonl: the training problems, a local .jsonl, "
+                   ".parquet (as the Hub serves it; needs pyarrow) or datasets.save_to_disk folder (needs datasets)")
+    g.add_argument("--test_file", default=None, help="gsm8k, math, jsonl: the held-out problems, a file or folder "
+                   "as --train_file")
     g.add_argument("--prompt_field", default="prompt", help="jsonl: the field holding the question")
     g.add_argument("--answer_field", default="answer", help="jsonl: the field holding the reference answer ('' for none)")
     return [a.dest for a in g._group_actions]
