@@ -178,8 +178,11 @@ def save_hf(model: GPT, tokenizer: Tokenizer, path: str):
     else:
         raise ValueError(f"cannot export the tokenizer '{tokenizer.name}': export supports aha, byte and hf: tokenizers "
                          f"(a tiktoken encoding's specials have no tokenizer.json form here)")
-    eos = getattr(tokenizer, "eos_ids", [tokenizer.eot])
-    files["generation_config.json"] = json.dumps({"eos_token_id": eos, "pad_token_id": tokenizer.pad}).encode()
+    # every id our sampler stops on (eos, Llama 3's <|eot_id|>, </answer> where it is one token), so that
+    # transformers' generate and vLLM stop where sample.generate does; a stop text (</answer> spelt in
+    # several tokens) has no place here: generation_config's stop_strings would make generate demand a tokenizer
+    generation = {"eos_token_id": tokenizer.stop_ids, "pad_token_id": tokenizer.pad}
+    files["generation_config.json"] = json.dumps(generation).encode()
     config = {**config_to_hf(model.config, tokenizer), "torch_dtype": str(model.lm_head.weight.dtype).removeprefix("torch.")}
     files["config.json"] = json.dumps(config, indent=2).encode()
     weights = hf_weights(model.state_dict(), model.config)

@@ -85,13 +85,20 @@ def fsync_dir(path):
 def atomic_write(path, data):
     """Write data to path through path.tmp, fsync'd, and a rename: readers see the old file or the
     new one, and a crash or a kill -9 never leaves a torn one. data: text, bytes, or a function that
-    writes a file at the path it is given (torch.save, safetensors' save_file, a figure's savefig)."""
+    writes a file at the path it is given (torch.save, safetensors' save_file, a figure's savefig).
+    The file gets the mode a plain open() gives a new one (0666 less the umask, or what the
+    directory's default ACL says), whatever the writer chose: safetensors writes 0600, which a vLLM
+    server or a colleague running as another user cannot read."""
     tmp = f"{path}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)  # a stale one (a crash mid-write) would lend the new file its mode
+    with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+        mode = os.fstat(f.fileno()).st_mode & 0o7777  # the kernel's choice for a new file here
+        if not callable(data):
+            f.write(data)
     if callable(data):
         data(tmp)
-    else:
-        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
-            f.write(data)
+        os.chmod(tmp, mode)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

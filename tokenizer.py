@@ -213,7 +213,8 @@ class HFTokenizer(Tokenizer):
 
     @property
     def stop_ids(self) -> list[int]:
-        return self.eos_ids + ([self.end_answer] if self.end_answer is not None else [])
+        # (an export lists </answer> among generation_config's eos ids: once here on reading it back)
+        return list(dict.fromkeys(self.eos_ids + ([self.end_answer] if self.end_answer is not None else [])))
 
     def encode(self, text: str) -> list[int]:
         return super().encode(unicodedata.normalize("NFC", text) if self.nfc else text)

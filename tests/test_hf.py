@@ -188,6 +188,44 @@ def test_export_our_checkpoint_with_our_tokenizers(tmp_path, name):
     assert not os.path.exists(tmp_path / "x")
 
 
+def test_export_is_readable_by_others_and_stops_where_our_sampler_does(tmp_path):
+    """A toy checkpoint that has learnt to close its answer with </answer> (one token of aha's, no
+    eos) and to go on after it: through `python checkpoint.py export` its files are readable by
+    other users, and transformers' generate, with nothing but the export's generation_config,
+    stops at the token our sampler stops at."""
+    tok = get_tokenizer("aha")
+    torch.manual_seed(0)
+    model = make_model("tiny", tok.vocab_size, n_layer=1, n_embd=64, ffn_hidden=128)
+    prompt = tok.encode("Compute 82 + 97 <answer>")
+    ids = torch.tensor([prompt + tok.encode(" 179 </answer> and then more text")])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    for _ in range(20):  # memorise the one sequence
+        loss = torch.nn.functional.cross_entropy(our_logits(model, ids[:, :-1])[0], ids[0, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = generate(model, [prompt], 1, 16, tok.stop_ids, tok.pad, temperature=0.0)
+    n = int(out.batch.completion_mask.sum())
+    ours = out.batch.completions[0, :n].tolist()
+    assert n > 1 and ours[-1] == tok.end_answer != tok.eot  # it stops at </answer>, not at the first token
+    save_checkpoint(str(tmp_path / "ckpt.pt"), model, "aha", step=1)
+    old = os.umask(0o022)  # a usual umask: what a plain open() makes is 0644
+    try:
+        checkpoint.main(["export", str(tmp_path / "ckpt.pt"), str(tmp_path / "out")])
+    finally:
+        os.umask(old)
+    files = sorted(os.listdir(tmp_path / "out"))
+    assert "model.safetensors" in files and "generation_config.json" in files and not any(f.endswith(".tmp") for f in files)
+    modes = {f: os.stat(tmp_path / "out" / f).st_mode & 0o777 for f in files}
+    assert all(m & 0o004 for m in modes.values()) and modes == dict.fromkeys(files, 0o644), modes
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    ref = back.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                        max_new_tokens=16, do_sample=False)[0, len(prompt):].tolist()
+    assert ref == ours
+
+
 @pytest.mark.parametrize("pattern", [QWEN2_PATTERN, LLAMA3_PATTERN, None], ids=["qwen2", "llama3", "gpt2"])
 def test_tokenizer_matches_tokenizers(tmp_path, pattern):
     path = str(tmp_path / "tok")

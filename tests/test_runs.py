@@ -10,10 +10,12 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import plot
 import train
 from checkpoint import load_checkpoint
+from runs import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiny: seconds per run. 2 mini-batches (the shuffler draws), a reference reset at step 3, beta > 0
@@ -199,6 +201,24 @@ def test_non_finite_steps_are_skipped_and_too_many_end_the_run(out, monkeypatch,
 
 
 # --- checkpoints that say what they are ---
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path, umask):
+    """Whatever the writer (safetensors' own makes 0600) and a stale .tmp of 0600 left by a crash:
+    the file is 0666 less the umask, readable by others under a usual umask and not under 0o077."""
+    (tmp_path / "b.bin.tmp").write_bytes(b"torn")
+    os.chmod(tmp_path / "b.bin.tmp", 0o600)
+    writers = {"a.txt": "text", "b.bin": b"bytes", "c.safetensors": lambda p: save_file({"w": torch.ones(2)}, p),
+               "d.pt": lambda p: torch.save({"w": torch.ones(2)}, p)}
+    old = os.umask(umask)
+    try:
+        for name, data in writers.items():
+            atomic_write(str(tmp_path / name), data)
+    finally:
+        os.umask(old)
+    modes = {name: os.stat(tmp_path / name).st_mode & 0o777 for name in writers}
+    assert modes == dict.fromkeys(writers, 0o666 & ~umask) and sorted(os.listdir(tmp_path)) == sorted(writers)
+
 
 def test_checkpoint_mismatches_are_one_line(out, tmp_path):
     path = os.path.join(out, "straight", "ckpt.pt")
