@@ -12,7 +12,8 @@ resume, and SIGTERM / SIGINT turned into a checkpoint at the next step boundary.
 and writes
 
     out/<run>/args.json           the flags of the run (a resume writes args-resume-<step>.json beside it)
-    out/<run>/log.jsonl           one JSON line per step, appended whole and fsync'd
+    out/<run>/log.jsonl           one JSON line per step, appended whole and fsync'd (RunLog; with
+                                  --report_to, also to TensorBoard or W&B: trackers.py)
     out/<run>/ckpt.pt             the last checkpoint (checkpoint.py), written whole or not at all
 
 Exact resume: a checkpoint carries torch's and Python's global random states, the streams every
@@ -38,6 +39,7 @@ import time
 import torch
 
 import dist
+import trackers
 
 
 class Parser(argparse.ArgumentParser):
@@ -139,9 +141,10 @@ def read_json(path: str, what: str) -> dict:
 # -----------------------------------------------------------------------------
 # the run directory
 
-def check_run_dir(args, ckpt="ckpt.pt"):
+def check_run_dir(args, ckpt="ckpt.pt", report_to="none"):
     """The error (a string naming the flag and the fix) that opening this run would meet, or None.
-    Run before any work: a fresh run must not overwrite one, a resume needs its checkpoint."""
+    Run before any work: a fresh run must not overwrite one, a resume needs its checkpoint, the
+    trackers of report_to (--report_to) need their packages."""
     run_dir = os.path.join(args.out_dir, args.run_name or "")
     path = os.path.join(run_dir, ckpt)
     if args.resume:
@@ -154,7 +157,7 @@ def check_run_dir(args, ckpt="ckpt.pt"):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         return f"--out_dir {args.out_dir}: {parent} is not a writable directory: pick another --out_dir"
-    return None
+    return trackers.check(report_to)
 
 
 def run_path(args, prefix=""):
@@ -163,17 +166,23 @@ def run_path(args, prefix=""):
     return os.path.join(args.out_dir, args.run_name)
 
 
-def start_run(run_dir, args, world, start):
+def start_run(run_dir, args, world, start, report_to="none"):
     """Rank 0 writes the flags (args.json, or args-resume-<start>.json: the run's own stays) and,
     on a resume, cuts log.jsonl and samples.jsonl back to the checkpoint: lines of later steps, and
-    torn ones, are set aside in <name>-after-step-<k>.jsonl, never lost."""
-    if dist.rank() != 0:
-        return
-    os.makedirs(run_dir, exist_ok=True)
-    name = "args.json" if start == 1 else f"args-resume-{start}.json"
-    atomic_write(os.path.join(run_dir, name), json.dumps({**vars(args), "world_size": world}, indent=2))
-    if start == 1:
-        return
+    torn ones, are set aside in <name>-after-step-<k>.jsonl, never lost. -> the run's log (RunLog),
+    with the trackers of report_to (--report_to) open and the flags as their config."""
+    config = {**vars(args), "world_size": world}
+    if dist.rank() == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        name = "args.json" if start == 1 else f"args-resume-{start}.json"
+        atomic_write(os.path.join(run_dir, name), json.dumps(config, indent=2))
+        if start > 1:
+            cut_back(run_dir, start)
+    return RunLog(run_dir, report_to, config, start)
+
+
+def cut_back(run_dir, start):
+    """A resume's log.jsonl and samples.jsonl: the lines before step `start`; the others set aside."""
     for stem in ("log", "samples"):
         path = os.path.join(run_dir, f"{stem}.jsonl")
         if not os.path.isfile(path):
@@ -190,6 +199,29 @@ def start_run(run_dir, args, world, start):
             atomic_write(os.path.join(run_dir, f"{stem}-after-step-{start - 1}.jsonl"),
                          "".join(line for line, k in zip(lines, keep) if not k))
         atomic_write(path, "".join(line for line, k in zip(lines, keep) if k))
+
+
+class RunLog:
+    """A run's log: log.jsonl, the source of truth, and beside it the experiment trackers of
+    --report_to (trackers.py), written by rank 0 only (on the other ranks, write does nothing).
+    write(record) appends a record to log.jsonl and logs its numbers to the trackers; as a context
+    manager around the run, the trackers close (W&B ends its run) however the run ends."""
+
+    def __init__(self, run_dir, report_to="none", config=None, start=1):
+        self.path = os.path.join(run_dir, "log.jsonl")
+        self.trackers = trackers.Trackers(report_to, run_dir, config or {}, start) if dist.rank() == 0 else None
+
+    def write(self, record):
+        if self.trackers is not None:
+            append_jsonl(self.path, record)
+            self.trackers.log(record)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if self.trackers is not None:
+            self.trackers.close(failed=kind is not None)
 
 
 def resume_hint(args, prog):

@@ -23,10 +23,11 @@ epoch) only, --batch examples per optimiser step (gradients accumulated over --m
 linear warmup then cosine decay to 10% (runs.lr_at). Under torchrun each rank takes its block of
 every batch, gradients are averaged by DDP and the loss is divided by the tokens of the whole
 batch, so the update does not depend on the world size or micro-batching. The run is train.py's
-(runs.py): out/<run>/args.json, log.jsonl, ckpt.pt (train.py --init, evaluate.py, sample.py and
-sft.py --init all take it), and --resume continues at the step after the checkpoint (the data
-order needs no saved random state). With --eval_problems the held-out pass@1 of --task is
-measured at the end (evaluate.py). Left out: FSDP, packing several examples into one row.
+(runs.py): out/<run>/args.json, log.jsonl (--report_to: also TensorBoard, W&B), ckpt.pt (train.py
+--init, evaluate.py, sample.py and sft.py --init all take it), and --resume continues at the step
+after the checkpoint (the data order needs no saved random state). With --eval_problems the
+held-out pass@1 of --task is measured at the end (evaluate.py). Left out: FSDP, packing several
+examples into one row.
 
     python sft.py --init out/base/ckpt.pt --data cold_start.jsonl --run_name cold --epochs 2
     python sft.py --init hf:/models/Qwen2.5-0.5B --data traces.jsonl --dtype bf16 --lr 1e-5
@@ -59,6 +60,7 @@ g.add_argument("--save_every", type=int, default=0, help="write ckpt.pt every th
 g.add_argument("--seed", type=int, default=1337, help="seed of the data order (and of the evaluation's sampling)")
 g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 g.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: forward passes under bf16 autocast, fp32 weights and optimiser state")
+g.add_argument("--report_to", default="none", help="log.jsonl's numbers also to: none, or tensorboard, wandb (comma-separated; trackers.py)")
 g = parser.add_argument_group("model and data")
 g.add_argument("--init", default=None, help="(required) the model to fine-tune: a ckpt.pt of ours or hf:DIR (a local Hugging Face model directory)")
 g.add_argument("--chat", choices=CHAT_FLAGS, default="auto",
@@ -89,7 +91,9 @@ def main(argv=None):
     args, ids = parse_args(argv)
     kernels.USE = "cuda"  # the Triton kernels on CUDA, the references elsewhere
     with runs.session(args.device, args.dtype) as (rank, world, device, stop):
-        run_dir = SFTRun(args, ids, rank, world, device).run(stop)
+        run = SFTRun(args, ids, rank, world, device)
+        with run.log:  # the trackers of --report_to close however the run ends
+            run_dir = run.run(stop)
     return run_dir
 
 
@@ -109,7 +113,7 @@ def parse_args(argv=None):
         (args.eval_problems >= 0 and args.eval_samples >= 1, "--eval_problems must be >= 0 and --eval_samples >= 1"),
     ])
     parser.check_device(args.device)
-    if error := runs.check_run_dir(args):
+    if error := runs.check_run_dir(args, report_to=args.report_to):
         parser.error(error)
     try:
         tok, config = starting_point(args)
@@ -215,7 +219,7 @@ class SFTRun:
         self.tok.chat = chat_format(args.chat, self.tok.chat)
         args.tokenizer_dir = ckpt.get("tokenizer_dir", "tokenizers")  # where its checkpoint's tokenizer is found
         self.start = ckpt.get("step", 0) + 1
-        runs.start_run(self.dir, args, world, self.start)
+        self.log = runs.start_run(self.dir, args, world, self.start, args.report_to)  # log.jsonl and the trackers
         self.steps_per_epoch = len(ids) // args.batch
         self.total = args.epochs * self.steps_per_epoch
         dist.print0(f"run: {self.dir} | {len(ids)} examples, {args.epochs} epochs x {self.steps_per_epoch} steps of "
@@ -247,8 +251,7 @@ class SFTRun:
         loss, grad_norm, tokens = self.update([self.ids[r] for r in rows])
         rec = {"step": step, "epoch": epoch + (i + 1) / self.steps_per_epoch, "loss": loss, "grad_norm": grad_norm,
                "lr": lr, "tokens": tokens, "step_s": time.time() - t0, "elapsed": time.time() - self.t_start}
-        if self.rank == 0:
-            runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), rec)
+        self.log.write(rec)  # on rank 0
         if step % 10 == 0 or step == self.total or step == self.start:
             dist.print0(f"step {step:4d}/{self.total} | epoch {rec['epoch']:.2f} | loss {loss:.4f} | lr {lr:.2e} | "
                         f"grad norm {grad_norm:.2f} | {rec['elapsed']:.0f}s")
@@ -279,8 +282,8 @@ class SFTRun:
         task, step = make_task(self.args, log=dist.print0), max(self.total, self.start - 1)  # the last step trained
         m, samples = evaluate(self.model, self.tok, task, self.args, step)
         print_eval(step, m, self.args)
+        self.log.write({"step": step, **m})  # at the last step trained: the trackers add it to that step's numbers
         if dist.rank() == 0:
-            runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), {"step": step, **m})
             for s in samples:
                 runs.append_jsonl(os.path.join(self.dir, "samples.jsonl"), s)
 

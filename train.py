@@ -21,7 +21,8 @@ temperature 0.6, top-p 0.95, as in the R1 paper; evaluate.py) is measured before
 
 Everything goes to out/<run>/ (runs.py): log.jsonl (every metric, every step), samples.jsonl
 (completions at each evaluation), ckpt.pt (every --save_every steps, at the end, and on SIGTERM /
-SIGINT), curves.png (python plot.py out/<run>). --resume continues a run exactly where its
+SIGINT), curves.png (python plot.py out/<run>); with --report_to, log.jsonl's numbers also go to
+TensorBoard or W&B (trackers.py). --resume continues a run exactly where its
 checkpoint left it. A step whose loss or gradient norm is not finite skips its optimiser update
 (logged as skipped_steps); --max_skips such steps in a row end the run. Every flag that can be
 checked is checked before any work (validate). Log-probs come from the Triton kernels of kernels/
@@ -127,6 +128,7 @@ g.add_argument("--eval_temperature", type=float, default=0.6, help="evaluation t
 g.add_argument("--eval_top_p", type=float, default=0.95, help="evaluation top-p (R1 paper: 0.95)")
 g.add_argument("--log_samples", type=int, default=4, help="completions written to samples.jsonl per evaluation")
 g.add_argument("--no_plot", action="store_true", help="do not draw curves.png at the end")
+g.add_argument("--report_to", default="none", help="log.jsonl's numbers also to: none, or tensorboard, wandb (comma-separated; trackers.py)")
 
 # the paper's first RL stage (R1 paper, "Training details of DeepSeek-R1-Zero"); the clip ratio is
 # 10 as the seed text gives it (most reimplementations use 0.2)
@@ -142,7 +144,9 @@ def main(argv=None):
         args.no_kernels = True  # on CUDA the fused kernels would bypass the student's log-probs and loss
     kernels.USE = "never" if args.no_kernels else "cuda"  # a CPU takes the references
     with runs.session(args.device, args.dtype) as (rank, world, device, stop):  # from here a SIGTERM / SIGINT stops at a step boundary
-        run_dir = GRPORun(args, rank, world, device, stop).run()
+        run = GRPORun(args, rank, world, device, stop)
+        with run.log:  # the trackers of --report_to close however the run ends
+            run_dir = run.run()
     return run_dir
 
 
@@ -168,7 +172,7 @@ def validate(args):
         parser.error(str(e))
     tok.chat = chat_format(args.chat, tok.chat)
     check_lengths(args, task, tok, config)
-    if error := memory_error(args, config, world) or runs.check_run_dir(args):
+    if error := memory_error(args, config, world) or runs.check_run_dir(args, report_to=args.report_to):
         parser.error(error)
     if args.resume:  # the checkpoint must be one this run can continue
         try:
@@ -272,7 +276,7 @@ class GRPORun:
         if args.resume:  # validate has checked it: this tokenizer, this model shape, this format
             model, _, ckpt = load_checkpoint(os.path.join(self.dir, "ckpt.pt"), device, full=True)
         self.start = 1 if ckpt is None else ckpt["step"] + 1
-        runs.start_run(self.dir, args, world, self.start)
+        self.log = runs.start_run(self.dir, args, world, self.start, args.report_to)  # log.jsonl and the trackers
         dist.print0(f"run: {self.dir}" + (f" ({world} processes)" if world > 1 else ""))
         if ckpt is None:
             model = initial_model(args, self.tok, self.task, rank, device, stop)
@@ -306,8 +310,7 @@ class GRPORun:
         if self.start == 1:
             m = self.evaluate(0)
             print_eval(0, m, self.args)
-            if self.rank == 0:
-                runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), {"step": 0, "elapsed": time.time() - self.t_start, **m})
+            self.log.write({"step": 0, "elapsed": time.time() - self.t_start, **m})
         self.t_rl = time.time()
         if not runs.run_steps(self.start, self.args.rl_steps, self.step, self.save, self.stop, self.args.save_every,
                               runs.resume_hint(self.args, "train.py")):
@@ -328,8 +331,7 @@ class GRPORun:
         if step % args.eval_every == 0 or step == args.rl_steps:
             rec.update(self.evaluate(step))
         print_step(rec, args, (time.time() - self.t_rl) / (step - self.start + 1))
-        if self.rank == 0:
-            runs.append_jsonl(os.path.join(self.dir, "log.jsonl"), rec)
+        self.log.write(rec)  # on rank 0
         if "eval_accuracy" in rec:
             print_eval(step, rec, args)
         self.streak = self.streak + 1 if um["skipped_steps"] else 0
