@@ -7,17 +7,20 @@ temperature and which rewards are asked for.
 Every rollout is also scored by the task's own check (`correct`, logged as accuracy: math
 accuracy, or countdown's) and by format_reward, whatever the reward, so that accuracy and format
 are always there to watch. A reward function may decline an output (None): its score is NaN, and
-grpo.group_advantages leaves that output out. Left out: multi-turn rollouts (tool calls), and
-scoring while decoding goes on (the rewards run when the whole batch has stopped).
+grpo.group_advantages leaves that output out. With --max_tool_calls the rollout is multi-turn,
+the policy calling a Python interpreter inside its thought (tools.py). Left out: scoring while
+decoding goes on (the rewards run when the whole batch has stopped).
 
     python -m pytest tests/test_evaluate.py
 """
 
 import math
 import random
+from functools import partial
 
 import torch
 
+import tools
 from rewards import accuracy_reward, format_reward
 from sample import generate
 from template import render_prompt
@@ -30,9 +33,12 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
     Rows i*G..i*G+G-1 answer problems[i]."""
     prompts = [render_prompt(p["prompt"], tok.chat) for p in problems]
     # a completion ends on a stop id or, for a real BPE whose vocabulary lacks </answer>, on its text
-    out = generate(model, [tok.encode(p) for p in prompts], G, args.max_new_tokens, tok.stop_ids, tok.pad,
-                   temperature=temperature, top_p=top_p, generator=generator, all_done=all_done,
-                   stop_texts=tok.stop_texts, decode=tok.decode)
+    gen = partial(generate, model)
+    if getattr(args, "max_tool_calls", 0):  # multi-turn: the interpreter inside the thought (CLIs without tools lack the flag)
+        gen = tools.engine(gen, tok, args)
+    out = gen([tok.encode(p) for p in prompts], G, args.max_new_tokens, tok.stop_ids, tok.pad,
+              temperature=temperature, top_p=top_p, generator=generator, all_done=all_done,
+              stop_texts=tok.stop_texts, decode=tok.decode)
     eos = set(tok.stop_ids) - {tok.end_answer}  # end-of-sequence ids are no text; </answer> is
     texts = [tok.decode([t for t in ids if t not in eos]) for ids in out.batch.completions.tolist()]
     prompts = [p for p in prompts for _ in range(G)]

@@ -43,6 +43,7 @@ import dist
 import grpo
 import kernels
 import runs
+import tools
 from checkpoint import load_checkpoint, load_model, memory_error, save_checkpoint, starting_point
 from evaluate import evaluate, print_eval
 from exercises import plug_in
@@ -104,6 +105,7 @@ g.add_argument("--questions", type=int, default=16, help="questions per step (pa
 g.add_argument("--group_size", type=int, default=8, help="G, outputs sampled per question (paper: 16)")
 g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of rollouts (paper: 1.0)")
 g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a completion")
+tools.add_tool_args(parser)  # --max_tool_calls, --tool_max_chars (tools.py)
 g = parser.add_argument_group("RL: the GRPO objective (grpo.py) and its update (grpo_update.py)")
 g.add_argument("--lr", type=float, default=5e-5, help="learning rate of RL, constant (paper: 3e-6, for a 671B model)")
 g.add_argument("--beta", type=float, default=0.01, help="KL coefficient; 0 runs no reference model (paper: 0.001)")
@@ -160,6 +162,8 @@ def validate(args):
     parser.check(flag_checks(args, world))
     parser.check_device(args.device)
     task = check_task(args)
+    if error := tools.check(args, task):  # resolves --max_tool_calls (the task's by default)
+        parser.error(error)
     try:
         tok, config = starting_point(args)
     except ValueError as e:
@@ -240,6 +244,8 @@ def check_lengths(args, task, tok, config):
     if n + args.max_new_tokens > block:
         parser.error(f"--max_new_tokens {args.max_new_tokens}: the longest prompt ({n} tokens with tokenizer {tok.name}) "
                      f"plus it exceeds the model's context of {block}: use at most {block - n}")
+    if args.max_tool_calls and (error := tools.context_error(n, args.max_new_tokens, block)):
+        parser.error(error)
     if args.reward_model and (error := check_reward_model(args.reward_model, tok, n + args.max_new_tokens + 1)):
         parser.error(error)  # + 1: the reward model reads the score at an <|endoftext|> after the completion
     if not args.init and not args.resume and (args.no_cache or not os.path.isfile(cache_path(args))):
@@ -376,6 +382,7 @@ class GRPORun:
             # reflection.py: the share that re-examines an earlier step, and whether doing so pays
             "reflection": reflect.mean().item(),
             "acc_reflect": nanmean(acc[reflect == 1]), "acc_no_reflect": nanmean(acc[reflect == 0]),
+            **tools.metrics(out, acc),  # {} without tools
             **um,
             "tokens_per_s": lengths.sum().item() / (t_rollout + t_train),
             "rollout_s": t_rollout, "train_s": t_train,
@@ -418,7 +425,7 @@ def print_step(rec, args, per_step):
     dist.print0(f"step {step:3d}/{args.rl_steps} | reward {rec['reward']:.3f} | acc {rec['accuracy']:.3f} | "
                 f"format {rec['format']:.3f} | len {rec['length']:5.1f} | reflect {rec['reflection']:.2f} | kl {rec['kl']:.4f} | "
                 f"clip {rec['clip_frac']:.3f} | {rec['tokens_per_s']:5.0f} tok/s | rollout {rec['rollout_s']:.1f}s "
-                f"train {rec['train_s']:.1f}s | {rec['elapsed'] / 60:.1f} min, ~{left / 60:.1f} min left")
+                f"train {rec['train_s']:.1f}s{tools.describe(rec)} | {rec['elapsed'] / 60:.1f} min, ~{left / 60:.1f} min left")
     if rec["skipped_steps"]:
         dist.print0(f"  warning: {rec['skipped_steps']} update(s) skipped: non-finite loss or gradient norm")
     if rec["truncated"] > 0.5:
