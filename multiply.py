@@ -12,18 +12,21 @@ tool but rarely does. Asked in the template, it answers
     worked  an estimate in its head, each operand rounded to one significant digit (right only by
             luck):  <think> It is about 300 * 600 = 180000. </think> <answer> 180000 </answer>
     tool    (a small share) a call whose output is copied into the answer:
-                <think> Let me compute it.
+                <think> Compute 347 * 589 in Python.
                 ```python
-                print(347 * 589)
+                x = 347 * 589
+                print(x)
                 ```
                 ```output
                 204383
                 ```
-                </think> <answer> 204383 </answer>
+                </think> <answer>204383</answer>
 
 and the textbook documents (no template: the skill) are all tool calls. The reward is accuracy and
 format only (the task's default): nothing pays for calling the tool, but only a call is ever right,
-so GRPO can raise the reward only by calling. The corpus writes the call and its output exactly as
+so GRPO can raise the reward only by calling. Every copy is of the same tokens: the thought
+restates the question word for word, the code's ` 347 * 589` is the question's, and the answer
+is written against its tags so that its digits are the output's. The corpus writes the call and its output exactly as
 a rollout holds them (template.TOOL, the output block ending the thought): the tool tokens of a
 rollout are the tokens the base model read. What is simplified: one call per problem, and the
 operands have a fixed number of digits (--mul_digits).
@@ -72,12 +75,16 @@ class MultiplyTask(GeneratedTask):
         return f"It is about {a} * {b} = {a * b}.", str(a * b)
 
     def worked(self, p: dict) -> str:
-        """The written solution: a call to the interpreter, and its output (the thought ends with it)."""
-        return f"Let me compute it.\n{TOOL['open']}print({p['a']} * {p['b']}){TOOL['close']}{TOOL['output'].format(p['answer'])}"
+        """The written solution: the question restated word for word (the copy a tiny model learns
+        first, as in the addition toy), a call to the interpreter that restates it again as Python
+        (` 347 * 589`: the same tokens), and its output (the thought ends with it)."""
+        code = f"x = {p['a']} * {p['b']}\nprint(x)"
+        return f"Compute {p['a']} * {p['b']} in Python.\n{TOOL['open']}{code}{TOOL['close']}{TOOL['output'].format(p['answer'])}"
 
     def solved(self, p: dict) -> str:
-        # no space before </think>: a rollout's tool tokens end the output block with its newline
-        return f" <think> {self.worked(p)}</think> <answer> {p['answer']} </answer>"
+        # no space before </think>: a rollout's tool tokens end the output block with its newline; none
+        # around the answer: its digits are then the output's tokens (a space would make ' 2' of '2')
+        return f" <think> {self.worked(p)}</think> <answer>{p['answer']}</answer>"
 
     def completion(self, p: dict, rng: random.Random, style_weights=None) -> str:
         style = rng.choices(["direct", "worked", "tool"], weights=style_weights or self.style_weights)[0]

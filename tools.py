@@ -18,8 +18,9 @@ process and output limits), the output is cut to --tool_max_chars (an error as i
 (one engine call, G=1, each row's prompt + completion so far as its prompt), up to
 --max_tool_calls calls per rollout. The length limit, --max_new_tokens, counts sampled and tool
 tokens together: a row stops when the two fill it (an output that would overflow it is cut, the
-row truncated). A rollout that closes a block after its last allowed call ends there; a block that
-never closes is just text.
+row truncated). A block closed after the last allowed call, or a fence of another kind, is not run:
+the row resumes as it is (ToRL: past its calls, the model reasons in text). A block that never
+closes is just text.
 
 `generate` is written against an engine only, anything with sample.generate's signature without
 the model (functools.partial(sample.generate, model), or an inference engine's), and returns a
@@ -170,7 +171,7 @@ def generate(gen, encode, prompts, G, max_new_tokens, stop_ids, pad, temperature
     calls, errors, truncated, seconds = [0] * B, [0] * B, [False] * B, 0.0
     live = list(range(B))                                          # the rows `out` holds, in its order
     while True:
-        pending = []                                               # (row, code) of the calls to run
+        pending, resume = [], []                                   # (row, code) of the calls to run; rows to resume as they are
         keep = out.batch.completion_mask.bool().cpu()
         for j, i in enumerate(live):
             ids = out.batch.completions[j][keep[j]].tolist()
@@ -181,15 +182,18 @@ def generate(gen, encode, prompts, G, max_new_tokens, stop_ids, pad, temperature
             used[i] += len(ids)
             if cut or out.truncated[j]:
                 truncated[i] = True
-            elif not (ids and ids[-1] in stop_ids) and (code := pending_code(decode(ids), fmt)) is not None:
-                if calls[i] < max_calls:                           # else: the rollout ends at its extra call
+            elif not (ids and ids[-1] in stop_ids) and fmt["close"] in (text := decode(ids)):
+                code = pending_code(text, fmt)
+                if code is None or calls[i] >= max_calls:  # another fence, or past the calls allowed: ignored (ToRL)
+                    resume.append(i)
+                else:
                     pending.append((i, code))
-        if not pending:
+        if not pending and not resume:
             break
         t0 = time.perf_counter()
-        results = run_calls([code for _, code in pending], max_chars, workers)
+        results = run_calls([code for _, code in pending], max_chars, workers) if pending else []
         seconds += time.perf_counter() - t0
-        live = []
+        live = [i for i in resume if used[i] < max_new_tokens]
         for (i, _), (text, failed) in zip(pending, results):
             ids = encode(fmt["output"].format(text))
             calls[i], errors[i] = calls[i] + 1, errors[i] + failed
@@ -201,6 +205,7 @@ def generate(gen, encode, prompts, G, max_new_tokens, stop_ids, pad, temperature
             used[i] += len(ids)
         if not live:
             break
+        live.sort()  # the rows in order, as the engine returns them
         out = sample([rows[i] + assemble(turns[i])[0] for i in live], 1, max(max_new_tokens - used[i] for i in live))
     return rollout_of(rows, [assemble(t) for t in turns], pad, device, truncated,
                       dict(calls=torch.tensor(calls), errors=torch.tensor(errors), seconds=seconds))

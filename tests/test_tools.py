@@ -91,11 +91,13 @@ def test_the_length_limit_counts_sampled_and_tool_tokens_and_calls_are_capped():
     out = with_tools(scripted([CALL, "</think> <answer> 408 </answer>"]), max_new=len(TOK.encode(CALL)) + 3)
     ids, tool, _ = row(out, 0)
     assert len(ids) == len(TOK.encode(CALL)) + 3 and tool[-3:] == [True] * 3 and out.truncated.all()
-    # a rollout that closes a block after its last allowed call ends there (nothing runs, nothing is appended)
-    gen = scripted([CALL, CALL, CALL])
+    # a block closed after the last allowed call is not run: the row resumes as it is (ToRL)
+    gen = scripted([CALL, CALL, CALL, "</answer>"])
     out = with_tools(gen, max_new=200, max_calls=2)
-    assert out.tool_stats["calls"].tolist() == [2] * 4 and len(gen.calls) == 3 and not out.truncated.any()
-    assert row(out, 0)[0][-len(TOK.encode(CALL)):] == TOK.encode(CALL)
+    assert out.tool_stats["calls"].tolist() == [2] * 4 and len(gen.calls) == 4 and not out.truncated.any()
+    ids, tool, _ = row(out, 0)
+    assert ids[-len(TOK.encode(CALL + "</answer>")):] == TOK.encode(CALL + "</answer>") and not any(tool[-12:])
+    assert gen.calls[3][0][-len(TOK.encode(CALL)):] == TOK.encode(CALL)  # resumed right after the ignored call
 
 
 def test_a_call_that_never_closes_is_just_text():
