@@ -1,7 +1,9 @@
 """
-The toy where the tool pays: multiply two 3-digit numbers (`--task multiply`). A 1M-parameter model
-cannot do that in its head (810,000 products, each six digits), but it can copy the question into a
-call to the interpreter and the interpreter's output into its answer (tools.py, ToRL's format).
+The toy where the tool pays: multiply two numbers (`--task multiply`; two digits each by default,
+--mul_digits 3 for 3-digit ones). A 1M-parameter model cannot do that in its head (8,100 products
+of four digits; 810,000 of six), but it could copy the question into a call to the interpreter
+and the interpreter's output into its answer (tools.py, ToRL's format). Not yet learned within the
+CPU budget: docs/tools.md says what the samples show.
 
 The base corpus, in the spirit of the addition toy's (tasks.py): a pretrained LM that can use the
 tool but rarely does. Asked in the template, it answers
@@ -12,7 +14,7 @@ tool but rarely does. Asked in the template, it answers
     worked  an estimate in its head, each operand rounded to one significant digit (right only by
             luck):  <think> It is about 300 * 600 = 180000. </think> <answer> 180000 </answer>
     tool    (a small share) a call whose output is copied into the answer:
-                <think> Compute 347 * 589 in Python.
+                <think> Compute 347 * 589 in Python.       (3-digit operands)
                 ```python
                 x = 347 * 589
                 print(x)
@@ -47,7 +49,7 @@ class MultiplyTask(GeneratedTask):
     max_tool_calls = 1  # tools.check: the task's default --max_tool_calls (tools on)
     base_flags = ["task", "mul_digits"]
 
-    def __init__(self, digits=3, n_test=200, seed=0, style_weights=(0.75, 0.15, 0.10)):
+    def __init__(self, digits=2, n_test=200, seed=0, style_weights=(0.75, 0.15, 0.10)):
         if not 1 <= digits <= 6:
             raise ValueError(f"--mul_digits {digits}: use 1 to 6")
         if n_test > (9 * 10 ** (digits - 1)) ** 2 // 2:

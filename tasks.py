@@ -5,7 +5,7 @@ and (for the CPU toy) the base-model corpus. A registry: `--task NAME` picks one
     addition   a + b (the default toy): generated, with its base corpus
     countdown  TinyZero's Countdown: 3-4 numbers and a target reachable with + - * /, each number once
                (checked by search when generated); reward: countdown + format; with a base corpus
-    multiply   a * b, 3-digit operands: the toy where a call to the interpreter pays (multiply.py, tools.py);
+    multiply   a * b, 2-digit operands (--mul_digits): the toy where a call to the interpreter pays (multiply.py, tools.py);
                its rollouts call tools by default, with its base corpus
     linear     linear equations `3x + 7 = 22`, integer or (--linear_fractions) fraction answers
     gsm8k      a local JSONL in GSM8K's format: `question`, `answer` ending in `#### 42`
@@ -315,7 +315,7 @@ def add_task_args(parser) -> list[str]:
     g.add_argument("--cd_numbers", default="3", help="countdown: how many numbers, 3 or a range 3-4 (TinyZero: 3-4)")
     g.add_argument("--cd_max_number", type=int, default=9, help="countdown: numbers are 1..this (TinyZero: 99)")
     g.add_argument("--cd_max_target", type=int, default=30, help="countdown: targets are 1..this (TinyZero: 99)")
-    g.add_argument("--mul_digits", type=int, default=3, help="multiply: digits of each operand")
+    g.add_argument("--mul_digits", type=int, default=2, help="multiply: digits of each operand")
     g.add_argument("--linear_fractions", action="store_true", help="linear: answers may be fractions (7/3)")
     g.add_argument("--train_file", default=None, help="gsm8k, math, jsonl: the training problems, a local .jsonl")
     g.add_argument("--test_file", default=None, help="gsm8k, math, jsonl: the held-out problems, a local .jsonl")
