@@ -31,6 +31,7 @@ import sys
 import torch
 
 import dist
+import tools
 from checkpoint import load_for_cli
 from reflection import reflects
 from rewards import extract_answer, language_reward
@@ -79,12 +80,13 @@ def evaluate(model, tok, task, args, step, all_done=None, engine=None):
     n, k = args.eval_samples, args.eval_problems // dist.world()
     problems = task.test_set[dist.rank() * k:(dist.rank() + 1) * k]
     gen = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed + 1 + dist.rank())  # the same draws every time
-    acc, fmt, lang, lengths, cons, refl, samples = [], [], [], [], [], [], []
+    acc, fmt, lang, lengths, cons, refl, samples, outs = [], [], [], [], [], [], [], []
     for i, (chunk, out, texts, scores) in enumerate(rollouts(
             model, tok, problems, n, args, gen, args.eval_temperature, args.eval_top_p,
             reward_fns=[("language", language_reward, 1.0)], all_done=all_done, correct=task.correct, engine=engine)):
         acc.append(scores["accuracy"]), fmt.append(scores["format"]), lang.append(scores["language"])
         lengths.append(out.batch.completion_mask.sum(1).cpu())
+        outs.append(out)
         refl.append(torch.tensor([float(reflects(t)) for t in texts]))
         right = scores["accuracy"].view(len(chunk), n)  # (problems, samples)
         cons.append(torch.tensor([majority_correct(texts[j * n:(j + 1) * n], right[j].tolist(),
@@ -99,7 +101,7 @@ def evaluate(model, tok, task, args, step, all_done=None, engine=None):
     m = {"eval_accuracy": acc.mean().item(), "eval_format": fmt.mean().item(), "eval_language": lang.mean().item(),
          "eval_length": lengths.mean().item(),
          f"eval_pass@{n}": sum(passk) / len(passk), f"eval_cons@{n}": cons.mean().item(),
-         "eval_reflection": refl.mean().item()}
+         "eval_reflection": refl.mean().item(), **tools.metrics(outs, acc, prefix="eval_")}
     evaluated = task.test_set[:len(passk)]
     for field in ("subject", "level"):  # MATH's tables: pass@1 and count per value
         if any(field in p for p in evaluated):
@@ -115,7 +117,8 @@ def print_eval(step, m, args):
     n = args.eval_samples
     dist.print0(f"eval step {step:3d} | held-out pass@1 {m['eval_accuracy']:.3f} (k={n}, T={args.eval_temperature}, "
                 f"top-p={args.eval_top_p}) | pass@{n} {m[f'eval_pass@{n}']:.3f} | cons@{n} {m[f'eval_cons@{n}']:.3f} | "
-                f"format {m['eval_format']:.3f} | length {m['eval_length']:.1f} | reflection {m['eval_reflection']:.2f}")
+                f"format {m['eval_format']:.3f} | length {m['eval_length']:.1f} | reflection {m['eval_reflection']:.2f}"
+                f"{tools.describe(m, 'eval_')}")
     for field in ("subject", "level"):
         for value, row in m.get(f"eval_by_{field}", {}).items():
             dist.print0(f"    {field} {value:<28} pass@1 {row['pass@1']:.3f}  ({row['problems']} problems)")
@@ -137,7 +140,7 @@ g.add_argument("--chat", choices=CHAT_FLAGS, default=None,
 g.add_argument("--json", action="store_true", help="print the metrics and settings as one JSON object, nothing else")
 g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 add_engine_args(parser)
-TASK_FLAGS = add_task_args(parser)
+TASK_FLAGS = add_task_args(parser) + tools.add_tool_args(parser)  # the run's values are the defaults
 
 
 def main(argv=None):
@@ -173,6 +176,8 @@ def parse_args(argv=None):
         task = make_task(args, log=lambda s: print(s, file=sys.stderr))
     except ValueError as e:
         parser.error(str(e))
+    if error := tools.check(args, task):
+        parser.error(error)
     args.eval_problems = min(args.eval_problems or len(task.test_set), len(task.test_set))  # printed with the results
     args.log_samples = 0
     return args, model, tok, task, step

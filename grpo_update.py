@@ -6,7 +6,8 @@ trainer's log-probs of the completions it sampled,
 
 with A_i the group-normalised advantage of output i (eq. 3, computed by the caller from the
 rollout's rewards), rho_t = pi_theta / pi_theta_old per token and w_t each token's weight
-(grpo.token_weights: the aggregation of --loss_type).
+(grpo.token_weights: the aggregation of --loss_type). Only the tokens the policy sampled are in
+the sums (Rollout.sampled_mask): a tool's output (tools.py) is context, with no loss, KL or ratio.
 
 A rollout (this rank's rows: G outputs for each of its questions, sampled by pi_theta_old) is
 trained on for --ppo_epochs passes, each over --minibatches random mini-batches, one optimiser
@@ -56,7 +57,7 @@ def grpo_update(policy, ref, opt, out, advantages, args, generator):
     loss or gradient norm is not finite takes no optimiser step (counted in skipped_steps). Returns
     the loss and grad norm averaged over the steps taken, and the metrics over all tokens.
     """
-    batch, mask = out.batch, out.batch.completion_mask               # (B, C) each, this rank's rows
+    batch, mask = out.batch, out.sampled_mask                        # (B, C) each, this rank's rows; 0 on tool output
     if args.mask_truncated:
         mask = mask * ~out.truncated[:, None]                         # cut-off outputs get no loss
     B = mask.size(0)
@@ -103,7 +104,7 @@ def micro_batch_loss(policy, out, old_logp, ref_logp, is_w, advantages, mask, no
         old_logp=pick(old_logp), ref_logp=pick(ref_logp), advantages=advantages[idx], mask=mask[idx],
         eps_low=args.clip_eps, eps_high=args.clip_eps_high, beta=args.beta, loss_type=args.loss_type, normalizer=norm,
         is_weights=pick(is_w)))
-    stats.add(m, entropy * mask[idx], logp, out.sampler_logp[idx], out.batch.completion_mask[idx])
+    stats.add(m, entropy * mask[idx], logp, out.sampler_logp[idx], out.sampled_mask[idx])
     return loss
 
 

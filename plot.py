@@ -43,7 +43,6 @@ def smooth(values, k=5):
 
 def plot_run(run_dir):
     records = read_log(run_dir)
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     panels = [
         ("reward", "reward (accuracy + format)", [("reward", "train, per step")]),
         ("accuracy", "accuracy", [("accuracy", "train, per step"), ("eval_accuracy", "held-out pass@1")]),
@@ -51,6 +50,11 @@ def plot_run(run_dir):
         ("reflection", "responses that recheck an earlier step", [("reflection", "train, per step"),
                                                                    ("eval_reflection", "held-out")]),
     ]
+    if any("tool_share" in r for r in records):  # a run with tool calls (tools.py): two panels more
+        panels += [("tools", "rollouts that call the interpreter", [("tool_share", "train, per step"),
+                                                                    ("eval_tool_share", "held-out")]),
+                   ("tool_acc", "accuracy: calling vs not (train)", [("acc_tool", "calls"), ("acc_no_tool", "no call")])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.75 * len(panels), 4.2))
     for ax, (_, title, keys) in zip(axes, panels):
         for key, label in keys:
             x, y = series(records, key)
@@ -59,8 +63,9 @@ def plot_run(run_dir):
             if key.startswith("eval_"):
                 ax.plot(x, y, "o-", color="C3", label=label, zorder=3)
             else:
-                ax.plot(x, y, color="C0", alpha=0.25)
-                ax.plot(x, smooth(y), color="C0", label=f"{label} (5-step mean)")
+                color = "C2" if key == "acc_no_tool" else "C0"
+                ax.plot(x, y, color=color, alpha=0.25)
+                ax.plot(x, smooth(y), color=color, label=f"{label} (5-step mean)")
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)

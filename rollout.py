@@ -8,8 +8,9 @@ Every rollout is also scored by the task's own check (`correct`, logged as accur
 accuracy, or countdown's) and by format_reward, whatever the reward, so that accuracy and format
 are always there to watch. A reward function may decline an output (None): its score is NaN, and
 grpo.group_advantages leaves that output out. The sampler is sample.generate, or with --engine vllm
-vllm_engine.py's, which keeps its contract. Left out: multi-turn rollouts (tool calls), and
-scoring while decoding goes on (the rewards run when the whole batch has stopped).
+vllm_engine.py's, which keeps its contract; with --max_tool_calls the rollout is multi-turn over
+either, the policy calling a Python interpreter inside its thought (tools.py). Left out: scoring
+while decoding goes on (the rewards run when the whole batch has stopped).
 
     python -m pytest tests/test_evaluate.py
 """
@@ -20,6 +21,7 @@ from functools import partial
 
 import torch
 
+import tools
 from rewards import accuracy_reward, format_reward
 from sample import generate
 from template import render_prompt
@@ -33,6 +35,8 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
     weights, or None for sample.generate on model itself."""
     prompts = [render_prompt(p["prompt"], tok.chat) for p in problems]
     sample = partial(generate, model) if engine is None else engine.generate  # the same contract
+    if getattr(args, "max_tool_calls", 0):  # multi-turn: the interpreter inside the thought (CLIs without tools lack the flag)
+        sample = tools.engine(sample, tok, args)
     # a completion ends on a stop id or, for a real BPE whose vocabulary lacks </answer>, on its text
     out = sample([tok.encode(p) for p in prompts], G, args.max_new_tokens, tok.stop_ids, tok.pad,
                  temperature=temperature, top_p=top_p, generator=generator, all_done=all_done,

@@ -107,6 +107,15 @@ def atomic_write(path, data):
     fsync_dir(os.path.dirname(path))
 
 
+def nanmean(x) -> float:
+    """The mean of a tensor's numbers, NaN (a declined score) left out; NaN if there is none."""
+    return x[~x.isnan()].mean().item() if (~x.isnan()).any() else math.nan
+
+
+def nanstd(x) -> float:
+    return x[~x.isnan()].std().item() if (~x.isnan()).sum() > 1 else math.nan
+
+
 def append_jsonl(path, record):
     # one write of one whole line, on the disk before the next step: a crash can tear at most the last line
     with open(path, "a") as f:

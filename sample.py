@@ -37,6 +37,15 @@ class Rollout:
     batch: Batch
     sampler_logp: torch.Tensor  # (B, C), 0 on padding
     truncated: torch.Tensor     # (B,) bool: hit max_new_tokens without a stop token
+    tool_mask: torch.Tensor | None = None  # (B, C) bool, True on tool-output tokens (not sampled; tools.py); None: no tools
+    tool_stats: dict | None = None         # tools.py: calls (B,), errors (B,) per row, seconds of the step's calls
+
+    @property
+    def sampled_mask(self):
+        """(B, C) float: 1 on the tokens the policy chose (completion, not padding, not tool output):
+        the only ones with a loss, a KL and a ratio."""
+        mask = self.batch.completion_mask
+        return mask if self.tool_mask is None else mask * ~self.tool_mask
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):

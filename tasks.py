@@ -5,6 +5,8 @@ and (for the CPU toy) the base-model corpus. A registry: `--task NAME` picks one
     addition   a + b (the default toy): generated, with its base corpus
     countdown  TinyZero's Countdown: 3-4 numbers and a target reachable with + - * /, each number once
                (checked by search when generated); reward: countdown + format; with a base corpus
+    multiply   a * b, 2-digit operands (--mul_digits): the toy where a call to the interpreter pays (multiply.py, tools.py);
+               its rollouts call tools by default, with its base corpus
     linear     linear equations `3x + 7 = 22`, integer or (--linear_fractions) fraction answers
     gsm8k      a local file in GSM8K's format: `question`, `answer` ending in `#### 42`
     math       a local file in MATH / MATH-500's format: `problem`, `answer` or a `solution` whose last
@@ -74,101 +76,9 @@ import random
 from fractions import Fraction
 
 from file_tasks import GSM8KTask, JsonlTask, MathTask
-from rewards import accuracy_reward, answers_match, countdown_reward, countdown_value
-from template import render_prompt
-
-
-class GeneratedTask:
-    """A task whose problems are drawn from a seeded random.Random: subclasses give `_draw(rng)`,
-    and for a base corpus `worked(p)` (the written-out solution) and `guess(p, rng)`."""
-
-    rewards, correct = "accuracy:1,format:1", staticmethod(accuracy_reward)
-    base_flags: list[str] = []  # the flags its corpus depends on, beyond pretrain.BASE_FLAGS
-    style_weights, guess_acc = (0.75, 0.17, 0.08), 0.2
-
-    def __init__(self, n_test=200, seed=0):
-        self.seed = seed
-        rng = random.Random(f"test-{seed}")
-        test, seen = [], set()
-        for _ in range(100 * n_test + 1000):
-            if len(test) == n_test:
-                break
-            p = self._draw(rng)
-            if p["prompt"] not in seen:
-                seen.add(p["prompt"])
-                test.append(p)
-        else:
-            raise ValueError(f"n_test={n_test}: could not draw that many distinct problems: lower it")
-        self.test_set, self._test_prompts = test, seen
-
-    def _draw(self, rng: random.Random) -> dict:
-        raise NotImplementedError
-
-    def train_problems(self, rng: random.Random, n: int) -> list[dict]:
-        """n problems that are not in the test set."""
-        out = []
-        while len(out) < n:
-            p = self._draw(rng)
-            if p["prompt"] not in self._test_prompts:
-                out.append(p)
-        return out
-
-    @property
-    def has_corpus(self) -> bool:
-        """A base corpus for the toy needs the written-out solution (`worked`)."""
-        return hasattr(self, "worked")
-
-    def same(self, a: str, b: str, p: dict) -> bool:
-        """Two final answers are one vote when the accuracy check would call them equal."""
-        return answers_match(a, b)
-
-    # --- the base-model corpus ---
-
-    def completion(self, p: dict, rng: random.Random, style_weights=None) -> str:
-        """One corpus completion for problem p (starts with a space, as after 'Assistant:')."""
-        style = rng.choices(["direct", "worked", "reflect"], weights=style_weights or self.style_weights)[0]
-        if style == "direct":
-            guess = self.guess(p, rng)
-            if rng.random() < 0.5:
-                return f" <answer> {guess} </answer>"
-            return f" <think> I know this one. </think> <answer> {guess} </answer>"
-        thought, answer = self.long_answer(p, style, rng)
-        return f" <think> {thought} </think> <answer> {answer} </answer>"
-
-    def long_answer(self, p: dict, style: str, rng: random.Random) -> tuple[str, str]:
-        """(thought, final answer) of a long style: worked, the worked solution; reflect, a guess,
-        "Wait, let me recheck." and the worked solution."""
-        if style == "worked":
-            return self.worked(p), p["answer"]
-        return f"It is about {self.guess(p, rng)}. Wait, let me recheck. {self.worked(p)}", p["answer"]
-
-    def solved(self, p: dict) -> str:
-        """p answered by the task's written solution, as a completion."""
-        return f" <think> {self.solution(p)} </think> <answer> {p['answer']} </answer>"
-
-    def corpus(self, n: int, seed: int, style_weights=None) -> list[tuple[str, str]]:
-        """n templated documents, none from the test set, asked as the RL and test prompts are and
-        answered in the style mixture (or in style_weights): here the model learns to rarely use
-        the skill."""
-        rng = random.Random(f"corpus-{seed}-{style_weights}")
-        return [(render_prompt(p["prompt"]), self.completion(p, rng, style_weights)) for p in self.corpus_problems(rng, n)]
-
-    def textbook(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """n documents without the template, none from the test set, always answered by the worked
-        solution: here the model learns the skill. Short documents are where a tiny model learns it
-        quickly: behind the template (92 aha tokens) attention starts spread over every template token,
-        and the copy the worked solution needs forms far later."""
-        rng = random.Random(f"textbook-{seed}")
-        return [(f"User: {p['prompt']}. Assistant:", self.solved(p)) for p in self.corpus_problems(rng, n)]
-
-    def solution(self, p: dict) -> str:
-        """The full written solution the corpus teaches as right (the textbook's, the cold start's,
-        the reward model's readable reasoning): the worked one."""
-        return self.worked(p)
-
-    def corpus_problems(self, rng: random.Random, n: int) -> list[dict]:
-        """The problems of corpus documents: training problems (a task may leave out some)."""
-        return self.train_problems(rng, n)
+from generated_tasks import GeneratedTask
+from multiply import MultiplyTask
+from rewards import countdown_reward, countdown_value
 
 
 class AdditionTask(GeneratedTask):
@@ -388,7 +298,7 @@ class LinearTask(GeneratedTask):
                 "a": a, "b": b, "c": int(c)}
 
 
-TASKS = {"addition": AdditionTask, "countdown": CountdownTask, "linear": LinearTask,
+TASKS = {"addition": AdditionTask, "countdown": CountdownTask, "multiply": MultiplyTask, "linear": LinearTask,
          "gsm8k": GSM8KTask, "math": MathTask, "jsonl": JsonlTask}
 
 
@@ -405,6 +315,7 @@ def add_task_args(parser) -> list[str]:
     g.add_argument("--cd_numbers", default="3", help="countdown: how many numbers, 3 or a range 3-4 (TinyZero: 3-4)")
     g.add_argument("--cd_max_number", type=int, default=9, help="countdown: numbers are 1..this (TinyZero: 99)")
     g.add_argument("--cd_max_target", type=int, default=30, help="countdown: targets are 1..this (TinyZero: 99)")
+    g.add_argument("--mul_digits", type=int, default=2, help="multiply: digits of each operand")
     g.add_argument("--linear_fractions", action="store_true", help="linear: answers may be fractions (7/3)")
     g.add_argument("--train_file", default=None, help="gsm8k, math, jsonl: the training problems, a local .jsonl, "
                    ".parquet (as the Hub serves it; needs pyarrow) or datasets.save_to_disk folder (needs datasets)")

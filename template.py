@@ -11,6 +11,10 @@ the `--chat` flag of every CLI picks another (`chat_format`). Left out: renderin
 own Jinja chat template (the two formats here are written out; an instruct model of another
 family needs its format added to CHAT).
 
+A tool call inside the thought (tools.py) is written in ToRL's format, `TOOL`: a fenced
+```python block, which the policy closes, answered by a fenced ```output block, which it does not
+write (the toy corpus of multiply.py writes both, so that the two agree to the byte).
+
     python template.py "Compute 82 + 97"              # prints the R1-Zero prompt
     python template.py "Compute 82 + 97" chatml
 """
@@ -32,6 +36,10 @@ CHAT = {
     "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
                "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
 }
+# a tool call (ToRL's format): the policy writes `open`, code, `close`; the interpreter's output comes back
+# as `output`. close ends in a newline, so the output block starts a piece of its own for any tokenizer
+TOOL = dict(open="```python\n", close="\n```\n", output="```output\n{}\n```\n")
+
 # the --chat flag's values: auto keeps the tokenizer's own format, none is Table 1
 CHAT_FLAGS = ["auto", "none", *CHAT]
 

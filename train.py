@@ -31,7 +31,6 @@ learning rate (as the paper).
 """
 
 import argparse
-import math
 import os
 import random
 import sys
@@ -44,6 +43,7 @@ import dist
 import grpo
 import kernels
 import runs
+import tools
 from checkpoint import load_checkpoint, load_model, memory_error, save_checkpoint, starting_point
 from evaluate import evaluate, print_eval
 from exercises import plug_in
@@ -107,6 +107,7 @@ g.add_argument("--group_size", type=int, default=8, help="G, outputs sampled per
 g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of rollouts (paper: 1.0)")
 g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of a completion")
 add_engine_args(parser, train=True)  # --engine own|vllm, and the importance weights of another sampler (vllm_engine.py)
+tools.add_tool_args(parser)  # --max_tool_calls, --tool_max_chars (tools.py)
 g = parser.add_argument_group("RL: the GRPO objective (grpo.py) and its update (grpo_update.py)")
 g.add_argument("--lr", type=float, default=5e-5, help="learning rate of RL, constant (paper: 3e-6, for a 671B model)")
 g.add_argument("--beta", type=float, default=0.01, help="KL coefficient; 0 runs no reference model (paper: 0.001)")
@@ -166,6 +167,8 @@ def validate(args):
     parser.check(flag_checks(args, world))
     parser.check_device(args.device)
     task = check_task(args)
+    if error := tools.check(args, task):  # resolves --max_tool_calls (the task's by default)
+        parser.error(error)
     try:
         tok, config = starting_point(args)
     except ValueError as e:
@@ -247,6 +250,8 @@ def check_lengths(args, task, tok, config):
     if n + args.max_new_tokens > block:
         parser.error(f"--max_new_tokens {args.max_new_tokens}: the longest prompt ({n} tokens with tokenizer {tok.name}) "
                      f"plus it exceeds the model's context of {block}: use at most {block - n}")
+    if args.max_tool_calls and (error := tools.context_error(n, args.max_new_tokens, block)):
+        parser.error(error)
     if args.reward_model and (error := check_reward_model(args.reward_model, tok, n + args.max_new_tokens + 1)):
         parser.error(error)  # + 1: the reward model reads the score at an <|endoftext|> after the completion
     if not args.init and not args.resume and (args.no_cache or not os.path.isfile(cache_path(args))):
@@ -374,17 +379,18 @@ class GRPORun:
         acc = scores["accuracy"]
         groups = rewards.view(-1, self.args.group_size)
         return {
-            "step": step, "reward": nanmean(rewards), "reward_std": nanstd(rewards),
-            **{f"reward_{k}": nanmean(v) for k, v in scores.items()},
-            **{f"reward_{k}_std": nanstd(v) for k, v in scores.items()},
+            "step": step, "reward": runs.nanmean(rewards), "reward_std": runs.nanstd(rewards),
+            **{f"reward_{k}": runs.nanmean(v) for k, v in scores.items()},
+            **{f"reward_{k}_std": runs.nanstd(v) for k, v in scores.items()},
             "unscored": rewards.isnan().float().mean().item(),
-            "accuracy": nanmean(scores["accuracy"]), "format": nanmean(scores["format"]),
+            "accuracy": runs.nanmean(scores["accuracy"]), "format": runs.nanmean(scores["format"]),
             "length": lengths.mean().item(), "length_min": lengths.min().item(), "length_max": lengths.max().item(),
             "truncated": truncated.mean().item(),
             "zero_var_groups": (groups.std(1) == 0).float().mean().item(),
             # reflection.py: the share that re-examines an earlier step, and whether doing so pays
             "reflection": reflect.mean().item(),
-            "acc_reflect": nanmean(acc[reflect == 1]), "acc_no_reflect": nanmean(acc[reflect == 0]),
+            "acc_reflect": runs.nanmean(acc[reflect == 1]), "acc_no_reflect": runs.nanmean(acc[reflect == 0]),
+            **tools.metrics(out, acc),  # {} without tools
             **um,
             "tokens_per_s": lengths.sum().item() / (t_rollout + t_train),
             "rollout_s": t_rollout, "train_s": t_train,
@@ -427,19 +433,11 @@ def print_step(rec, args, per_step):
     dist.print0(f"step {step:3d}/{args.rl_steps} | reward {rec['reward']:.3f} | acc {rec['accuracy']:.3f} | "
                 f"format {rec['format']:.3f} | len {rec['length']:5.1f} | reflect {rec['reflection']:.2f} | kl {rec['kl']:.4f} | "
                 f"clip {rec['clip_frac']:.3f} | {rec['tokens_per_s']:5.0f} tok/s | rollout {rec['rollout_s']:.1f}s "
-                f"train {rec['train_s']:.1f}s | {rec['elapsed'] / 60:.1f} min, ~{left / 60:.1f} min left")
+                f"train {rec['train_s']:.1f}s{tools.describe(rec)} | {rec['elapsed'] / 60:.1f} min, ~{left / 60:.1f} min left")
     if rec["skipped_steps"]:
         dist.print0(f"  warning: {rec['skipped_steps']} update(s) skipped: non-finite loss or gradient norm")
     if rec["truncated"] > 0.5:
         dist.print0(f"  warning: {rec['truncated']:.0%} of completions hit --max_new_tokens={args.max_new_tokens} (no reward signal)")
-
-
-def nanmean(x):
-    return x[~x.isnan()].mean().item() if (~x.isnan()).any() else math.nan
-
-
-def nanstd(x):
-    return x[~x.isnan()].std().item() if (~x.isnan()).sum() > 1 else math.nan
 
 
 if __name__ == "__main__":

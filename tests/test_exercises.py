@@ -76,7 +76,15 @@ WRONG = {  # exercise -> (a typical wrong answer, words the message must contain
          "    args.mask_truncated = False  # the truncation mask forgotten\n"
          "    return right(policy, ref, opt, out, advantages, args, generator)\n",
          "with {'minibatches': 2, 'micro_batch': 2, 'ppo_epochs': 2, 'mask_truncated': True}, the weights"),
+    12: ("def assemble(turns):\n"
+         "    ids, logps, tool = [], [], []\n"
+         "    for t, lp in turns:\n"
+         "        ids, logps = ids + t, logps + ([0.0] * len(t) if lp is None else lp)\n"
+         "        tool += [lp is not None] * len(t)  # the mask inverted: True on what the policy sampled\n"
+         "    return ids, logps, tool\n",
+         "your tool mask for the row with a call in the middle"),
 }
+EXERCISES = list(WRONG)  # every exercise with a file to write: all but the finale (11)
 
 
 @pytest.fixture
@@ -89,17 +97,17 @@ def write(n, text):
     ex.student_file(n).write_text(text)
 
 
-def test_there_are_ten_exercises_and_a_finale_each_with_stub_checks_and_hint():
-    assert len(ex.NAMES) == 11
+def test_there_are_eleven_exercises_and_a_finale_each_with_stub_checks_and_hint():
+    assert len(ex.NAMES) == 12
     for n, name in enumerate(ex.NAMES, 1):
         s = ex.spec(n)
         assert (ex.HERE / "hints" / f"{name}.md").is_file()
         assert hasattr(s, "verdict") or (ex.HERE / "stubs" / f"{name}.py").is_file()
         assert s.TITLE and s.EQUATION and s.PROJECT
-    assert set(WRONG) == set(range(1, 11))
+    assert set(WRONG) == set(range(1, 13)) - {11}
 
 
-@pytest.mark.parametrize("n", range(1, 11))
+@pytest.mark.parametrize("n", EXERCISES)
 def test_check_passes_on_the_project_and_fails_on_the_stub_and_a_wrong_answer(n, work):
     assert ex.check(n) == (False, f"not started: python -m exercises start {n}")
     ex.start(n)
@@ -129,8 +137,8 @@ def test_cli_start_never_overwrites_and_check_sets_the_exit_status(work, capsys)
     assert main(["check", "2"]) == 1 and "not implemented yet" in capsys.readouterr().out
     write(2, ex.spec(2).REFERENCE + "\n")
     assert main(["check", "2"]) == 0
-    assert main(["check", "12"]) == 2
-    assert capsys.readouterr().err.strip() == "error: there is no exercise 12: they are numbered 1 to 11 (python -m exercises list)"
+    assert main(["check", "13"]) == 2
+    assert capsys.readouterr().err.strip() == "error: there is no exercise 13: they are numbered 1 to 12 (python -m exercises list)"
     assert main(["list"]) == 0 and "grpo.py: kl_k3" in capsys.readouterr().out
     # the entry point itself, once
     r = subprocess.run([sys.executable, "-m", "exercises", "hint", "2"], capture_output=True, text=True)

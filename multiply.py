@@ -1,0 +1,100 @@
+"""
+The toy where the tool pays: multiply two numbers (`--task multiply`; two digits each by default,
+--mul_digits 3 for 3-digit ones). A 1M-parameter model cannot do that in its head (8,100 products
+of four digits; 810,000 of six), but it could copy the question into a call to the interpreter
+and the interpreter's output into its answer (tools.py, ToRL's format). Not yet learned within the
+CPU budget: docs/tools.md says what the samples show.
+
+The base corpus, in the spirit of the addition toy's (tasks.py): a pretrained LM that can use the
+tool but rarely does. Asked in the template, it answers
+
+    direct  (most documents) a one-shot guess, a number of the product's length drawn at random,
+            half of the time without <think> tags:
+                <think> I know this one. </think> <answer> 318406 </answer>
+    worked  an estimate in its head, each operand rounded to one significant digit (right only by
+            luck):  <think> It is about 300 * 600 = 180000. </think> <answer> 180000 </answer>
+    tool    (a small share) a call whose output is copied into the answer:
+                <think> Compute 347 * 589 in Python.       (3-digit operands)
+                ```python
+                x = 347 * 589
+                print(x)
+                ```
+                ```output
+                204383
+                ```
+                </think> <answer>204383</answer>
+
+and the textbook documents (no template: the skill) are all tool calls. The reward is accuracy and
+format only (the task's default): nothing pays for calling the tool, but only a call is ever right,
+so GRPO can raise the reward only by calling. Every copy is of the same tokens: the thought
+restates the question word for word, the code's ` 347 * 589` is the question's, and the answer
+is written against its tags so that its digits are the output's. The corpus writes the call and its output exactly as
+a rollout holds them (template.TOOL, the output block ending the thought): the tool tokens of a
+rollout are the tokens the base model read. What is simplified: one call per problem, and the
+operands have a fixed number of digits (--mul_digits).
+
+    python tasks.py --task multiply       # prints a few corpus documents
+    python train.py --task multiply       # the base stage, then GRPO with the interpreter
+"""
+
+import random
+
+from generated_tasks import GeneratedTask
+from template import TOOL
+
+
+class MultiplyTask(GeneratedTask):
+    """a * b, each operand with `digits` digits; its rollouts may call the interpreter once."""
+
+    max_tool_calls = 1  # tools.check: the task's default --max_tool_calls (tools on)
+    base_flags = ["task", "mul_digits"]
+
+    def __init__(self, digits=2, n_test=200, seed=0, style_weights=(0.75, 0.15, 0.10)):
+        if not 1 <= digits <= 6:
+            raise ValueError(f"--mul_digits {digits}: use 1 to 6")
+        if n_test > (9 * 10 ** (digits - 1)) ** 2 // 2:
+            raise ValueError(f"n_test={n_test} would hold out more than half of the {digits}-digit products: lower it")
+        self.digits, self.style_weights = digits, style_weights
+        super().__init__(n_test, seed)
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        return cls(args.mul_digits, args.n_test, seed=args.seed)
+
+    def _draw(self, rng: random.Random) -> dict:
+        a, b = (rng.randint(10 ** (self.digits - 1), 10 ** self.digits - 1) for _ in range(2))
+        return {"prompt": f"Compute {a} * {b}", "answer": str(a * b), "a": a, "b": b}
+
+    def guess(self, p: dict, rng: random.Random) -> str:
+        """A one-shot answer: a number with as many digits as the product, at random."""
+        n = len(p["answer"])
+        return str(rng.randint(10 ** (n - 1), 10 ** n - 1))
+
+    @staticmethod
+    def estimate(p: dict) -> tuple[str, str]:
+        """The product in its head: each operand rounded to one significant digit."""
+        a, b = (round(x, 1 - len(str(x))) for x in (p["a"], p["b"]))
+        return f"It is about {a} * {b} = {a * b}.", str(a * b)
+
+    def worked(self, p: dict) -> str:
+        """The written solution: the question restated word for word (the copy a tiny model learns
+        first, as in the addition toy), a call to the interpreter that restates it again as Python
+        (` 347 * 589`: the same tokens), and its output (the thought ends with it)."""
+        code = f"x = {p['a']} * {p['b']}\nprint(x)"
+        return f"Compute {p['a']} * {p['b']} in Python.\n{TOOL['open']}{code}{TOOL['close']}{TOOL['output'].format(p['answer'])}"
+
+    def solved(self, p: dict) -> str:
+        # no space before </think>: a rollout's tool tokens end the output block with its newline; none
+        # around the answer: its digits are then the output's tokens (a space would make ' 2' of '2')
+        return f" <think> {self.worked(p)}</think> <answer>{p['answer']}</answer>"
+
+    def completion(self, p: dict, rng: random.Random, style_weights=None) -> str:
+        style = rng.choices(["direct", "worked", "tool"], weights=style_weights or self.style_weights)[0]
+        if style == "tool":
+            return self.solved(p)
+        if style == "worked":
+            thought, answer = self.estimate(p)
+            return f" <think> {thought} </think> <answer> {answer} </answer>"
+        if rng.random() < 0.5:
+            return f" <answer> {self.guess(p, rng)} </answer>"
+        return f" <think> I know this one. </think> <answer> {self.guess(p, rng)} </answer>"
