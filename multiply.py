@@ -1,9 +1,9 @@
 """
 The toy where the tool pays: multiply two numbers (`--task multiply`; two digits each by default,
 --mul_digits 3 for 3-digit ones). A 1M-parameter model cannot do that in its head (8,100 products
-of four digits; 810,000 of six), but it could copy the question into a call to the interpreter
-and the interpreter's output into its answer (tools.py, ToRL's format). Not yet learned within the
-CPU budget: docs/tools.md says what the samples show.
+of four digits; 810,000 of six), but it can copy the question into a call to the interpreter
+and the interpreter's output into its answer (tools.py, ToRL's format); GRPO then teaches it to
+call (docs/tools.md: the measured run).
 
 The base corpus, in the spirit of the addition toy's (tasks.py): a pretrained LM that can use the
 tool but rarely does. Asked in the template, it answers
@@ -13,11 +13,12 @@ tool but rarely does. Asked in the template, it answers
                 <think> I know this one. </think> <answer> 318406 </answer>
     worked  an estimate in its head, each operand rounded to one significant digit (right only by
             luck):  <think> It is about 300 * 600 = 180000. </think> <answer> 180000 </answer>
-    tool    (a small share) a call whose output is copied into the answer:
-                <think> Compute 347 * 589 in Python.       (3-digit operands)
+    tool    (a fifth) a call whose output is copied into the answer:
+                <think> Compute 347 * 589 in Python. So a is 347 and b is 589.
                 ```python
-                x = 347 * 589
-                print(x)
+                a = 347
+                b = 589
+                print(a * b)
                 ```
                 ```output
                 204383
@@ -26,9 +27,13 @@ tool but rarely does. Asked in the template, it answers
 
 and the textbook documents (no template: the skill) are all tool calls. The reward is accuracy and
 format only (the task's default): nothing pays for calling the tool, but only a call is ever right,
-so GRPO can raise the reward only by calling. Every copy is of the same tokens: the thought
-restates the question word for word, the code's ` 347 * 589` is the question's, and the answer
-is written against its tags so that its digits are the output's. The corpus writes the call and its output exactly as
+so GRPO can raise the reward only by calling. The copy is what a tiny model must learn, and it
+is practised three times per operand (the addition toy's lesson: its columns restate every digit):
+the thought restates the question word for word, then names each operand (`a is 347`), and the
+code assigns it under the same name (`a = 347`), a copy keyed by the name; with one restatement
+and `x = 347 * 589` the operands came out miscopied and no call was right (docs/tools.md). Every
+copy is of the same tokens (` 347` is ` 3`, `4`, `7` in each), and the answer is written against
+its tags so that its digits are the output's. The corpus writes the call and its output exactly as
 a rollout holds them (template.TOOL, the output block ending the thought): the tool tokens of a
 rollout are the tokens the base model read. What is simplified: one call per problem, and the
 operands have a fixed number of digits (--mul_digits).
@@ -49,7 +54,7 @@ class MultiplyTask(GeneratedTask):
     max_tool_calls = 1  # tools.check: the task's default --max_tool_calls (tools on)
     base_flags = ["task", "mul_digits"]
 
-    def __init__(self, digits=2, n_test=200, seed=0, style_weights=(0.75, 0.15, 0.10)):
+    def __init__(self, digits=2, n_test=200, seed=0, style_weights=(0.70, 0.10, 0.20)):
         if not 1 <= digits <= 6:
             raise ValueError(f"--mul_digits {digits}: use 1 to 6")
         if n_test > (9 * 10 ** (digits - 1)) ** 2 // 2:
@@ -78,10 +83,13 @@ class MultiplyTask(GeneratedTask):
 
     def worked(self, p: dict) -> str:
         """The written solution: the question restated word for word (the copy a tiny model learns
-        first, as in the addition toy), a call to the interpreter that restates it again as Python
-        (` 347 * 589`: the same tokens), and its output (the thought ends with it)."""
-        code = f"x = {p['a']} * {p['b']}\nprint(x)"
-        return f"Compute {p['a']} * {p['b']} in Python.\n{TOOL['open']}{code}{TOOL['close']}{TOOL['output'].format(p['answer'])}"
+        first, as in the addition toy), each operand named (`a is 347`), a call to the interpreter
+        that assigns it by that name (`a = 347`: the same tokens, a copy keyed by the name), and its
+        output (the thought ends with it)."""
+        a, b = p["a"], p["b"]
+        code = f"a = {a}\nb = {b}\nprint(a * b)"
+        return (f"Compute {a} * {b} in Python. So a is {a} and b is {b}.\n"
+                f"{TOOL['open']}{code}{TOOL['close']}{TOOL['output'].format(p['answer'])}")
 
     def solved(self, p: dict) -> str:
         # no space before </think>: a rollout's tool tokens end the output block with its newline; none

@@ -20,6 +20,8 @@ import tools
 import train
 from batch import pack
 from model import GPT, ModelConfig
+from multiply import MultiplyTask
+from template import TOOL
 from tokenizer import get_tokenizer
 
 TOK = get_tokenizer()
@@ -264,3 +266,27 @@ def test_bad_tool_flags_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(argv)
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+
+def count(ids, sub):
+    return sum(ids[i:i + len(sub)] == sub for i in range(len(ids) - len(sub) + 1))
+
+
+def test_the_multiply_corpus_call_is_what_a_rollout_would_hold_and_copies_the_same_tokens():
+    """The base corpus's call, cut where the engine stops, runs in the sandbox to the very output
+    block the document holds and the answer copies it; each operand is practised three times in
+    the question's own tokens (the thought's restatement, its name, the code); the answer's digits
+    are the output's tokens."""
+    sandbox.check()
+    task = MultiplyTask()
+    docs = [(p, task.solved(p)) for p in task.test_set[:3]]
+    codes = [tools.pending_code(c) for _, c in docs]
+    for (p, c), code, (out, failed) in zip(docs, codes, tools.run_calls(codes, 256)):
+        assert not failed and out == p["answer"]
+        assert c.split(TOOL["close"], 1)[1].startswith(TOOL["output"].format(out)) and c.endswith(f"<answer>{out}</answer>")
+        ids = TOK.encode(c)
+        for x in (p["a"], p["b"]):
+            assert count(ids, TOK.encode(f" {x}")) == 3 + (p["a"] == p["b"]) * 3
+        digits = TOK.encode(f"\n{out}")[1:]
+        assert count(ids, digits) == 2  # the output's digits, and the answer's: the same tokens
