@@ -21,7 +21,8 @@ PROJECT = "grpo_update.py: grpo_update"
 REFERENCE = "from grpo_update import grpo_update"
 PLUG = [("grpo_update", "grpo_update")]
 DEFAULTS = dict(temperature=1.0, ppo_epochs=1, minibatches=1, micro_batch=0, beta=0.0, clip_eps=0.2,
-                clip_eps_high=None, loss_type="grpo", max_new_tokens=10, grad_clip=1.0, mask_truncated=False)
+                clip_eps_high=None, loss_type="grpo", max_new_tokens=10, grad_clip=1.0, mask_truncated=False,
+                engine="own", tis="auto", tis_cap=2.0)  # sampled by the own sampler: no importance weights
 SETTINGS = [dict(micro_batch=3, beta=0.1, loss_type="token"), dict(minibatches=2, micro_batch=2, ppo_epochs=2, mask_truncated=True),
             dict(minibatches=4, beta=0.1, grad_clip=0.0, loss_type="dr_grpo"), dict(minibatches=2, nan=True)]
 METRICS = ("kl", "ratio", "clip_low", "clip_high", "entropy", "clip_frac", "sampler_logp_diff")
