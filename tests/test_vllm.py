@@ -129,10 +129,12 @@ def test_sync_clears_the_prefix_cache(toy):
     with torch.no_grad():
         for p in moved.parameters():
             p.mul_(1.5)
+    question = "Compute 5 + 6. " * 25  # a prompt longer than one of the cache's blocks (128 tokens on a CPU)
+    assert len(tok.encode(render_prompt(question, tok.chat))) > engine.llm.llm_engine.vllm_config.cache_config.block_size
     engine.sync(model.state_dict())
-    greedy_both(model, tok, engine, ["Compute 5 + 6"])
+    greedy_both(model, tok, engine, [question], n=8)
     engine.sync(moved.state_dict())
-    ours, theirs = greedy_both(moved, tok, engine, ["Compute 5 + 6"])
+    ours, theirs = greedy_both(moved, tok, engine, [question], n=8)
     engine.sync(model.state_dict())
     assert_same_rollout(ours, theirs)
 
