@@ -24,6 +24,18 @@ wall time, and a plot of the first RL steps of R1-Zero against reasoning RL afte
     student_sft     SFT of the student on the teacher's traces (distillation, sft.py)
     student_sft_grpo  then GRPO (optional: --no_student_sft_grpo skips it)
 
+--lang_mix runs it on the bilingual toy (bilingual.py: the base model's rechecks are mostly written
+in Chinese, so R1-Zero's thoughts mix languages) and adds the paper's ablation of the language
+reward, the same RL with and without it (same steps, same seed), on both RL runs it can pair with:
+
+    r1zero_lang         R1-Zero's RL with the language reward added (accuracy + format + language)
+    reasoning_rl_rules  reasoning RL without it (accuracy + format)
+
+then prints the reward's cost in pass@1 and its gain in consistency for each pair, the rejection
+sampler's language filter pass rate, and one held-out question that R1-Zero answers in a mixed
+thought, as each stage answers it. Its sizes (LANG_MIX_SIZES: stage 4 shorter and rules only, no
+student_sft_grpo) keep the longer pipeline within ~10 min on 2 CPU cores.
+
 Compute of student_grpo against student_sft is counted two ways, both in the table: the student's
 own training wall time, and the completion tokens it trained on (GRPO: every rollout token, sampled
 then forward and backward; SFT: every completion token, once per epoch). Match them with
@@ -34,6 +46,7 @@ Every size is a flag (defaults: SIZES below), e.g. `python r1.py --rl_steps 40 -
 
     python r1.py                  # the whole pipeline, then the table and out/r1/cold_start_vs_r1zero.png
     python r1.py --from rs_sft    # re-run rs_sft and every stage after it
+    python r1.py --lang_mix --out_dir out_mix   # the bilingual toy: why R1 exists (docs/r1.md)
 """
 
 import argparse
@@ -77,7 +90,8 @@ SIZES = {  # flag: (default, help)
 # language reward: each RL run that has it (or not) run again without it (or with it), same steps, same seed
 ABLATIONS = [("R1-Zero", "r1zero", "r1zero_lang"), ("reasoning RL", "reasoning_rl_rules", "reasoning_rl")]  # without, with
 LANG_MIX = ["r1zero_lang", "reasoning_rl_rules"]  # the stages --lang_mix adds
-LANG_MIX_SIZES = {"rl2_steps": 10, "rl2_rm_steps": 0, "student_rl_steps": 20, "student_sft_epochs": 3}
+LANG_MIX_SIZES = {"rl2_steps": 10, "rl2_rm_steps": 0, "student_rl_steps": 20, "student_sft_epochs": 3,
+                  "no_student_sft_grpo": True}  # the sizes that fit the longer pipeline into ~10 min
 LANGUAGE = "accuracy:1,format:1,language:0.5"  # eq. 7's reward beside the rules, in reasoning RL
 STAGES = ["base", "r1zero", "r1zero_lang", "cold_data", "cold_sft", "reasoning_rl", "reasoning_rl_rules", "rs_data",
           "rs_sft", "rm", "rl2_rules", "rl2", "traces", "student_base", "student_grpo", "student_sft", "student_sft_grpo"]

@@ -1,10 +1,12 @@
 """The bilingual toy (bilingual.py): its corpus mixes languages where, and as often as, it says;
 eq. 7's detector and the reflection detector read its mixed thoughts; the aha tokenizer carries them."""
+import json
 import random
 import re
 
 import pytest
 
+import r1
 from bilingual import RECHECK, to_chinese
 from reflection import reflects
 from rewards import CJK, language_reward, language_share
@@ -68,3 +70,22 @@ def test_aha_tokenizer_round_trips_the_mixed_corpus():
         assert tok.decode(tok.encode(q + c)) == q + c
     ids = tok.encode(" 得")
     assert len(ids) == 1 + len("得".encode()) and tok.decode(ids) == " 得"
+
+
+def test_r1_lang_mix_prints_the_ablation_the_filter_and_the_mixed_sample(tmp_path, capsys):
+    en = f"<think> {AdditionTask().rechecked({'a': 47, 'b': 38, 'answer': '85'})} </think> <answer> 85 </answer>"
+    mixed = f"<think> {MIXED} </think> <answer> 85 </answer>"
+    evals = {"base": (0.2, 0.5, en), "r1zero": (0.9, 0.6, mixed), "r1zero_lang": (0.85, 0.99, en),
+             "reasoning_rl": (0.97, 1.0, en), "reasoning_rl_rules": (0.99, 0.98, en)}
+    for s, (acc, lang, text) in evals.items():
+        (tmp_path / s).mkdir()
+        sample = {"prompt": "Compute 47 + 38", "completion": text, "accuracy": 1.0}
+        (tmp_path / s / "eval.json").write_text(json.dumps({"pass@1": acc, "language": lang, "samples": [sample]}))
+    (tmp_path / "rs_data").mkdir()
+    (tmp_path / "rs_data" / "filters.json").write_text(json.dumps({"language": 0.75, "samples": 600, "kept": 140}))
+    r1.print_language(str(tmp_path), list(evals) + ["rs_data"])
+    out = capsys.readouterr().out
+    assert "R1-Zero       pass@1 0.900 -> 0.850 (-0.050), language 0.600 -> 0.990" in out  # without -> with
+    assert "reasoning RL  pass@1 0.990 -> 0.970 (-0.020), language 0.980 -> 1.000" in out
+    assert "passes 0.750 of 600 samples; 140 kept" in out
+    assert "1 of R1-Zero's first 1 held-out samples mix" in out and f"r1zero        Compute 47 + 38 | {mixed}" in out
