@@ -24,6 +24,18 @@ wall time, and a plot of the first RL steps of R1-Zero against reasoning RL afte
     student_sft     SFT of the student on the teacher's traces (distillation, sft.py)
     student_sft_grpo  then GRPO (optional: --no_student_sft_grpo skips it)
 
+--lang_mix runs it on the bilingual toy (bilingual.py: the base model's rechecks are mostly written
+in Chinese, so R1-Zero's thoughts mix languages) and adds the paper's ablation of the language
+reward, the same RL with and without it (same steps, same seed), on both RL runs it can pair with:
+
+    r1zero_lang         R1-Zero's RL with the language reward added (accuracy + format + language)
+    reasoning_rl_rules  reasoning RL without it (accuracy + format)
+
+then prints the reward's cost in pass@1 and its gain in consistency for each pair, the rejection
+sampler's language filter pass rate, and one held-out question that R1-Zero answers in a mixed
+thought, as each stage answers it. Its sizes (LANG_MIX_SIZES: stage 4 shorter and rules only, no
+student_sft_grpo) keep the longer pipeline within ~10 min on 2 CPU cores.
+
 Compute of student_grpo against student_sft is counted two ways, both in the table: the student's
 own training wall time, and the completion tokens it trained on (GRPO: every rollout token, sampled
 then forward and backward; SFT: every completion token, once per epoch). Match them with
@@ -34,6 +46,7 @@ Every size is a flag (defaults: SIZES below), e.g. `python r1.py --rl_steps 40 -
 
     python r1.py                  # the whole pipeline, then the table and out/r1/cold_start_vs_r1zero.png
     python r1.py --from rs_sft    # re-run rs_sft and every stage after it
+    python r1.py --lang_mix --out_dir out_mix   # the bilingual toy: why R1 exists (docs/r1.md)
 """
 
 import argparse
@@ -47,6 +60,7 @@ import time
 from checkpoint import load_checkpoint
 from evaluate import evaluate
 from plot import plot_runs
+from rewards import language_share, thought
 from runs import Parser, atomic_write, read_jsonl
 from tasks import AdditionTask
 
@@ -72,13 +86,22 @@ SIZES = {  # flag: (default, help)
     "eval_problems": (100, "held-out problems of the table, k samples each"),
     "eval_samples": (4, "k, samples per problem (pass@1 is their mean)"),
 }
-STAGES = ["base", "r1zero", "cold_data", "cold_sft", "reasoning_rl", "rs_data", "rs_sft", "rm", "rl2_rules", "rl2",
-          "traces", "student_base", "student_grpo", "student_sft", "student_sft_grpo"]
+# --lang_mix: the bilingual toy (bilingual.py), whose R1-Zero mixes languages, and the paper's ablation of the
+# language reward: each RL run that has it (or not) run again without it (or with it), same steps, same seed
+ABLATIONS = [("R1-Zero", "r1zero", "r1zero_lang"), ("reasoning RL", "reasoning_rl_rules", "reasoning_rl")]  # without, with
+LANG_MIX = ["r1zero_lang", "reasoning_rl_rules"]  # the stages --lang_mix adds
+LANG_MIX_SIZES = {"rl2_steps": 10, "rl2_rm_steps": 0, "student_rl_steps": 20, "student_sft_epochs": 3,
+                  "no_student_sft_grpo": True}  # the sizes that fit the longer pipeline into ~10 min
+LANGUAGE = "accuracy:1,format:1,language:0.5"  # eq. 7's reward beside the rules, in reasoning RL
+STAGES = ["base", "r1zero", "r1zero_lang", "cold_data", "cold_sft", "reasoning_rl", "reasoning_rl_rules", "rs_data",
+          "rs_sft", "rm", "rl2_rules", "rl2", "traces", "student_base", "student_grpo", "student_sft", "student_sft_grpo"]
 # table rows: (stage, label, the stages whose wall time the row adds up: its data and its own)
 ROWS = [("base", "base", ["base"]),
         ("r1zero", "R1-Zero (GRPO on base)", ["r1zero"]),
+        ("r1zero_lang", "R1-Zero + language reward", ["r1zero_lang"]),
         ("cold_sft", "cold-start SFT", ["cold_data", "cold_sft"]),
         ("reasoning_rl", "reasoning RL (+language reward)", ["reasoning_rl"]),
+        ("reasoning_rl_rules", "reasoning RL, no language reward", ["reasoning_rl_rules"]),
         ("rs_sft", "rejection sampling + SFT", ["rs_data", "rs_sft"]),
         ("rl2", "stage-4 RL (T 0.7, rules + RM)", ["rm", "rl2_rules", "rl2"]),
         ("student_base", "student base (nano)", ["student_base"]),
@@ -97,26 +120,32 @@ def stage_commands(a):
     py = [sys.executable]
     # every train.py run: the base cache under <out_dir>/cache, shared with train.py's own runs; its
     # own evaluations small (the table's are r1.py's); no curves.png per run
+    task = ["--task", "bilingual"] if a.lang_mix else []
     train = lambda name, *flags: py + ["train.py", "--out_dir", a.out_dir, "--run_name", f"r1/{name}",  # noqa: E731
                                       "--eval_problems", "20", "--eval_samples", "1", "--eval_every", "1000",
-                                      "--no_plot", "--save_every", "0", *map(str, flags)]
+                                      "--no_plot", "--save_every", "0", *task, *map(str, flags)]
     rl = ["--questions", a.questions, "--group_size", a.group_size]
     sft = lambda name, init, data_file, epochs, *flags: py + ["sft.py", "--init", init, "--data", data_file,  # noqa: E731
                                                               "--out_dir", a.out_dir, "--run_name", f"r1/{name}",
                                                               "--epochs", str(epochs), *map(str, flags)]
     reject = lambda name, ckpt: py + ["reject.py", "--ckpt", ckpt, "--out", data(name), "--questions", str(a.rs_questions),  # noqa: E731
-                                      "--k", str(a.rs_k), "--keep_per_question", str(a.rs_keep)]
+                                      "--k", str(a.rs_k), "--keep_per_question", str(a.rs_keep),
+                                      "--stats", os.path.join(d, name, "filters.json")]
     has_rm = a.rl2_rm_steps > 0
     rm = os.path.join(d, "rm", "rm.pt")
     rl2_last = (["--reward_model", rm, "--rewards", "accuracy:1,format:1,preference:1"] if has_rm else [])
     return {
         "base": (train("base", "--rl_steps", 0, "--base_steps", a.base_steps), ck("base")),
         "r1zero": (train("r1zero", "--init", ck("base"), "--rl_steps", a.rl_steps, *rl), ck("r1zero")),
+        "r1zero_lang": (train("r1zero_lang", "--init", ck("base"), "--rl_steps", a.rl_steps, *rl, "--rewards", LANGUAGE),
+                        ck("r1zero_lang")),
         "cold_data": (py + ["cold_start.py", "--out", data("cold_data"), "--examples", str(a.cold_examples), "--seed", "1",
                             "--max_tokens", str(MAX_NEW_TOKENS), "--task_seed", str(SEED)], data("cold_data")),
         "cold_sft": (sft("cold_sft", ck("base"), data("cold_data"), a.cold_epochs), ck("cold_sft")),
         "reasoning_rl": (train("reasoning_rl", "--init", ck("cold_sft"), "--rl_steps", a.rl_steps, *rl,
-                               "--rewards", "accuracy:1,format:1,language:0.5"), ck("reasoning_rl")),
+                               "--rewards", LANGUAGE), ck("reasoning_rl")),
+        "reasoning_rl_rules": (train("reasoning_rl_rules", "--init", ck("cold_sft"), "--rl_steps", a.rl_steps, *rl),
+                               ck("reasoning_rl_rules")),
         "rs_data": (reject("rs_data", ck("reasoning_rl")), data("rs_data")),
         "rs_sft": (sft("rs_sft", ck("base"), data("rs_data"), a.rs_epochs), ck("rs_sft")),
         "rm": ((py + ["reward_model.py", "--init", ck("rs_sft"), "--out_dir", a.out_dir, "--run_name", "r1/rm",
@@ -142,9 +171,10 @@ def measure(ckpt, a):
     first --eval_problems held-out problems, k = --eval_samples at T 0.6, top-p 0.95."""
     model, tok = load_checkpoint(ckpt)
     args = argparse.Namespace(seed=SEED, eval_problems=a.eval_problems, eval_samples=a.eval_samples, eval_temperature=0.6,
-                              eval_top_p=0.95, max_new_tokens=MAX_NEW_TOKENS, log_samples=0)
-    m, _ = evaluate(model, tok, AdditionTask(seed=SEED), args, step=0)
-    return {"pass@1": m["eval_accuracy"], "format": m["eval_format"], "language": m["eval_language"], "length": m["eval_length"]}
+                              eval_top_p=0.95, max_new_tokens=MAX_NEW_TOKENS, log_samples=a.eval_problems)
+    m, samples = evaluate(model, tok, AdditionTask(seed=SEED), args, step=0)  # samples: the first of each, first chunk
+    return {"pass@1": m["eval_accuracy"], "format": m["eval_format"], "language": m["eval_language"], "length": m["eval_length"],
+            "samples": [{k: s[k] for k in ("prompt", "completion", "accuracy")} for s in samples]}
 
 
 def trained_tokens(run_dir):
@@ -161,7 +191,7 @@ def main():
     d = os.path.join(a.out_dir, "r1")
     os.makedirs(d, exist_ok=True)
     commands = stage_commands(a)
-    stages = [s for s in STAGES if not (s == "student_sft_grpo" and a.no_student_sft_grpo)]
+    stages = [s for s in STAGES if not (s == "student_sft_grpo" and a.no_student_sft_grpo) and (a.lang_mix or s not in LANG_MIX)]
     if a.start:  # a re-run: this stage's output and every later one's go
         for s in STAGES[STAGES.index(a.start):]:
             shutil.rmtree(os.path.join(d, s), ignore_errors=True)
@@ -170,6 +200,8 @@ def main():
         run_stage(s, *commands[s], d)
     t_stages = time.time() - t_all
     print_table(a, d, commands, stages)
+    if a.lang_mix:
+        print_language(d, stages)
     print(f"\nstages: {t_stages / 60:.1f} min this call; with the table: {(time.time() - t_all) / 60:.1f} min")
     compared = [(os.path.join(d, "r1zero"), "R1-Zero (from base)"), (os.path.join(d, "reasoning_rl"), "after cold-start SFT")]
     print(f"plot: {plot_runs(compared, ('reward_accuracy', 'format'), a.rl_steps, os.path.join(d, 'cold_start_vs_r1zero.png'))}")
@@ -181,9 +213,13 @@ def parse_args():
     parser.add_argument("--out_dir", default="out", help="stages go to <out_dir>/r1/<stage>/")
     parser.add_argument("--from", dest="start", choices=STAGES, default=None, help="re-run this stage and every one after it")
     parser.add_argument("--no_student_sft_grpo", action="store_true", help="skip the optional student SFT + GRPO row")
+    parser.add_argument("--lang_mix", action="store_true", help="the bilingual toy (bilingual.py: R1-Zero mixes "
+                        f"languages), the language reward's ablation rows, and sizes {LANG_MIX_SIZES} (flags given win)")
     g = parser.add_argument_group("stage sizes")
     for k, (v, help) in SIZES.items():
         g.add_argument(f"--{k}", type=int, default=v, help=help)
+    if parser.parse_known_args()[0].lang_mix:
+        parser.set_defaults(**LANG_MIX_SIZES)
     a = parser.parse_args()
     parser.check([(v > 0 or k == "rl2_rm_steps", f"--{k} must be at least 1") for k, v in vars(a).items() if k in SIZES]
                  + [(a.rl2_rm_steps < a.rl2_steps, "--rl2_rm_steps must be below --rl2_steps")])
@@ -230,6 +266,32 @@ def print_table(a, d, commands, stages):
         label = "stage-4 RL (T 0.7, rules only)" if stage == "rl2" and not commands["rm"][0] else label
         print(f"| {label:<32} | {m['pass@1']:6.3f} | {m['format']:6.3f} | {m['language']:8.3f} | {m['length']:6.1f} | "
               f"{wall:6.0f} | {tokens:>14} |")
+
+
+
+def print_language(d, stages):
+    """--lang_mix: the language reward's cost as the paper measures it (each ablation pair: the same RL
+    with and without it), the rejection sampler's language filter, and one held-out question that
+    R1-Zero answers in a mixed thought, as R1-Zero and each later stage answer it."""
+    ev = {s: json.load(open(os.path.join(d, s, "eval.json"))) for s in stages if os.path.isfile(os.path.join(d, s, "eval.json"))}
+    print("\nthe language reward's cost (the same RL, steps and seed, without it -> with it):")
+    for name, without, with_ in ABLATIONS:
+        off, on = ev[without], ev[with_]
+        print(f"  {name:<13} pass@1 {off['pass@1']:.3f} -> {on['pass@1']:.3f} ({on['pass@1'] - off['pass@1']:+.3f}), "
+              f"language {off['language']:.3f} -> {on['language']:.3f}")
+    for s in ("rs_data", "traces"):
+        if os.path.isfile(path := os.path.join(d, s, "filters.json")):
+            f = json.load(open(path))
+            print(f"rejection sampling ({s}): the language filter (eq. 7 >= 0.95) passes {f['language']:.3f} of "
+                  f"{f['samples']} samples; {f['kept']} kept")
+    mixed = [i for i, x in enumerate(ev["r1zero"].get("samples", [])) if language_share(thought(x["completion"]) or "") not in (None, 1.0)]
+    if not mixed:
+        print("no held-out sample of R1-Zero mixes languages")
+        return
+    print(f"\n{len(mixed)} of R1-Zero's first {len(ev['r1zero']['samples'])} held-out samples mix; the first, at each stage:")
+    for s in [s for s in ("base", "r1zero", "cold_sft", "reasoning_rl", "rs_sft", "rl2", "student_sft") if s in ev]:
+        x = ev[s]["samples"][mixed[0]]
+        print(f"  {s:<13} {x['prompt']} | {x['completion'].strip()}  (right: {x['accuracy']:.0f})")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ parser = Parser(description="Rejection sampling: correct and readable samples of
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--ckpt", required=True, help="out/<run>/ckpt.pt (its task flags are the defaults) or hf:DIR")
 parser.add_argument("--out", required=True, help="the SFT JSONL to write (prompt, completion, answer), atomically")
+parser.add_argument("--stats", default=None, help="also write each filter's own pass rate, as JSON, to this file")
 g = parser.add_argument_group("sampling")
 g.add_argument("--questions", type=int, default=200, help="training questions to sample for")
 g.add_argument("--k", type=int, default=8, help="samples per question")
@@ -135,6 +136,9 @@ def main(argv=None):
     except ValueError as e:  # a prompt plus --max_new_tokens longer than the model's context
         parser.error(f"--max_new_tokens {args.max_new_tokens}: {e}")
     atomic_write(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+    if args.stats:
+        n = len(passed_all["correct"])
+        atomic_write(args.stats, json.dumps({**{k: sum(v) / n for k, v in passed_all.items()}, "samples": n, "kept": len(rows)}))
     print(report(passed_all, rows, len(problems)))
     print(f"wrote {args.out}")
     return rows
@@ -146,6 +150,7 @@ def parse_args(argv=None):
     a.max_tokens = a.max_tokens or a.max_new_tokens
     parser.check_device(a.device)
     parser.check([(os.path.isdir(os.path.dirname(os.path.abspath(a.out))), f"--out {a.out}: no such directory"),
+                  (not a.stats or os.path.isdir(os.path.dirname(os.path.abspath(a.stats))), f"--stats {a.stats}: no such directory"),
                   (a.questions >= 1 and a.k >= 1, "--questions and --k must be at least 1"),
                   (a.temperature > 0 and 0 < a.top_p <= 1, "--temperature must be > 0 and --top_p in (0, 1]"),
                   (a.max_new_tokens >= 1 and 0 <= a.min_tokens <= a.max_tokens, "need --max_new_tokens >= 1 and 0 <= --min_tokens <= --max_tokens"),

@@ -3,6 +3,7 @@ Tasks: the problems RL trains on, the held-out set it is measured on, the reward
 and (for the CPU toy) the base-model corpus. A registry: `--task NAME` picks one of TASKS.
 
     addition   a + b (the default toy): generated, with its base corpus
+    bilingual  addition whose base corpus rechecks mostly in Chinese (bilingual.py: R1-Zero's language mixing)
     countdown  TinyZero's Countdown: 3-4 numbers and a target reachable with + - * /, each number once
                (checked by search when generated); reward: countdown + format; with a base corpus
     multiply   a * b, 2-digit operands (--mul_digits): the toy where a call to the interpreter pays (multiply.py, tools.py);
@@ -75,6 +76,7 @@ import argparse
 import random
 from fractions import Fraction
 
+from bilingual import Bilingual
 from file_tasks import GSM8KTask, JsonlTask, MathTask
 from generated_tasks import GeneratedTask
 from multiply import MultiplyTask
@@ -170,6 +172,10 @@ class AdditionTask(GeneratedTask):
         """The skill, as the textbook writes it: the rechecked attempt (with reflect=False, the careful
         sum), so the careful sum is learned as the recheck of a first attempt."""
         return self.rechecked(p) if self.reflect else self.worked(p)
+
+
+class BilingualTask(Bilingual, AdditionTask):
+    """The addition toy whose base corpus writes most rechecks in Chinese (bilingual.py)."""
 
 
 # --- Countdown ---
@@ -298,8 +304,8 @@ class LinearTask(GeneratedTask):
                 "a": a, "b": b, "c": int(c)}
 
 
-TASKS = {"addition": AdditionTask, "countdown": CountdownTask, "multiply": MultiplyTask, "linear": LinearTask,
-         "gsm8k": GSM8KTask, "math": MathTask, "jsonl": JsonlTask}
+TASKS = {"addition": AdditionTask, "bilingual": BilingualTask, "countdown": CountdownTask, "multiply": MultiplyTask,
+         "linear": LinearTask, "gsm8k": GSM8KTask, "math": MathTask, "jsonl": JsonlTask}
 
 
 def add_task_args(parser) -> list[str]:
@@ -312,6 +318,7 @@ def add_task_args(parser) -> list[str]:
     g.add_argument("--max_digits", type=int, default=2, help="addition: most digits of an operand")
     g.add_argument("--no_reflect_docs", action="store_true", help="addition: the ablation: the base corpus's "
                    "rechecked attempts written as plain careful sums (no first attempt, no 'Wait')")
+    g.add_argument("--zh_share", type=float, default=0.8, help="bilingual: share of the base corpus's rechecks written in Chinese")
     g.add_argument("--cd_numbers", default="3", help="countdown: how many numbers, 3 or a range 3-4 (TinyZero: 3-4)")
     g.add_argument("--cd_max_number", type=int, default=9, help="countdown: numbers are 1..this (TinyZero: 99)")
     g.add_argument("--cd_max_target", type=int, default=30, help="countdown: targets are 1..this (TinyZero: 99)")

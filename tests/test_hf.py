@@ -21,7 +21,7 @@ from checkpoint import export, save_checkpoint
 from hf import load_hf, save_hf
 from model import make_model
 from sample import generate
-from tasks import AdditionTask
+from tasks import AdditionTask, BilingualTask
 from template import render_prompt
 from tokenizer import HFTokenizer, get_tokenizer
 
@@ -171,9 +171,9 @@ def test_export_our_checkpoint_with_our_tokenizers(tmp_path, name):
     back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
     assert type(back).__name__ == "LlamaForCausalLM"
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
-    # the toy corpus (aha's merges apply throughout), and text it never saw
+    # the toy corpora (aha's merges apply throughout; the bilingual toy's Chinese byte by byte), and text it never saw
     texts = [render_prompt("Compute 82 + 97") + " <think> 2+7=9 </think> <answer> 179 </answer><|endoftext|> 数学",
-             *(p + c for p, c in AdditionTask().corpus(20, seed=5)), "  Wait,\n\nlet  me recheck 12.5%\t émigré 🙂 ab12"]
+             *(p + c for p, c in AdditionTask().corpus(20, seed=5) + BilingualTask().textbook(4, seed=5)), "  Wait,\n\nlet  me recheck 12.5%\t émigré 🙂 ab12"]
     for text in texts:
         assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
         assert hf_tok.decode(tok.encode(text)) == text

@@ -216,7 +216,9 @@ def test_rejection_keeps_only_what_passes_every_filter():
 def test_reject_cli_bad_input_is_one_line(files, capsys):
     for argv, fragment in [(["--ckpt", str(files / "nope.pt"), "--out", str(files / "rs.jsonl")], "checkpoint not found"),
                            (["--ckpt", str(files / "init.pt"), "--out", str(files / "no" / "rs.jsonl")], "no such directory"),
-                           (["--ckpt", str(files / "init.pt"), "--out", str(files / "rs.jsonl"), "--k", "0"], "--k must be")]:
+                           (["--ckpt", str(files / "init.pt"), "--out", str(files / "rs.jsonl"), "--k", "0"], "--k must be"),
+                           (["--ckpt", str(files / "init.pt"), "--out", str(files / "rs.jsonl"), "--stats",
+                             str(files / "no" / "f.json")], "--stats")]:
         assert fragment in one_line_error(capsys, reject.main, argv)
 
 
