@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import asdict
 
 import torch
 
@@ -39,7 +40,7 @@ from rollout import rollouts
 from runs import Parser
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS
-from vllm_engine import add_engine_args, engine_checks, make_engine
+from vllm_engine import add_engine_args, engine_checks, engine_error, make_engine
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -169,6 +170,8 @@ def parse_args(argv=None):
                   (a.eval_temperature >= 0, "--eval_temperature must be >= 0 (0: greedy)"),
                   (0 < a.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)"), *engine_checks(a, a.device)])
     args, model, tok, ckpt = load_for_cli(parser, argv, TASK_FLAGS)
+    if error := engine_error(args, asdict(model.config), args.device):
+        parser.error(error)
     step = ckpt.get("step", 0)
     if args.seed is None:
         args.seed = (ckpt.get("args") or {}).get("seed", 1337)

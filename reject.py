@@ -26,6 +26,7 @@ import os
 import random
 import re
 import sys
+from dataclasses import asdict
 
 import torch
 
@@ -35,7 +36,7 @@ from rollout import rollouts
 from runs import Parser, atomic_write
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS, render_prompt
-from vllm_engine import add_engine_args, engine_checks, make_engine
+from vllm_engine import add_engine_args, engine_checks, engine_error, make_engine
 
 SENTENCE = re.compile(r"[.!?\n]+")
 WORDS = re.compile(r"\S+")
@@ -158,6 +159,8 @@ def parse_args(argv=None):
                   (a.repeat_words >= 1 and a.keep_per_question >= 1, "--repeat_words and --keep_per_question must be at least 1"),
                   *engine_checks(a, a.device)])
     args, model, tok, _ = load_for_cli(parser, argv, TASK_FLAGS)
+    if error := engine_error(args, asdict(model.config), args.device):
+        parser.error(error)
     args.max_tokens = args.max_tokens or args.max_new_tokens
     try:
         task = make_task(args, log=lambda s: print(s, file=sys.stderr))

