@@ -171,12 +171,16 @@ class VLLMEngine:
                  generator=None, all_done=None, stop_texts=(), decode=None) -> Rollout:
         """sample.generate's contract. all_done and decode are not needed: nothing here is
         collective (each rank's engine is its own), and vLLM detokenizes to find stop_texts.
-        Each prompt's seed is drawn from `generator`, so a run's samples are reproducible."""
+        On CUDA each prompt's seed is drawn from `generator`; either way a run's samples are
+        reproducible (the engine is seeded when built)."""
         if self.sleeping:
             self.llm.wake_up()
             self.sleeping = False
-        seed = None if generator is None else int(torch.randint(2**31 - 1, (1,), generator=generator,
-                                                                device=generator.device))
+        # a seed per request from the run's stream; not on a CPU, where vLLM 0.32 fails to rewind a
+        # seeded request's generator after a partial prefill ("CPU Generator does not use offset"):
+        # there the engine's own generator, seeded when it was built, draws
+        seed = None if generator is None or self.device.type == "cpu" else int(
+            torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
         params = [self.params(n=G, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_new_tokens,
                               stop_token_ids=list(stop_ids), stop=list(stop_texts) or None,
                               include_stop_str_in_output=True, logprobs=0,
