@@ -171,8 +171,8 @@ class VLLMEngine:
                  generator=None, all_done=None, stop_texts=(), decode=None) -> Rollout:
         """sample.generate's contract. all_done and decode are not needed: nothing here is
         collective (each rank's engine is its own), and vLLM detokenizes to find stop_texts.
-        On CUDA each prompt's seed is drawn from `generator`; either way a run's samples are
-        reproducible (the engine is seeded when built)."""
+        On CUDA each prompt's seed is drawn from `generator`; on a CPU the engine's own
+        generator, seeded when it was built, draws."""
         if self.sleeping:
             self.llm.wake_up()
             self.sleeping = False
