@@ -3,7 +3,6 @@ by pyarrow, and by `datasets` as the Hub's files are) and as a datasets.save_to_
 same problems, and bad input is one line. `datasets` takes ~1.5 s to import: it is imported here
 only, once."""
 
-import argparse
 import json
 import os
 import sys
@@ -12,9 +11,10 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_tasks import args_for  # the task flags as train.py parses them
 
 from file_tasks import TaskError
-from tasks import add_task_args, make_task
+from tasks import make_task
 
 # GSM8K's rows as openai/gsm8k has them (the worked solution, then `#### answer`)
 GSM8K = [{"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -35,14 +35,6 @@ MATH = [{"problem": "Find $x$ if $2x = 8$.", "level": "Level 1", "type": "Algebr
 # any JSONL, with a nested field (the code reward's tests: a list of structs in a table)
 CODE = [{"q": "Print 1", "tests": [{"input": "", "output": "1"}], "id": 7},
         {"q": "Echo", "tests": [{"input": "a", "output": "a"}, {"input": "b", "output": "b"}], "id": 8}]
-
-
-def args_for(argv):
-    parser = argparse.ArgumentParser()
-    add_task_args(parser)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rewards", default=None)
-    return parser.parse_args(argv)
 
 
 def write_all(tmp_path, rows):
