@@ -15,6 +15,7 @@ train.py's periodic evaluation, sft.py's at the end and r1.py's table are `evalu
 
     python evaluate.py --ckpt out/default/ckpt.pt                  # the task of the run that wrote it
     python evaluate.py --ckpt out/default/ckpt.pt --eval_samples 16 --json    # JSON only, for scripts
+    python evaluate.py --ckpt out/default/ckpt.pt --json eval.json --log_samples 5    # to a file, with samples
     python evaluate.py --ckpt CKPT --task gsm8k --test_file gsm8k_test.jsonl
     python evaluate.py --ckpt hf:/models/my-policy --engine vllm             # sampled by vLLM
 
@@ -37,7 +38,7 @@ from checkpoint import load_for_cli
 from reflection import reflects
 from rewards import extract_answer, language_reward
 from rollout import rollouts
-from runs import Parser
+from runs import Parser, atomic_write
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS
 from vllm_engine import add_engine_args, engine_checks, engine_error, make_engine
@@ -138,7 +139,10 @@ g.add_argument("--max_new_tokens", type=int, default=128, help="length limit of 
 g.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's)")
 g.add_argument("--chat", choices=CHAT_FLAGS, default=None,
                help="prompt format (default: the run's --chat; auto: the tokenizer's chat format, none: the R1-Zero template)")
-g.add_argument("--json", action="store_true", help="print the metrics and settings as one JSON object, nothing else")
+g.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+               help="the metrics and settings as one JSON object, printed and nothing else, or written to FILE")
+g.add_argument("--log_samples", type=int, default=0, help="with --json: also the first completion of each of the "
+               "first this many problems (at most one batch of them)")
 g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 add_engine_args(parser)
 TASK_FLAGS = add_task_args(parser) + tools.add_tool_args(parser)  # the run's values are the defaults
@@ -147,14 +151,19 @@ TASK_FLAGS = add_task_args(parser) + tools.add_tool_args(parser)  # the run's va
 def main(argv=None):
     args, model, tok, task, step = parse_args(argv)
     try:
-        m = evaluate(model, tok, task, args, step=step, engine=make_engine(args, model, tok, args.device, args.seed))[0]
+        m, samples = evaluate(model, tok, task, args, step=step, engine=make_engine(args, model, tok, args.device, args.seed))
     except ValueError as e:  # a prompt plus --max_new_tokens longer than the model's context
         parser.error(f"--max_new_tokens {args.max_new_tokens}: {e}")
     settings = {"ckpt": args.ckpt, "step": step, "task": args.task, "problems": args.eval_problems, "k": args.eval_samples,
                 "temperature": args.eval_temperature, "top_p": args.eval_top_p, "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed}
     if args.json:
-        print(json.dumps({"settings": settings, **{key.removeprefix("eval_"): v for key, v in m.items()}}))
+        out = json.dumps({"settings": settings, **{key.removeprefix("eval_"): v for key, v in m.items()},
+                          **({"samples": samples} if args.log_samples else {})})
+        if args.json == "-":
+            print(out)
+        elif dist.rank() == 0:
+            atomic_write(args.json, out)
     else:
         print(f"{args.task}, {args.eval_problems} held-out problems")
         print_eval(step, m, args)
@@ -168,7 +177,9 @@ def parse_args(argv=None):
                   (a.eval_samples >= 1, "--eval_samples must be at least 1"),
                   (a.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
                   (a.eval_temperature >= 0, "--eval_temperature must be >= 0 (0: greedy)"),
-                  (0 < a.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)"), *engine_checks(a, a.device)])
+                  (0 < a.eval_top_p <= 1, "--eval_top_p must be in (0, 1] (1: off)"), *engine_checks(a, a.device),
+                  (a.log_samples >= 0, "--log_samples must be at least 0"),
+                  (not a.log_samples or a.json, "--log_samples needs --json")])
     args, model, tok, ckpt = load_for_cli(parser, argv, TASK_FLAGS)
     if error := engine_error(args, asdict(model.config), args.device):
         parser.error(error)
@@ -182,7 +193,6 @@ def parse_args(argv=None):
     if error := tools.check(args, task):
         parser.error(error)
     args.eval_problems = min(args.eval_problems or len(task.test_set), len(task.test_set))  # printed with the results
-    args.log_samples = 0
     return args, model, tok, task, step
 
 

@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hf_tokenizer import tokenizer_json
-from model import GPT, ModelConfig, build_model, parameter_count
+from model import GPT, ModelConfig, build_model, meta_model, parameter_count
 from runs import atomic_write, free_memory, read_json
 from tokenizer import SPECIALS, HFTokenizer, Tokenizer
 
@@ -148,8 +148,7 @@ def weight_files(path, config: ModelConfig) -> dict[str, str]:
             shard_of = dict.fromkeys(f.keys(), "model.safetensors")
     else:
         raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
-    with torch.device("meta"):
-        expected = {hf_name(n) for n in GPT(config).state_dict()}
+    expected = {hf_name(n) for n in meta_model(config).state_dict()}
     if extra := sorted(set(shard_of) - expected):  # (a tied lm_head may be stored as well: it is in expected)
         raise ValueError(f"{path} has weights the config does not use: {', '.join(extra[:3])}")
     return shard_of

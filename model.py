@@ -247,10 +247,22 @@ def make_model(preset: str, vocab_size: int, **overrides) -> GPT:
     return GPT(ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides}))
 
 
+def meta_model(config: ModelConfig) -> GPT:
+    """The model on the meta device: its shapes, no storage. Its random init is skipped, as
+    transformers' no_init_weights does: on meta the fills fill nothing, and torch's meta normal_
+    imports torch._dynamo, 2 s of the start of every process that reads a checkpoint."""
+    normal_ = nn.init.normal_
+    nn.init.normal_ = lambda tensor, *args, **kwargs: tensor  # GPT._init's and nn.Embedding's
+    try:
+        with torch.device("meta"):
+            return GPT(config)
+    finally:
+        nn.init.normal_ = normal_
+
+
 def parameter_count(config: ModelConfig) -> int:
     """The model's number of parameters (tied ones once), counted on the meta device: nothing is allocated."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in GPT(config).parameters())
+    return sum(p.numel() for p in meta_model(config).parameters())
 
 
 def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
@@ -258,8 +270,7 @@ def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
     it raises for a missing one), in dtype (default: theirs), on device. The model is constructed
     on the meta device and the weights assigned, so no random weights are allocated first (and a
     caller checks the size, model.parameter_count, against the device's memory before: hf.py)."""
-    with torch.device("meta"):
-        model = GPT(config)
+    model = meta_model(config)
     expected = model.state_dict()
     names = [n for n in expected if not (config.tie_embeddings and n == "lm_head.weight")]
     weights = {}

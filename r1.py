@@ -53,16 +53,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
-from checkpoint import load_checkpoint
-from evaluate import evaluate
+from jobs import Job, cores, run_jobs
 from plot import plot_runs
 from rewards import language_share, thought
-from runs import Parser, atomic_write, read_jsonl
-from tasks import AdditionTask
+from runs import Parser, read_jsonl
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -90,7 +87,7 @@ SIZES = {  # flag: (default, help)
 # language reward: each RL run that has it (or not) run again without it (or with it), same steps, same seed
 ABLATIONS = [("R1-Zero", "r1zero", "r1zero_lang"), ("reasoning RL", "reasoning_rl_rules", "reasoning_rl")]  # without, with
 LANG_MIX = ["r1zero_lang", "reasoning_rl_rules"]  # the stages --lang_mix adds
-LANG_MIX_SIZES = {"rl2_steps": 10, "rl2_rm_steps": 0, "student_rl_steps": 20, "student_sft_epochs": 3,
+LANG_MIX_SIZES = {"rl_steps": 20, "rl2_steps": 10, "rl2_rm_steps": 0, "student_rl_steps": 20, "student_sft_epochs": 3,
                   "no_student_sft_grpo": True}  # the sizes that fit the longer pipeline into ~10 min
 LANGUAGE = "accuracy:1,format:1,language:0.5"  # eq. 7's reward beside the rules, in reasoning RL
 STAGES = ["base", "r1zero", "r1zero_lang", "cold_data", "cold_sft", "reasoning_rl", "reasoning_rl_rules", "rs_data",
@@ -112,25 +109,29 @@ MAX_NEW_TOKENS = 128  # train.py's, reject.py's, cold_start.py's and the table's
 SEED = 1337  # train.py's default: every stage has the same held-out set (tasks.py draws it from the seed)
 
 
+def cli(script):
+    """The command that runs one of this project's CLIs, from any directory."""
+    return [sys.executable, os.path.join(ROOT, script)]
+
+
 def stage_commands(a):
     """stage -> (the command, the file it produces); (None, None) for a stage left out."""
     d = os.path.join(a.out_dir, "r1")
     ck = lambda s: os.path.join(d, s, "ckpt.pt")  # noqa: E731
     data = lambda s: os.path.join(d, s, "data.jsonl")  # noqa: E731
-    py = [sys.executable]
     # every train.py run: the base cache under <out_dir>/cache, shared with train.py's own runs; its
     # own evaluations small (the table's are r1.py's); no curves.png per run
     task = ["--task", "bilingual"] if a.lang_mix else []
-    train = lambda name, *flags: py + ["train.py", "--out_dir", a.out_dir, "--run_name", f"r1/{name}",  # noqa: E731
-                                      "--eval_problems", "20", "--eval_samples", "1", "--eval_every", "1000",
-                                      "--no_plot", "--save_every", "0", *task, *map(str, flags)]
+    train = lambda name, *flags: cli("train.py") + [  # noqa: E731
+        "--out_dir", a.out_dir, "--run_name", f"r1/{name}", "--eval_problems", "20", "--eval_samples", "1",
+        "--eval_every", "1000", "--no_plot", "--save_every", "0", *task, *map(str, flags)]
     rl = ["--questions", a.questions, "--group_size", a.group_size]
-    sft = lambda name, init, data_file, epochs, *flags: py + ["sft.py", "--init", init, "--data", data_file,  # noqa: E731
-                                                              "--out_dir", a.out_dir, "--run_name", f"r1/{name}",
-                                                              "--epochs", str(epochs), *map(str, flags)]
-    reject = lambda name, ckpt: py + ["reject.py", "--ckpt", ckpt, "--out", data(name), "--questions", str(a.rs_questions),  # noqa: E731
-                                      "--k", str(a.rs_k), "--keep_per_question", str(a.rs_keep),
-                                      "--stats", os.path.join(d, name, "filters.json")]
+    sft = lambda name, init, data_file, epochs, *flags: cli("sft.py") + [  # noqa: E731
+        "--init", init, "--data", data_file, "--out_dir", a.out_dir, "--run_name", f"r1/{name}", "--epochs", str(epochs),
+        *map(str, flags)]
+    reject = lambda name, ckpt: cli("reject.py") + [  # noqa: E731
+        "--ckpt", ckpt, "--out", data(name), "--questions", str(a.rs_questions), "--k", str(a.rs_k),
+        "--keep_per_question", str(a.rs_keep), "--stats", os.path.join(d, name, "filters.json")]
     has_rm = a.rl2_rm_steps > 0
     rm = os.path.join(d, "rm", "rm.pt")
     rl2_last = (["--reward_model", rm, "--rewards", "accuracy:1,format:1,preference:1"] if has_rm else [])
@@ -139,8 +140,9 @@ def stage_commands(a):
         "r1zero": (train("r1zero", "--init", ck("base"), "--rl_steps", a.rl_steps, *rl), ck("r1zero")),
         "r1zero_lang": (train("r1zero_lang", "--init", ck("base"), "--rl_steps", a.rl_steps, *rl, "--rewards", LANGUAGE),
                         ck("r1zero_lang")),
-        "cold_data": (py + ["cold_start.py", "--out", data("cold_data"), "--examples", str(a.cold_examples), "--seed", "1",
-                            "--max_tokens", str(MAX_NEW_TOKENS), "--task_seed", str(SEED)], data("cold_data")),
+        "cold_data": (cli("cold_start.py") + ["--out", data("cold_data"), "--examples", str(a.cold_examples), "--seed", "1",
+                                              "--max_tokens", str(MAX_NEW_TOKENS), "--task_seed", str(SEED)],
+                      data("cold_data")),
         "cold_sft": (sft("cold_sft", ck("base"), data("cold_data"), a.cold_epochs), ck("cold_sft")),
         "reasoning_rl": (train("reasoning_rl", "--init", ck("cold_sft"), "--rl_steps", a.rl_steps, *rl,
                                "--rewards", LANGUAGE), ck("reasoning_rl")),
@@ -148,8 +150,8 @@ def stage_commands(a):
                                ck("reasoning_rl_rules")),
         "rs_data": (reject("rs_data", ck("reasoning_rl")), data("rs_data")),
         "rs_sft": (sft("rs_sft", ck("base"), data("rs_data"), a.rs_epochs), ck("rs_sft")),
-        "rm": ((py + ["reward_model.py", "--init", ck("rs_sft"), "--out_dir", a.out_dir, "--run_name", "r1/rm",
-                     "--steps", str(a.rm_steps)], rm)
+        "rm": ((cli("reward_model.py") + ["--init", ck("rs_sft"), "--out_dir", a.out_dir, "--run_name", "r1/rm",
+                                          "--steps", str(a.rm_steps)], rm)
                if has_rm else (None, None)),
         "rl2_rules": (train("rl2_rules", "--init", ck("rs_sft"), "--rl_steps", a.rl2_steps - a.rl2_rm_steps, *rl,
                             "--temperature", 0.7), ck("rl2_rules")),
@@ -166,15 +168,39 @@ def stage_commands(a):
     }
 
 
-def measure(ckpt, a):
-    """The table's numbers for one checkpoint: evaluate.evaluate (train.py's evaluation) on the
-    first --eval_problems held-out problems, k = --eval_samples at T 0.6, top-p 0.95."""
-    model, tok = load_checkpoint(ckpt)
-    args = argparse.Namespace(seed=SEED, eval_problems=a.eval_problems, eval_samples=a.eval_samples, eval_temperature=0.6,
-                              eval_top_p=0.95, max_new_tokens=MAX_NEW_TOKENS, log_samples=a.eval_problems)
-    m, samples = evaluate(model, tok, AdditionTask(seed=SEED), args, step=0)  # samples: the first of each, first chunk
-    return {"pass@1": m["eval_accuracy"], "format": m["eval_format"], "language": m["eval_language"], "length": m["eval_length"],
-            "samples": [{k: s[k] for k in ("prompt", "completion", "accuracy")} for s in samples]}
+def eval_command(a, ckpt, out):
+    """The table's numbers for one checkpoint: evaluate.py (train.py's evaluation) on the first
+    --eval_problems held-out problems, k = --eval_samples at T 0.6, top-p 0.95, as JSON in out."""
+    task = "bilingual" if a.lang_mix else "addition"  # the same held-out set (bilingual.py)
+    return cli("evaluate.py") + ["--ckpt", ckpt, "--task", task, "--seed", str(SEED), "--eval_problems", str(a.eval_problems),
+                                 "--eval_samples", str(a.eval_samples), "--eval_temperature", "0.6", "--eval_top_p", "0.95",
+                                 "--max_new_tokens", str(MAX_NEW_TOKENS), "--json", out, "--log_samples", str(a.eval_problems)]
+
+
+def chosen_stages(a):
+    """The stages this call runs, in STAGES' order."""
+    return [s for s in STAGES if not (s == "student_sft_grpo" and a.no_student_sft_grpo) and (a.lang_mix or s not in LANG_MIX)]
+
+
+def pipeline(a, d, stages):
+    """The stages as jobs (each needs the stages whose products its command reads), and one
+    evaluation job per table row, which needs its stage."""
+    commands = stage_commands(a)
+    products = {s: commands[s][1] for s in stages if commands[s][0]}
+    jobs = [Job(s, cmd, product, needs=[t for t in products if t != s and products[t] in cmd],
+                meta=os.path.join(d, s, "stage.json"), log=os.path.join(d, s, "output.txt"))
+            for s, (cmd, product) in commands.items() if s in products]
+    jobs += [Job(f"{s} eval", eval_command(a, products[s], os.path.join(d, s, "eval.json")), os.path.join(d, s, "eval.json"),
+                 needs=[s], log=os.path.join(d, s, "eval_output.txt")) for s, *_ in ROWS if s in products]
+    return jobs, commands
+
+
+def kept_samples(job):
+    """run_jobs' check: a data stage that kept no sample leaves nothing to fine-tune on."""
+    if job.product.endswith(".jsonl") and os.path.getsize(job.product) == 0:
+        return (f"it kept no samples: train the stages before it longer (--rl_steps, --base_steps) or sample more "
+                f"(--rs_k, --rs_questions), then python r1.py --from {job.name}")
+    return None
 
 
 def trained_tokens(run_dir):
@@ -189,20 +215,23 @@ def trained_tokens(run_dir):
 def main():
     a = parse_args()
     d = os.path.join(a.out_dir, "r1")
-    os.makedirs(d, exist_ok=True)
-    commands = stage_commands(a)
-    stages = [s for s in STAGES if not (s == "student_sft_grpo" and a.no_student_sft_grpo) and (a.lang_mix or s not in LANG_MIX)]
+    stages = chosen_stages(a)
+    jobs, commands = pipeline(a, d, stages)
     if a.start:  # a re-run: this stage's output and every later one's go
         for s in STAGES[STAGES.index(a.start):]:
             shutil.rmtree(os.path.join(d, s), ignore_errors=True)
-    t_all = time.time()
-    for s in stages:
-        run_stage(s, *commands[s], d)
-    t_stages = time.time() - t_all
+    for j in jobs:  # a stage cut short starts over in an empty directory (train.py refuses to overwrite a run)
+        if j.meta and not j.done():
+            shutil.rmtree(os.path.dirname(j.meta), ignore_errors=True)
+            os.makedirs(os.path.dirname(j.meta))
+    if not commands["rm"][0] and "rm" in stages:
+        print("== rm: skipped (--rl2_rm_steps 0: stage 4 uses rules only)")
+    t0 = time.time()
+    run_jobs(jobs, a.jobs, check=kept_samples, say=lambda line: print(line, flush=True))
     print_table(a, d, commands, stages)
     if a.lang_mix:
         print_language(d, stages)
-    print(f"\nstages: {t_stages / 60:.1f} min this call; with the table: {(time.time() - t_all) / 60:.1f} min")
+    print(f"\nthe pipeline: {(time.time() - t0) / 60:.1f} min this call, {a.jobs} job(s) at once on {cores()} core(s)")
     compared = [(os.path.join(d, "r1zero"), "R1-Zero (from base)"), (os.path.join(d, "reasoning_rl"), "after cold-start SFT")]
     print(f"plot: {plot_runs(compared, ('reward_accuracy', 'format'), a.rl_steps, os.path.join(d, 'cold_start_vs_r1zero.png'))}")
 
@@ -212,6 +241,8 @@ def parse_args():
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out_dir", default="out", help="stages go to <out_dir>/r1/<stage>/")
     parser.add_argument("--from", dest="start", choices=STAGES, default=None, help="re-run this stage and every one after it")
+    parser.add_argument("--jobs", type=int, default=min(cores(), 4), help="stages (and evaluations) run at once, "
+                        "the cores shared among them (jobs.py); 1: one at a time, its output on the terminal")
     parser.add_argument("--no_student_sft_grpo", action="store_true", help="skip the optional student SFT + GRPO row")
     parser.add_argument("--lang_mix", action="store_true", help="the bilingual toy (bilingual.py: R1-Zero mixes "
                         f"languages), the language reward's ablation rows, and sizes {LANG_MIX_SIZES} (flags given win)")
@@ -222,49 +253,26 @@ def parse_args():
         parser.set_defaults(**LANG_MIX_SIZES)
     a = parser.parse_args()
     parser.check([(v > 0 or k == "rl2_rm_steps", f"--{k} must be at least 1") for k, v in vars(a).items() if k in SIZES]
-                 + [(a.rl2_rm_steps < a.rl2_steps, "--rl2_rm_steps must be below --rl2_steps")])
+                 + [(a.rl2_rm_steps < a.rl2_steps, "--rl2_rm_steps must be below --rl2_steps"),
+                    (a.jobs >= 1, "--jobs must be at least 1")])
     return a
 
 
-def run_stage(s, cmd, product, d):
-    """One stage: skipped if left out or done before (its product and stage.json are there), else
-    run from scratch (a stage cut short starts over) and timed into stage.json."""
-    meta = os.path.join(d, s, "stage.json")
-    if product is None:
-        print(f"== {s}: skipped (--rl2_rm_steps 0: stage 4 uses rules only)", flush=True)
-        return
-    if os.path.isfile(product) and os.path.isfile(meta):
-        print(f"== {s}: done before ({product})", flush=True)
-        return
-    shutil.rmtree(os.path.join(d, s), ignore_errors=True)
-    os.makedirs(os.path.join(d, s), exist_ok=True)
-    print(f"== {s}: " + " ".join(cmd[1:]), flush=True)
-    t0 = time.time()
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-        raise SystemExit(f"error: stage {s} failed (its output is above); fix it and run python r1.py again")
-    if product.endswith(".jsonl") and os.path.getsize(product) == 0:  # nothing to fine-tune on
-        raise SystemExit(f"error: stage {s} kept no samples: train the stages before it longer (--rl_steps, "
-                         f"--base_steps) or sample more (--rs_k, --rs_questions), then python r1.py --from {s}")
-    atomic_write(meta, json.dumps({"wall_s": time.time() - t0, "command": cmd}))
-
-
 def print_table(a, d, commands, stages):
-    """One row per model, each measured alike (cached in its stage's eval.json)."""
+    """One row per model, each measured alike (its stage's eval.json: evaluate.py's JSON)."""
     print(f"\nheld-out pass@1 over {a.eval_samples} samples (T 0.6, top-p 0.95), {a.eval_problems} problems")
     print(f"| {'stage':<32} | pass@1 | format | language | length | wall s | trained tokens |")
     print(f"|{'-' * 34}|-------:|-------:|---------:|-------:|-------:|---------------:|")
     for stage, label, parts in ROWS:
         if stage not in stages:
             continue
-        path = os.path.join(d, stage, "eval.json")
-        if not os.path.isfile(path):
-            atomic_write(path, json.dumps(measure(commands[stage][1], a)))
-        m = json.load(open(path))
+        m = json.load(open(os.path.join(d, stage, "eval.json")))
         wall = sum(json.load(open(os.path.join(d, p, "stage.json")))["wall_s"] for p in parts
                    if os.path.isfile(os.path.join(d, p, "stage.json")))
-        tokens = "" if stage in ("base", "student_base") else f"{trained_tokens(os.path.join(d, stage)):,.0f}"
+        trained = [os.path.join(d, p) for p in parts if p != "rm" and os.path.isfile(os.path.join(d, p, "log.jsonl"))]
+        tokens = "" if stage in ("base", "student_base") else f"{sum(map(trained_tokens, trained)):,.0f}"
         label = "stage-4 RL (T 0.7, rules only)" if stage == "rl2" and not commands["rm"][0] else label
-        print(f"| {label:<32} | {m['pass@1']:6.3f} | {m['format']:6.3f} | {m['language']:8.3f} | {m['length']:6.1f} | "
+        print(f"| {label:<32} | {m['accuracy']:6.3f} | {m['format']:6.3f} | {m['language']:8.3f} | {m['length']:6.1f} | "
               f"{wall:6.0f} | {tokens:>14} |")
 
 
@@ -277,7 +285,7 @@ def print_language(d, stages):
     print("\nthe language reward's cost (the same RL, steps and seed, without it -> with it):")
     for name, without, with_ in ABLATIONS:
         off, on = ev[without], ev[with_]
-        print(f"  {name:<13} pass@1 {off['pass@1']:.3f} -> {on['pass@1']:.3f} ({on['pass@1'] - off['pass@1']:+.3f}), "
+        print(f"  {name:<13} pass@1 {off['accuracy']:.3f} -> {on['accuracy']:.3f} ({on['accuracy'] - off['accuracy']:+.3f}), "
               f"language {off['language']:.3f} -> {on['language']:.3f}")
     for s in ("rs_data", "traces"):
         if os.path.isfile(path := os.path.join(d, s, "filters.json")):

@@ -80,7 +80,7 @@ def test_r1_lang_mix_prints_the_ablation_the_filter_and_the_mixed_sample(tmp_pat
     for s, (acc, lang, text) in evals.items():
         (tmp_path / s).mkdir()
         sample = {"prompt": "Compute 47 + 38", "completion": text, "accuracy": 1.0}
-        (tmp_path / s / "eval.json").write_text(json.dumps({"pass@1": acc, "language": lang, "samples": [sample]}))
+        (tmp_path / s / "eval.json").write_text(json.dumps({"accuracy": acc, "language": lang, "samples": [sample]}))
     (tmp_path / "rs_data").mkdir()
     (tmp_path / "rs_data" / "filters.json").write_text(json.dumps({"language": 0.75, "samples": 600, "kept": 140}))
     r1.print_language(str(tmp_path), list(evals) + ["rs_data"])

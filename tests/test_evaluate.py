@@ -114,7 +114,15 @@ def test_cli_evaluates_a_checkpoint_on_a_file_task_and_prints_json(tmp_path, cap
     out = json.loads(capsys.readouterr().out)  # the whole of stdout is one JSON object
     assert out["settings"]["task"] == "math" and out["settings"]["problems"] == 6 and out["settings"]["step"] == 5
     assert out["settings"]["temperature"] == 0.6 and out["settings"]["top_p"] == 0.95
-    assert {"accuracy", "pass@2", "cons@2", "format", "by_subject", "by_level"} <= set(out)
+    assert {"accuracy", "pass@2", "cons@2", "format", "by_subject", "by_level"} <= set(out) and "samples" not in out
+    # --json FILE: the same object in a file (r1.py's table reads it), with --log_samples the first completions
+    cli.main(cmd + ["--json", str(tmp_path / "eval.json"), "--log_samples", "3"])
+    assert capsys.readouterr().out == ""
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "samples"} == out
+    problems = [json.loads(line) for line in open(test_file)]
+    assert [s["prompt"] for s in saved["samples"]] == [p["problem"] for p in problems[:3]]
+    assert all(isinstance(s["completion"], str) and s["accuracy"] in (0, 1) for s in saved["samples"])
     # a flag given on the command line wins over the checkpoint's; bad input is one line, no traceback
     with pytest.raises(SystemExit) as e:
         cli.main(cmd + ["--test_file", str(tmp_path / "missing.jsonl")])

@@ -1,0 +1,125 @@
+"""
+A pipeline's jobs, each a command that reads what other jobs wrote, run as subprocesses: a job
+starts once every job it needs is done, up to --jobs at once, the CPU's cores split among the ones
+that run (each gets OMP_NUM_THREADS). r1.py's stages and their evaluations are its jobs.
+
+Why several at once: a tiny model's RL step is mostly Python and small matmuls, so two threads make
+it only ~1.2x faster than one (measured on the toy; pretraining, which is all matmuls, ~1.7x), and
+two stages side by side on one core each get more done than one stage on two. Which ready job goes
+first: the one that the most jobs wait on, directly or through others (a job on the pipeline's long
+chain before one at its end); then the order given. A job is done when its product file is there
+(and, for a job with a meta file, that file, which is written here when the job succeeds, with its
+wall time), so a pipeline that was cut short skips the jobs that finished. What is simplified: the
+cores are split when a job starts and never rebalanced; no estimate of a job's length is used.
+
+    python r1.py --jobs 2        # r1.py's stages, two at a time
+"""
+
+import json
+import os
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from runs import atomic_write
+
+
+@dataclass
+class Job:
+    name: str
+    cmd: list[str]
+    product: str  # the file it writes: done when it is there (and meta, when meta is set)
+    needs: list[str] = field(default_factory=list)  # the jobs whose files it reads
+    meta: str | None = None  # written when it succeeds: {"wall_s", "threads", "command"}
+    log: str | None = None  # its stdout and stderr while others run beside it (None: the terminal's)
+
+    def done(self) -> bool:
+        return os.path.isfile(self.product) and (self.meta is None or os.path.isfile(self.meta))
+
+
+def cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def waited_on(jobs: list[Job]) -> dict[str, int]:
+    """name -> how many jobs need it, directly or through others: the order ready jobs start in."""
+    by_name = {j.name: j for j in jobs}
+    count = dict.fromkeys(by_name, 0)
+    for j in jobs:
+        seen, todo = set(), deque(j.needs)
+        while todo:  # every job j needs, transitively
+            n = todo.popleft()
+            if n not in seen:
+                seen.add(n)
+                todo.extend(by_name[n].needs)
+        for n in seen:
+            count[n] += 1
+    return count
+
+
+def run_jobs(jobs: list[Job], n_jobs: int, n_cores: int | None = None, check=None, say=print):
+    """Run every job that is not done, each once the jobs it needs are, at most n_jobs at once.
+    check(job) -> an error line or None, after a job exits 0 (its product is checked here). A job
+    that fails stops the others (SIGTERM) and raises SystemExit with its last lines of output."""
+    names = {j.name for j in jobs}
+    if bad := [(j.name, n) for j in jobs for n in j.needs if n not in names]:
+        raise ValueError(f"job {bad[0][0]} needs {bad[0][1]}, which is not a job")
+    order = waited_on(jobs)
+    todo = sorted((j for j in jobs if not j.done()), key=lambda j: -order[j.name])  # sorted() keeps ties in order
+    for j in jobs:
+        if j.done():
+            say(f"== {j.name}: done before ({j.product})")
+    n_cores = n_cores or cores()
+    running = {}  # name -> (job, Popen, threads, start time, log file or None)
+    try:
+        while todo or running:
+            waiting = set(running) | {t.name for t in todo}
+            ready = [j for j in todo if not waiting.intersection(j.needs)]
+            free = n_cores - sum(r[2] for r in running.values())
+            start = ready[:max(0, min(n_jobs - len(running), free, len(ready)))]
+            for i, j in enumerate(start):  # the free cores shared out, the first jobs taking what is left over
+                threads = free // len(start) + (i < free % len(start))
+                running[j.name] = launch(j, threads, n_jobs > 1, say)
+                todo.remove(j)
+            if not running:
+                raise RuntimeError("jobs wait on each other: " + ", ".join(j.name for j in todo))
+            time.sleep(0.2)
+            for name, (j, p, threads, t0, log) in list(running.items()):
+                if p.poll() is not None:
+                    del running[name]
+                    finish(j, p.returncode, threads, time.time() - t0, log, check, say)
+    finally:  # a failure or ^C: the others stop too (each cuts its work short as SIGTERM tells it)
+        for j, p, *_ in running.values():
+            p.terminate()
+        for j, p, *_ in running.values():
+            p.wait()
+
+
+def launch(j: Job, threads: int, to_log: bool, say):
+    shown = [os.path.basename(j.cmd[1]), *j.cmd[2:]]  # the command less its interpreter and the script's directory
+    say(f"== {j.name}: {' '.join(shown)}" + (f"  [{threads} thread{'s' * (threads > 1)}]" if to_log else ""))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log = None
+    if to_log:  # several at once: each one's output to its own file, not interleaved on the terminal
+        os.makedirs(os.path.dirname(j.log) or ".", exist_ok=True)
+        log = open(j.log, "w")
+    p = subprocess.Popen(j.cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+    return j, p, threads, time.time(), log
+
+
+def finish(j: Job, code: int, threads: int, wall: float, log, check, say):
+    if log:
+        log.close()
+    error = (f"exit status {code}" if code else None) or (None if os.path.isfile(j.product) else
+                                                          f"it wrote no {j.product}") or (check and check(j))
+    if error:
+        tail = ""
+        if log:
+            with open(j.log) as f:
+                tail = "".join(f.readlines()[-15:])
+        raise SystemExit(f"{tail}error: job {j.name} failed ({error}){f'; its output: {j.log}' if log else ''}")
+    if j.meta:
+        atomic_write(j.meta, json.dumps({"wall_s": wall, "threads": threads, "command": j.cmd}))
+    say(f"== {j.name}: done in {wall:.0f} s")

@@ -1,0 +1,108 @@
+"""jobs.py, the pipeline runner, on tiny commands that log when they start and end; and r1.py's
+pipeline built on it (which stage needs which)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+import jobs
+import r1
+from jobs import Job, run_jobs
+
+# a job: waits `sleep` seconds, then writes {start, end, threads} to its product
+SCRIPT = ("import json, os, sys, time; t = time.time(); time.sleep(float(sys.argv[2])); "
+          "json.dump({'start': t, 'end': time.time(), 'threads': os.environ['OMP_NUM_THREADS']}, open(sys.argv[1], 'w'))")
+
+
+def job(tmp, name, needs=(), sleep=0.3, code=None, meta=True):
+    cmd = [sys.executable, "-c", code or SCRIPT, str(tmp / f"{name}.json"), str(sleep)]
+    return Job(name, cmd, str(tmp / f"{name}.json"), list(needs), meta=str(tmp / f"{name}.meta") if meta else None,
+               log=str(tmp / f"{name}.log"))
+
+
+def read(tmp, name):
+    return json.loads((tmp / f"{name}.json").read_text())
+
+
+def test_a_job_starts_once_what_it_needs_is_done_and_independent_ones_run_side_by_side(tmp_path):
+    # a -> b; c independent; d needs b and c
+    run_jobs([job(tmp_path, "a"), job(tmp_path, "b", ["a"]), job(tmp_path, "c", sleep=1.0),
+              job(tmp_path, "d", ["b", "c"])], n_jobs=2, n_cores=2, say=lambda s: None)
+    a, b, c, d = (read(tmp_path, n) for n in "abcd")
+    assert a["end"] <= b["start"] and max(b["end"], c["end"]) <= d["start"]
+    assert a["start"] < c["end"] and c["start"] < a["end"]  # a and c overlapped
+    assert a["threads"] == c["threads"] == "1"  # two cores, two jobs
+    assert d["threads"] == "2"  # alone at the end: both cores
+    meta = json.loads((tmp_path / "d.meta").read_text())
+    assert meta["threads"] == 2 and meta["wall_s"] > 0.3 and meta["command"][-1] == "0.3"
+
+
+def test_one_job_at_a_time_runs_them_in_order_the_most_waited_on_first(tmp_path):
+    said = []
+    # given in the order x, a, b: b needs a, so a goes first; then x and b, which nothing needs, as given
+    run_jobs([job(tmp_path, "x", sleep=0), job(tmp_path, "a", sleep=0), job(tmp_path, "b", ["a"], sleep=0)],
+             n_jobs=1, n_cores=2, say=said.append)
+    assert [s.split(":")[0] for s in said if not s.endswith(" s")] == ["== a", "== x", "== b"]
+    assert read(tmp_path, "x")["threads"] == "2" and not (tmp_path / "x.log").exists()  # one at a time: the terminal
+
+
+def test_waited_on_counts_every_job_downstream():
+    js = [Job("a", [], "a"), Job("b", [], "b", ["a"]), Job("c", [], "c", ["b"]), Job("e", [], "e", ["a", "b"])]
+    assert jobs.waited_on(js) == {"a": 3, "b": 2, "c": 0, "e": 0}
+
+
+def test_done_jobs_are_skipped_and_a_product_without_its_meta_is_redone(tmp_path):
+    run_jobs([job(tmp_path, "a"), job(tmp_path, "b", ["a"])], n_jobs=2, n_cores=2, say=lambda s: None)
+    first = read(tmp_path, "a"), read(tmp_path, "b")
+    (tmp_path / "b.meta").unlink()  # b cut short after writing its product: not done
+    said = []
+    run_jobs([job(tmp_path, "a"), job(tmp_path, "b", ["a"])], n_jobs=2, n_cores=2, say=said.append)
+    assert read(tmp_path, "a") == first[0] and read(tmp_path, "b") != first[1]
+    assert any(s.startswith("== a: done before") for s in said)
+
+
+def test_a_failing_job_stops_the_others_and_says_which_with_its_output(tmp_path):
+    boom = "import sys; print('the reason it broke'); sys.exit(3)"
+    slow = job(tmp_path, "slow", sleep=30)
+    with pytest.raises(SystemExit) as e:
+        run_jobs([slow, job(tmp_path, "boom", code=boom), job(tmp_path, "after", ["boom"])], n_jobs=2, n_cores=2,
+                 say=lambda s: None)
+    msg = str(e.value)
+    assert "the reason it broke" in msg and "error: job boom failed (exit status 3)" in msg and "boom.log" in msg
+    assert not (tmp_path / "slow.json").exists() and not (tmp_path / "after.json").exists()  # stopped; never started
+
+
+def test_exit_zero_without_its_product_or_failing_the_check_is_a_failure(tmp_path):
+    with pytest.raises(SystemExit, match="job quiet failed .it wrote no .*quiet.json"):
+        run_jobs([job(tmp_path, "quiet", code="pass")], n_jobs=1, n_cores=1, say=lambda s: None)
+    with pytest.raises(SystemExit, match=r"job a failed \(too small\)"):
+        run_jobs([job(tmp_path, "a")], n_jobs=1, n_cores=1, check=lambda j: "too small", say=lambda s: None)
+    assert not (tmp_path / "a.meta").exists()  # not done: the next run redoes it
+
+
+def test_a_missing_or_circular_need_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="job a needs nope, which is not a job"):
+        run_jobs([job(tmp_path, "a", ["nope"])], n_jobs=1, say=lambda s: None)
+    with pytest.raises(RuntimeError, match="wait on each other"):
+        run_jobs([job(tmp_path, "a", ["b"]), job(tmp_path, "b", ["a"])], n_jobs=1, say=lambda s: None)
+    assert not os.path.exists(tmp_path / "a.json")
+
+
+@pytest.mark.parametrize("flags", [[], ["--lang_mix"], ["--rl2_rm_steps", "0"]])
+def test_r1_pipeline_needs_are_the_products_each_stage_reads(tmp_path, monkeypatch, flags):
+    monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path), *flags])
+    a = r1.parse_args()
+    js, commands = r1.pipeline(a, str(tmp_path / "r1"), r1.chosen_stages(a))
+    needs = {j.name: set(j.needs) for j in js}
+    assert needs["base"] == needs["cold_data"] == needs["student_base"] == set()
+    assert needs["cold_sft"] == {"base", "cold_data"} and needs["rs_sft"] == {"base", "rs_data"}
+    assert needs["rs_data"] == {"reasoning_rl"} and needs["traces"] == {"rl2"}
+    assert needs["student_sft"] == {"student_base", "traces"} and needs["student_grpo"] == {"student_base"}
+    assert needs["rl2"] == ({"rl2_rules", "rm"} if a.rl2_rm_steps else {"rl2_rules"})
+    assert ("rm" in needs) == (a.rl2_rm_steps > 0)
+    assert ("r1zero_lang" in needs) == ("reasoning_rl_rules" in needs) == a.lang_mix
+    assert all(needs[f"{s} eval"] == {s} for s, *_ in r1.ROWS if s in needs)
+    jobs.waited_on(js)  # no cycle, no unknown name
+    run_jobs([], 1)  # nothing to do is fine
