@@ -3,23 +3,25 @@ A pipeline's jobs, each a command that reads what other jobs wrote, run as subpr
 starts once every job it needs is done, up to --jobs at once, the CPU's cores split among the ones
 that run (each gets OMP_NUM_THREADS). r1.py's stages and their evaluations are its jobs.
 
-Why several at once: a tiny model's RL step is mostly Python and small matmuls, so two threads make
-it only ~1.2x faster than one (measured on the toy; pretraining, which is all matmuls, ~1.7x), and
-two stages side by side on one core each get more done than one stage on two. Which ready job goes
-first: the one that the most jobs wait on, directly or through others (a job on the pipeline's long
-chain before one at its end); then the order given. A job is done when its product file is there
-(and, for a job with a meta file, that file, which is written here when the job succeeds, with its
-wall time), so a pipeline that was cut short skips the jobs that finished. What is simplified: the
-cores are split when a job starts and never rebalanced; no estimate of a job's length is used.
+Why several at once: a stage that cannot keep every core busy (a tiny model on a many-core machine)
+leaves cores that another stage can use. On a 2-core CPU it does not pay, so r1.py runs one job at a
+time unless told otherwise: there, one stage on two threads runs 1.7-1.9x as fast as on one
+(measured: the bilingual base model took 273 s on 2 threads, 466 s on 1 beside another stage), and
+two stages side by side finish no sooner than one after the other. Ready jobs start in the order
+given (make's rule; r1.py gives its stages in pipeline order, the evaluations last). A job is done
+when its product file is there (and, for a job with a meta file, that file, which is written here
+when the job succeeds, with its wall time), so a pipeline that was cut short skips the jobs that
+finished. What is simplified: the cores are split when a job starts and never rebalanced; no
+estimate of a job's length is used.
 
-    python r1.py --jobs 2        # r1.py's stages, two at a time
+    python r1.py --jobs 4        # r1.py's stages, up to four at a time, the cores shared among them
 """
 
 import json
 import os
+import signal
 import subprocess
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from runs import atomic_write
@@ -43,22 +45,6 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def waited_on(jobs: list[Job]) -> dict[str, int]:
-    """name -> how many jobs need it, directly or through others: the order ready jobs start in."""
-    by_name = {j.name: j for j in jobs}
-    count = dict.fromkeys(by_name, 0)
-    for j in jobs:
-        seen, todo = set(), deque(j.needs)
-        while todo:  # every job j needs, transitively
-            n = todo.popleft()
-            if n not in seen:
-                seen.add(n)
-                todo.extend(by_name[n].needs)
-        for n in seen:
-            count[n] += 1
-    return count
-
-
 def run_jobs(jobs: list[Job], n_jobs: int, n_cores: int | None = None, check=None, say=print):
     """Run every job that is not done, each once the jobs it needs are, at most n_jobs at once.
     check(job) -> an error line or None, after a job exits 0 (its product is checked here). A job
@@ -66,13 +52,13 @@ def run_jobs(jobs: list[Job], n_jobs: int, n_cores: int | None = None, check=Non
     names = {j.name for j in jobs}
     if bad := [(j.name, n) for j in jobs for n in j.needs if n not in names]:
         raise ValueError(f"job {bad[0][0]} needs {bad[0][1]}, which is not a job")
-    order = waited_on(jobs)
-    todo = sorted((j for j in jobs if not j.done()), key=lambda j: -order[j.name])  # sorted() keeps ties in order
+    todo = [j for j in jobs if not j.done()]
     for j in jobs:
         if j.done():
             say(f"== {j.name}: done before ({j.product})")
     n_cores = n_cores or cores()
     running = {}  # name -> (job, Popen, threads, start time, log file or None)
+    sigterm = signal.signal(signal.SIGTERM, stop)  # a kill of the runner reaches its jobs (below)
     try:
         while todo or running:
             waiting = set(running) | {t.name for t in todo}
@@ -90,11 +76,16 @@ def run_jobs(jobs: list[Job], n_jobs: int, n_cores: int | None = None, check=Non
                 if p.poll() is not None:
                     del running[name]
                     finish(j, p.returncode, threads, time.time() - t0, log, check, say)
-    finally:  # a failure or ^C: the others stop too (each cuts its work short as SIGTERM tells it)
+    finally:  # a failure, ^C or a SIGTERM: the jobs stop too (each cuts its work short as SIGTERM tells it)
+        signal.signal(signal.SIGTERM, sigterm)
         for j, p, *_ in running.values():
             p.terminate()
         for j, p, *_ in running.values():
             p.wait()
+
+
+def stop(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}: the running jobs were stopped; run it again to go on")
 
 
 def launch(j: Job, threads: int, to_log: bool, say):

@@ -33,8 +33,8 @@ reward, the same RL with and without it (same steps, same seed), on both RL runs
 
 then prints the reward's cost in pass@1 and its gain in consistency for each pair, the rejection
 sampler's language filter pass rate, and one held-out question that R1-Zero answers in a mixed
-thought, as each stage answers it. Its sizes (LANG_MIX_SIZES: stage 4 shorter and rules only, no
-student_sft_grpo) keep the longer pipeline within ~10 min on 2 CPU cores.
+thought, as each stage answers it. Its sizes (LANG_MIX_SIZES: shorter RL, fewer samples) are meant to
+keep the longer pipeline near 10 min on 2 CPU cores (docs/r1.md has what it took).
 
 Compute of student_grpo against student_sft is counted two ways, both in the table: the student's
 own training wall time, and the completion tokens it trained on (GRPO: every rollout token, sampled
@@ -87,8 +87,10 @@ SIZES = {  # flag: (default, help)
 # language reward: each RL run that has it (or not) run again without it (or with it), same steps, same seed
 ABLATIONS = [("R1-Zero", "r1zero", "r1zero_lang"), ("reasoning RL", "reasoning_rl_rules", "reasoning_rl")]  # without, with
 LANG_MIX = ["r1zero_lang", "reasoning_rl_rules"]  # the stages --lang_mix adds
-LANG_MIX_SIZES = {"rl_steps": 20, "rl2_steps": 10, "rl2_rm_steps": 0, "student_rl_steps": 20, "student_sft_epochs": 3,
-                  "no_student_sft_grpo": True}  # the sizes that fit the longer pipeline into ~10 min
+# the sizes that fit the longer pipeline into ~10 min on 2 cores: every RL stage shorter, stage 4 shorter and rules
+# only, fewer rejection samples, 2 samples per table problem, no student SFT + GRPO row
+LANG_MIX_SIZES = {"rl_steps": 20, "rl2_steps": 5, "rl2_rm_steps": 0, "rs_questions": 100, "student_rl_steps": 15,
+                  "student_sft_epochs": 3, "eval_samples": 2, "no_student_sft_grpo": True}
 LANGUAGE = "accuracy:1,format:1,language:0.5"  # eq. 7's reward beside the rules, in reasoning RL
 STAGES = ["base", "r1zero", "r1zero_lang", "cold_data", "cold_sft", "reasoning_rl", "reasoning_rl_rules", "rs_data",
           "rs_sft", "rm", "rl2_rules", "rl2", "traces", "student_base", "student_grpo", "student_sft", "student_sft_grpo"]
@@ -241,8 +243,8 @@ def parse_args():
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out_dir", default="out", help="stages go to <out_dir>/r1/<stage>/")
     parser.add_argument("--from", dest="start", choices=STAGES, default=None, help="re-run this stage and every one after it")
-    parser.add_argument("--jobs", type=int, default=min(cores(), 4), help="stages (and evaluations) run at once, "
-                        "the cores shared among them (jobs.py); 1: one at a time, its output on the terminal")
+    parser.add_argument("--jobs", type=int, default=1, help="stages (and evaluations) run at once, the cores shared "
+                        "among them (jobs.py: no gain on 2 cores); 1: one at a time, its output on the terminal")
     parser.add_argument("--no_student_sft_grpo", action="store_true", help="skip the optional student SFT + GRPO row")
     parser.add_argument("--lang_mix", action="store_true", help="the bilingual toy (bilingual.py: R1-Zero mixes "
                         f"languages), the language reward's ablation rows, and sizes {LANG_MIX_SIZES} (flags given win)")

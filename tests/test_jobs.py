@@ -3,13 +3,17 @@ pipeline built on it (which stage needs which)."""
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
-import jobs
 import r1
 from jobs import Job, run_jobs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a job: waits `sleep` seconds, then writes {start, end, threads} to its product
 SCRIPT = ("import json, os, sys, time; t = time.time(); time.sleep(float(sys.argv[2])); "
@@ -39,18 +43,28 @@ def test_a_job_starts_once_what_it_needs_is_done_and_independent_ones_run_side_b
     assert meta["threads"] == 2 and meta["wall_s"] > 0.3 and meta["command"][-1] == "0.3"
 
 
-def test_one_job_at_a_time_runs_them_in_order_the_most_waited_on_first(tmp_path):
+def test_one_job_at_a_time_runs_the_ready_ones_in_the_order_given(tmp_path):
     said = []
-    # given in the order x, a, b: b needs a, so a goes first; then x and b, which nothing needs, as given
-    run_jobs([job(tmp_path, "x", sleep=0), job(tmp_path, "a", sleep=0), job(tmp_path, "b", ["a"], sleep=0)],
+    # given in the order b, x, a: b needs a, so x goes first, then a, then b
+    run_jobs([job(tmp_path, "b", ["a"], sleep=0), job(tmp_path, "x", sleep=0), job(tmp_path, "a", sleep=0)],
              n_jobs=1, n_cores=2, say=said.append)
-    assert [s.split(":")[0] for s in said if not s.endswith(" s")] == ["== a", "== x", "== b"]
+    assert [s.split(":")[0] for s in said if not s.endswith(" s")] == ["== x", "== a", "== b"]
     assert read(tmp_path, "x")["threads"] == "2" and not (tmp_path / "x.log").exists()  # one at a time: the terminal
 
 
-def test_waited_on_counts_every_job_downstream():
-    js = [Job("a", [], "a"), Job("b", [], "b", ["a"]), Job("c", [], "c", ["b"]), Job("e", [], "e", ["a", "b"])]
-    assert jobs.waited_on(js) == {"a": 3, "b": 2, "c": 0, "e": 0}
+def test_a_sigterm_to_the_runner_stops_its_jobs(tmp_path):
+    # the runner in a process of its own, killed while its job sleeps: the job goes with it
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import pathlib, test_jobs; from jobs import run_jobs; "
+            "run_jobs([test_jobs.job(pathlib.Path(sys.argv[2]), 'slow', sleep=30)], n_jobs=2, say=print)")
+    runner = subprocess.Popen([sys.executable, "-c", code, os.path.dirname(__file__), str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "slow.log").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # the job has started
+    runner.send_signal(signal.SIGTERM)
+    out, err = runner.communicate(timeout=30)
+    assert runner.returncode == 1 and "stopped by signal 15" in err
+    assert subprocess.run(["pgrep", "-f", str(tmp_path / "slow.json")], capture_output=True).returncode == 1  # none left
 
 
 def test_done_jobs_are_skipped_and_a_product_without_its_meta_is_redone(tmp_path):
@@ -104,5 +118,5 @@ def test_r1_pipeline_needs_are_the_products_each_stage_reads(tmp_path, monkeypat
     assert ("rm" in needs) == (a.rl2_rm_steps > 0)
     assert ("r1zero_lang" in needs) == ("reasoning_rl_rules" in needs) == a.lang_mix
     assert all(needs[f"{s} eval"] == {s} for s, *_ in r1.ROWS if s in needs)
-    jobs.waited_on(js)  # no cycle, no unknown name
-    run_jobs([], 1)  # nothing to do is fine
+    stages = [s for s in r1.chosen_stages(a) if s in needs]
+    assert [j.name for j in js] == stages + [f"{s} eval" for s, *_ in r1.ROWS if s in needs]  # pipeline order, then the rows

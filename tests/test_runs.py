@@ -16,12 +16,8 @@ import plot
 import train
 from checkpoint import load_checkpoint
 from runs import atomic_write
+from tiny_runs import DDP, ROOT, TINY, copy_run, torchrun_train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# tiny: seconds per run. 2 mini-batches (the shuffler draws), a reference reset at step 3, beta > 0
-TINY = ["--base_steps", "10", "--base_batch", "4", "--questions", "2", "--group_size", "4", "--max_new_tokens", "24",
-        "--eval_every", "2", "--eval_problems", "2", "--eval_samples", "1", "--n_test", "4", "--minibatches", "2",
-        "--ref_update_every", "3", "--beta", "0.1", "--lr", "1e-3", "--seed", "0", "--no_plot"]
 CLOCKS = {"tokens_per_s", "rollout_s", "train_s", "elapsed"}  # wall-clock times: the only things that may differ
 
 
@@ -80,30 +76,25 @@ def test_sampling_streams_matter(out):
     assert metrics(read_log(run))[3] != metrics(read_log(os.path.join(out, "straight")))[3]
 
 
-def test_a_resumed_torchrun_run_is_the_uninterrupted_one_bit_for_bit(out, capsys):
+def test_a_resumed_torchrun_run_is_the_uninterrupted_one_bit_for_bit(ddp_run, out, capsys):
     # 2 gloo processes, each with its own sampling stream: the checkpoint holds both, each restores its own
-    flags = [*TINY, "--out_dir", out, "--questions", "4", "--eval_problems", "4", "--eval_every", "1"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *flags]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    logs = []
-    for argv in (["--run_name", "ddp-straight", "--rl_steps", "2"], ["--run_name", "ddp-part", "--rl_steps", "1"],
-                 ["--run_name", "ddp-part", "--rl_steps", "2", "--resume"]):
-        res = subprocess.run(torchrun + argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-        assert res.returncode == 0, res.stdout + res.stderr
-        logs.append(res.stdout)
-    a, b = (os.path.join(out, name) for name in ("ddp-straight", "ddp-part"))
+    _, straight, printed = ddp_run  # 2 steps straight (conftest.py), its trackers on: they change no number
+    beside = [*DDP, "--out_dir", os.path.dirname(straight)]  # its base model: the one the straight run cached
+    torchrun_train(beside + ["--run_name", "ddp-part", "--rl_steps", "1"])
+    torchrun_train(beside + ["--run_name", "ddp-part", "--rl_steps", "2", "--resume"])
+    a, b = copy_run(straight, out), os.path.join(os.path.dirname(straight), "ddp-part")
     assert metrics(read_log(a)) == metrics(read_log(b)) and len(read_log(b)) == 3
     assert_same_state(a, b)
     assert len(torch.load(os.path.join(b, "ckpt.pt"), weights_only=True)["random"]["own"]["sampling"]) == 2
     # only rank 0 prints and writes
-    assert logs[0].count("run: ") == 1 and "(2 processes)" in logs[0] and logs[0].count("step   2/2") == 1
+    assert printed.count("run: ") == 1 and "(2 processes)" in printed and printed.count("step   2/2") == 1
 
     # at another world size: as if the 2-process run had crashed after its step-2 checkpoint and a
     # step-3 log line, it goes on in 1 process (a full checkpoint loads anywhere) with new sampling streams
     with open(os.path.join(a, "log.jsonl"), "a") as f:
         f.write('{"step": 3, "crashed": true}\n')
     capsys.readouterr()
-    train.main(flags + ["--run_name", "ddp-straight", "--rl_steps", "3", "--resume"])
+    train.main([*DDP, "--out_dir", out, "--run_name", "ddp-straight", "--rl_steps", "3", "--resume", "--report_to", "none"])
     printed = capsys.readouterr().out
     assert "resuming" in printed and "written by 2 processes, not 1" in printed and "step   3/3" in printed
     # nothing written is lost: the line past the checkpoint is set aside, the run's args.json kept

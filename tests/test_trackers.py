@@ -24,20 +24,7 @@ import sft
 import train
 import trackers
 from tasks import AdditionTask
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# tests/test_runs.py's TINY as its torchrun test runs it (questions and evaluations split across 2 ranks)
-TINY = ["--base_steps", "10", "--base_batch", "4", "--questions", "4", "--group_size", "4", "--max_new_tokens", "24",
-        "--eval_every", "1", "--eval_problems", "4", "--eval_samples", "1", "--n_test", "4", "--minibatches", "2",
-        "--ref_update_every", "3", "--beta", "0.1", "--lr", "1e-3", "--seed", "0", "--no_plot"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
-def offline(tmp):
-    """W&B offline, with every directory of its own under tmp (nothing in the home directory)."""
-    return {"WANDB_MODE": "offline", "WANDB_ERROR_REPORTING": "false", "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
-            "WANDB_CACHE_DIR": str(tmp / "wandb-cache"), "WANDB_DATA_DIR": str(tmp / "wandb-data")}
-
+from tiny_runs import DDP, ROOT, copy_run, wandb_offline
 
 def read_log(run_dir):
     with open(os.path.join(run_dir, "log.jsonl")) as f:
@@ -85,16 +72,11 @@ def wandb_history(records):
 
 
 @pytest.fixture(scope="module")
-def ddp(tmp_path_factory):
-    """A 2-process torchrun run of train.py reporting to both trackers."""
-    tmp = tmp_path_factory.mktemp("trackers")
-    out = str(tmp / "out")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK") and not k.startswith("WANDB_")}
-    res = subprocess.run([*TORCHRUN, "train.py", *TINY, "--out_dir", out, "--run_name", "ddp", "--rl_steps", "2",
-                          "--report_to", "tensorboard,wandb"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**env, **offline(tmp)})
-    assert res.returncode == 0, res.stdout + res.stderr
-    return tmp, os.path.join(out, "ddp")
+def ddp(ddp_run, tmp_path_factory):
+    """conftest.py's 2-process torchrun run of train.py reporting to both trackers, copied here (the
+    resume below writes to it) -> (the tmp directory of its W&B offline settings, the copy)."""
+    tmp, run_dir, _ = ddp_run
+    return tmp, copy_run(run_dir, str(tmp_path_factory.mktemp("trackers")))
 
 
 def test_the_trackers_hold_log_jsonl_numbers_written_by_rank_0_only(ddp):
@@ -121,7 +103,7 @@ def test_the_trackers_hold_log_jsonl_numbers_written_by_rank_0_only(ddp):
 
 def test_a_resume_continues_the_same_tracker_runs(ddp, monkeypatch, capsys):
     tmp, run_dir = ddp
-    for k, v in offline(tmp).items():
+    for k, v in wandb_offline(tmp).items():
         monkeypatch.setenv(k, v)
     # as if the run had logged a step 3 before it was killed, after its step-2 checkpoint
     with SummaryWriter(os.path.join(run_dir, "tensorboard")) as w:
@@ -129,7 +111,7 @@ def test_a_resume_continues_the_same_tracker_runs(ddp, monkeypatch, capsys):
     with open(os.path.join(run_dir, "log.jsonl"), "a") as f:
         f.write('{"step": 3, "reward": 99.0}\n')
     # in this one process, its --report_to read back from args.json
-    train.main(["--out_dir", os.path.dirname(run_dir), "--run_name", "ddp", "--rl_steps", "3", "--resume"])
+    train.main(["--out_dir", os.path.dirname(run_dir), "--run_name", "ddp-straight", "--rl_steps", "3", "--resume"])
     assert "resuming" in capsys.readouterr().out
     log = read_log(run_dir)
     assert [r["step"] for r in log] == [0, 1, 2, 3] and log[3]["reward"] != 99.0
@@ -144,7 +126,7 @@ def test_a_resume_continues_the_same_tracker_runs(ddp, monkeypatch, capsys):
 
 def test_sft_reports_its_steps_and_its_evaluation(ddp, monkeypatch):
     tmp, run_dir = ddp
-    for k, v in offline(tmp).items():
+    for k, v in wandb_offline(tmp).items():
         monkeypatch.setenv(k, v)
     data = tmp / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n"
@@ -173,7 +155,7 @@ def test_a_record_numbers_nested_tables_and_skips_the_rest():
 def test_a_missing_package_is_one_line_before_any_work(cli, missing, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now fails, as when it is not installed
     out = str(tmp_path / "out")
-    argv = ({"train": TINY, "sft": ["--init", "nowhere.pt", "--data", "nowhere.jsonl"]}[cli]
+    argv = ({"train": DDP, "sft": ["--init", "nowhere.pt", "--data", "nowhere.jsonl"]}[cli]
             + ["--out_dir", out, "--run_name", "r", "--report_to", f"tensorboard,{missing}"])
     with pytest.raises(SystemExit) as e:
         {"train": train.main, "sft": sft.main}[cli](argv)
@@ -185,7 +167,7 @@ def test_a_missing_package_is_one_line_before_any_work(cli, missing, tmp_path, m
 
 def test_an_unknown_tracker_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        train.main(TINY + ["--out_dir", str(tmp_path), "--report_to", "tensorbord"])
+        train.main(DDP + ["--out_dir", str(tmp_path), "--report_to", "tensorbord"])
     assert e.value.code == 2 and "--report_to tensorbord: unknown tracker 'tensorbord'" in capsys.readouterr().err
 
 
@@ -201,7 +183,7 @@ def test_no_tracker_is_imported_unless_asked_for(tmp_path, monkeypatch):
     # ... and with none asked for, the checks and the run log import none: here they cannot be imported
     for name in ("wandb", "tensorboard", "torch.utils.tensorboard"):
         monkeypatch.setitem(sys.modules, name, None)
-    train.parse_args(TINY + ["--out_dir", str(tmp_path)])
+    train.parse_args(DDP + ["--out_dir", str(tmp_path)])
     with runs.start_run(str(tmp_path / "r"), argparse.Namespace(lr=1.0), 1, 1) as log:
         log.write({"step": 1, "loss": 0.5})
     assert read_log(str(tmp_path / "r")) == [{"step": 1, "loss": 0.5}]
