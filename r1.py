@@ -33,8 +33,7 @@ reward, the same RL with and without it (same steps, same seed), on both RL runs
 
 then prints the reward's cost in pass@1 and its gain in consistency for each pair, the rejection
 sampler's language filter pass rate, and one held-out question that R1-Zero answers in a mixed
-thought, as each stage answers it. Its sizes (LANG_MIX_SIZES: shorter RL, fewer samples) are meant to
-keep the longer pipeline near 10 min on 2 CPU cores (docs/r1.md has what it took).
+thought, as each stage answers it (sizes: LANG_MIX_SIZES; docs/r1.md has what each stage took).
 
 Compute of student_grpo against student_sft is counted two ways, both in the table: the student's
 own training wall time, and the completion tokens it trained on (GRPO: every rollout token, sampled
@@ -87,10 +86,9 @@ SIZES = {  # flag: (default, help)
 # language reward: each RL run that has it (or not) run again without it (or with it), same steps, same seed
 ABLATIONS = [("R1-Zero", "r1zero", "r1zero_lang"), ("reasoning RL", "reasoning_rl_rules", "reasoning_rl")]  # without, with
 LANG_MIX = ["r1zero_lang", "reasoning_rl_rules"]  # the stages --lang_mix adds
-# the sizes that fit the longer pipeline into ~10 min on 2 cores: every RL stage shorter, stage 4 shorter and rules
-# only, fewer rejection samples, 2 samples per table problem, no student SFT + GRPO row
-LANG_MIX_SIZES = {"rl_steps": 20, "rl2_steps": 5, "rl2_rm_steps": 0, "rs_questions": 100, "student_rl_steps": 15,
-                  "student_sft_epochs": 3, "eval_samples": 2, "no_student_sft_grpo": True}
+# the sizes --lang_mix sets: stage 4 shorter and rules only, a shorter student GRPO, no student SFT + GRPO row
+LANG_MIX_SIZES = {"rl2_steps": 10, "rl2_rm_steps": 0, "student_rl_steps": 20, "student_sft_epochs": 3,
+                  "no_student_sft_grpo": True}
 LANGUAGE = "accuracy:1,format:1,language:0.5"  # eq. 7's reward beside the rules, in reasoning RL
 STAGES = ["base", "r1zero", "r1zero_lang", "cold_data", "cold_sft", "reasoning_rl", "reasoning_rl_rules", "rs_data",
           "rs_sft", "rm", "rl2_rules", "rl2", "traces", "student_base", "student_grpo", "student_sft", "student_sft_grpo"]
