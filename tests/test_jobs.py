@@ -54,11 +54,12 @@ def test_one_job_at_a_time_runs_the_ready_ones_in_the_order_given(tmp_path):
 
 def test_a_sigterm_to_the_runner_stops_its_jobs(tmp_path):
     # the runner in a process of its own, killed while its job sleeps: the job goes with it
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import pathlib, test_jobs; from jobs import run_jobs; "
-            "run_jobs([test_jobs.job(pathlib.Path(sys.argv[2]), 'slow', sleep=30)], n_jobs=2, say=print)")
-    runner = subprocess.Popen([sys.executable, "-c", code, os.path.dirname(__file__), str(tmp_path)], cwd=ROOT,
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from jobs import Job, run_jobs; "  # jobs.py alone: no torch to import
+            "run_jobs([Job('slow', [sys.executable, '-c', 'import time; time.sleep(30)', sys.argv[2]], sys.argv[2], "
+            "log=sys.argv[2] + '.log')], n_jobs=2, say=print)")
+    runner = subprocess.Popen([sys.executable, "-c", code, ROOT, str(tmp_path / "slow.json")], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (tmp_path / "slow.log").exists():
+    while not (tmp_path / "slow.json.log").exists():
         time.sleep(0.05)
     time.sleep(0.5)  # the job has started
     runner.send_signal(signal.SIGTERM)
