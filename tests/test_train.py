@@ -10,9 +10,11 @@ import grpo_update
 import sample
 import train
 
-# small enough for a test: the base model learns the template and the format but has no time to
-# learn the sum, so the reward that rises here is the format reward (and so a larger RL lr)
-SMALL = ["--base_steps", "100", "--base_batch", "16", "--base_lr", "5e-3", "--template_frac", "1.0", "--rl_steps", "16",
+# small enough for a test: the base model (nano, tiny at half its depth: half the time) learns the
+# template and the format but has no time to learn the sum, so the reward that rises here is the
+# format reward (and so a larger RL lr). Its mean over the last 5 steps less the first 5: +0.14 at
+# this seed, +0.29 and +0.31 at seeds 1 and 2 (tiny: +0.26)
+SMALL = ["--model", "nano", "--base_steps", "100", "--base_batch", "16", "--base_lr", "5e-3", "--template_frac", "1.0", "--rl_steps", "16",
          "--questions", "4", "--group_size", "8", "--lr", "5e-4",
          "--max_new_tokens", "48", "--eval_every", "8", "--eval_problems", "8", "--eval_samples", "2", "--n_test", "8",
          "--max_digits", "2", "--seed", "0"]
