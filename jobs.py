@@ -5,7 +5,7 @@ that run (each gets OMP_NUM_THREADS). r1.py's stages and their evaluations are i
 
 Why several at once: a stage that cannot keep every core busy (a tiny model on a many-core machine)
 leaves cores that another stage can use. On a 2-core CPU it does not pay, so r1.py runs one job at a
-time unless told otherwise: there, one stage on two threads runs 1.7-1.9x as fast as on one
+time unless told otherwise: there, one stage on two threads runs 1.7-2.1x as fast as on one
 (measured: the bilingual base model took 273 s on 2 threads, 466 s on 1 beside another stage), and
 two stages side by side finish no sooner than one after the other. Ready jobs start in the order
 given (make's rule; r1.py gives its stages in pipeline order, the evaluations last). A job is done
@@ -103,8 +103,12 @@ def launch(j: Job, threads: int, to_log: bool, say):
 def finish(j: Job, code: int, threads: int, wall: float, log, check, say):
     if log:
         log.close()
-    error = (f"exit status {code}" if code else None) or (None if os.path.isfile(j.product) else
-                                                          f"it wrote no {j.product}") or (check and check(j))
+    if code:
+        error = f"exit status {code}"
+    elif not os.path.isfile(j.product):
+        error = f"it wrote no {j.product}"
+    else:
+        error = check(j) if check else None
     if error:
         tail = ""
         if log:

@@ -190,8 +190,10 @@ def pipeline(a, d, stages):
     jobs = [Job(s, cmd, product, needs=[t for t in products if t != s and products[t] in cmd],
                 meta=os.path.join(d, s, "stage.json"), log=os.path.join(d, s, "output.txt"))
             for s, (cmd, product) in commands.items() if s in products]
+    # an evaluation's meta file: an eval.json that an older r1.py wrote (another layout) is measured again
     jobs += [Job(f"{s} eval", eval_command(a, products[s], os.path.join(d, s, "eval.json")), os.path.join(d, s, "eval.json"),
-                 needs=[s], log=os.path.join(d, s, "eval_output.txt")) for s, *_ in ROWS if s in products]
+                 needs=[s], meta=os.path.join(d, s, "eval_job.json"), log=os.path.join(d, s, "eval_output.txt"))
+             for s, *_ in ROWS if s in products]
     return jobs, commands
 
 
@@ -221,7 +223,7 @@ def main():
         for s in STAGES[STAGES.index(a.start):]:
             shutil.rmtree(os.path.join(d, s), ignore_errors=True)
     for j in jobs:  # a stage cut short starts over in an empty directory (train.py refuses to overwrite a run)
-        if j.meta and not j.done():
+        if j.name in stages and not j.done():
             shutil.rmtree(os.path.dirname(j.meta), ignore_errors=True)
             os.makedirs(os.path.dirname(j.meta))
     if not commands["rm"][0] and "rm" in stages:

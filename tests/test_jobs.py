@@ -121,3 +121,16 @@ def test_r1_pipeline_needs_are_the_products_each_stage_reads(tmp_path, monkeypat
     assert all(needs[f"{s} eval"] == {s} for s, *_ in r1.ROWS if s in needs)
     stages = [s for s in r1.chosen_stages(a) if s in needs]
     assert [j.name for j in js] == stages + [f"{s} eval" for s, *_ in r1.ROWS if s in needs]  # pipeline order, then the rows
+
+
+def test_r1_measures_again_an_eval_json_an_older_r1_wrote(tmp_path, monkeypatch):
+    # an older r1.py wrote eval.json itself (keys pass@1, ...) and no eval_job.json: the stage is done, its row is not
+    monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path)])
+    a = r1.parse_args()
+    js = {j.name: j for j in r1.pipeline(a, str(tmp_path / "r1"), r1.chosen_stages(a))[0]}
+    base = tmp_path / "r1" / "base"
+    base.mkdir(parents=True)
+    for name in ("ckpt.pt", "stage.json"):
+        (base / name).write_text("{}")
+    (base / "eval.json").write_text(json.dumps({"pass@1": 0.3}))
+    assert js["base"].done() and not js["base eval"].done()
