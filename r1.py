@@ -65,7 +65,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # stage sizes (each is a flag of the same name); the target is the whole pipeline in ~15 min on 2 CPU cores
 SIZES = {  # flag: (default, help)
     "base_steps": (450, "pretraining steps of the base and of the student base (train.py --base_steps)"),
-    "rl_steps": (30, "GRPO steps of r1zero and of reasoning_rl (the plot compares these)"),
+    "rl_steps": (30, "GRPO steps of r1zero (and r1zero_lang) ..."),
+    "reasoning_rl_steps": (30, "... and of reasoning_rl (and reasoning_rl_rules); the plot compares the two"),
     "rl2_steps": (20, "GRPO steps of stage 4 at T 0.7 ..."),
     "rl2_rm_steps": (6, "... of which the last this many with the reward model's score (0: rules only)"),
     "questions": (8, "questions per GRPO step"),
@@ -86,9 +87,10 @@ SIZES = {  # flag: (default, help)
 # language reward: each RL run that has it (or not) run again without it (or with it), same steps, same seed
 ABLATIONS = [("R1-Zero", "r1zero", "r1zero_lang"), ("reasoning RL", "reasoning_rl_rules", "reasoning_rl")]  # without, with
 LANG_MIX = ["r1zero_lang", "reasoning_rl_rules"]  # the stages --lang_mix adds
-# the sizes --lang_mix sets: stage 4 shorter and rules only, a shorter student GRPO, no student SFT + GRPO row
-LANG_MIX_SIZES = {"rl2_steps": 10, "rl2_rm_steps": 0, "student_rl_steps": 20, "student_sft_epochs": 3,
-                  "no_student_sft_grpo": True}
+# the sizes --lang_mix sets, to fit in ~10 min on 2 CPU cores: reasoning RL (at its ceiling from the
+# cold start) and stage 4 (rules only) shorter, a shorter student GRPO, no student SFT + GRPO row
+LANG_MIX_SIZES = {"reasoning_rl_steps": 15, "rl2_steps": 10, "rl2_rm_steps": 0, "student_rl_steps": 20,
+                  "student_sft_epochs": 3, "no_student_sft_grpo": True}
 LANGUAGE = "accuracy:1,format:1,language:0.5"  # eq. 7's reward beside the rules, in reasoning RL
 STAGES = ["base", "r1zero", "r1zero_lang", "cold_data", "cold_sft", "reasoning_rl", "reasoning_rl_rules", "rs_data",
           "rs_sft", "rm", "rl2_rules", "rl2", "traces", "student_base", "student_grpo", "student_sft", "student_sft_grpo"]
@@ -144,9 +146,10 @@ def stage_commands(a):
                                               "--max_tokens", str(MAX_NEW_TOKENS), "--task_seed", str(SEED)],
                       data("cold_data")),
         "cold_sft": (sft("cold_sft", ck("base"), data("cold_data"), a.cold_epochs), ck("cold_sft")),
-        "reasoning_rl": (train("reasoning_rl", "--init", ck("cold_sft"), "--rl_steps", a.rl_steps, *rl,
+        "reasoning_rl": (train("reasoning_rl", "--init", ck("cold_sft"), "--rl_steps", a.reasoning_rl_steps, *rl,
                                "--rewards", LANGUAGE), ck("reasoning_rl")),
-        "reasoning_rl_rules": (train("reasoning_rl_rules", "--init", ck("cold_sft"), "--rl_steps", a.rl_steps, *rl),
+        "reasoning_rl_rules": (train("reasoning_rl_rules", "--init", ck("cold_sft"), "--rl_steps", a.reasoning_rl_steps,
+                                     *rl),
                                ck("reasoning_rl_rules")),
         "rs_data": (reject("rs_data", ck("reasoning_rl")), data("rs_data")),
         "rs_sft": (sft("rs_sft", ck("base"), data("rs_data"), a.rs_epochs), ck("rs_sft")),
@@ -235,7 +238,8 @@ def main():
         print_language(d, stages)
     print(f"\nthe pipeline: {(time.time() - t0) / 60:.1f} min this call, {a.jobs} job(s) at once on {cores()} core(s)")
     compared = [(os.path.join(d, "r1zero"), "R1-Zero (from base)"), (os.path.join(d, "reasoning_rl"), "after cold-start SFT")]
-    print(f"plot: {plot_runs(compared, ('reward_accuracy', 'format'), a.rl_steps, os.path.join(d, 'cold_start_vs_r1zero.png'))}")
+    steps = max(a.rl_steps, a.reasoning_rl_steps)
+    print(f"plot: {plot_runs(compared, ('reward_accuracy', 'format'), steps, os.path.join(d, 'cold_start_vs_r1zero.png'))}")
 
 
 def parse_args():

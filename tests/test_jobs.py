@@ -123,6 +123,18 @@ def test_r1_pipeline_needs_are_the_products_each_stage_reads(tmp_path, monkeypat
     assert [j.name for j in js] == stages + [f"{s} eval" for s, *_ in r1.ROWS if s in needs]  # pipeline order, then the rows
 
 
+@pytest.mark.parametrize("flags, r1zero, reasoning", [([], 30, 30), (["--lang_mix"], 30, 15),
+                                                     (["--lang_mix", "--reasoning_rl_steps", "7"], 30, 7)])
+def test_r1_rl_steps_of_each_ablation_pair(tmp_path, monkeypatch, flags, r1zero, reasoning):
+    # --rl_steps sizes R1-Zero's pair, --reasoning_rl_steps the cold-started pair; --lang_mix's sizes yield to flags given
+    monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path), *flags])
+    a = r1.parse_args()
+    commands = r1.stage_commands(a)
+    steps = lambda s: int(commands[s][0][commands[s][0].index("--rl_steps") + 1])  # noqa: E731
+    pairs = [("r1zero", "r1zero_lang"), ("reasoning_rl", "reasoning_rl_rules")] if a.lang_mix else [("r1zero",), ("reasoning_rl",)]
+    assert {steps(s) for s in pairs[0]} == {r1zero} and {steps(s) for s in pairs[1]} == {reasoning}
+
+
 def test_r1_measures_again_an_eval_json_an_older_r1_wrote(tmp_path, monkeypatch):
     # an older r1.py wrote eval.json itself (keys pass@1, ...) and no eval_job.json: the stage is done, its row is not
     monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path)])
