@@ -9,16 +9,19 @@ time unless told otherwise: there, one stage on two threads runs 1.7-2.1x as fas
 (measured: the bilingual base model took 273 s on 2 threads, 466 s on 1 beside another stage), and
 two stages side by side finish no sooner than one after the other. Ready jobs start in the order
 given (make's rule; r1.py gives its stages in pipeline order, the evaluations last). A job is done
-when its product file is there (and, for a job with a meta file, that file, which is written here
-when the job succeeds, with its wall time), so a pipeline that was cut short skips the jobs that
-finished. What is simplified: the cores are split when a job starts and never rebalanced; no
-estimate of a job's length is used.
+when its product file is there and, for a job with a meta file, that file, written here when the
+job succeeds with its wall time and its command. So a pipeline that was cut short skips the jobs
+that finished, and runs again a job whose command changed (new flags) and every job that reads
+what a job about to run writes. What is simplified: the cores are split when a job starts and
+never rebalanced; no estimate of a job's length is used; a job's inputs are known by its needs,
+not by their contents (a file edited by hand is not noticed).
 
     python r1.py --jobs 4        # r1.py's stages, up to four at a time, the cores shared among them
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -35,9 +38,35 @@ class Job:
     needs: list[str] = field(default_factory=list)  # the jobs whose files it reads
     meta: str | None = None  # written when it succeeds: {"wall_s", "threads", "command"}
     log: str | None = None  # its stdout and stderr while others run beside it (None: the terminal's)
+    fresh_dir: str | None = None  # emptied just before it starts (for a command that refuses to overwrite)
+
+    def state(self) -> str:
+        """'done'; 'to do' (no product, or a product without its meta: cut short); or 'changed' (done
+        by another command: its meta's, less the interpreter and the script's directory, differs)."""
+        if not os.path.isfile(self.product) or (self.meta and not os.path.isfile(self.meta)):
+            return "to do"
+        if self.meta:
+            with open(self.meta) as f:
+                if shown(json.load(f).get("command", [])) != shown(self.cmd):
+                    return "changed"
+        return "done"
 
     def done(self) -> bool:
-        return os.path.isfile(self.product) and (self.meta is None or os.path.isfile(self.meta))
+        return self.state() == "done"
+
+
+def shown(cmd: list[str]) -> list[str]:
+    """A command less its interpreter and its script's directory: what is printed, and compared."""
+    return [os.path.basename(c) for c in cmd[1:2]] + cmd[2:]
+
+
+def to_run(jobs: list[Job]) -> dict[str, str]:
+    """name -> why, for every job that has to run: not done, or it reads what such a job writes (a
+    fixed point: the jobs that need those, and so on). In the order given."""
+    why = {j.name: j.state() for j in jobs if not j.done()}
+    while more := {j.name: f"{need} runs again" for j in jobs for need in j.needs if need in why and j.name not in why}:
+        why |= more
+    return {j.name: why[j.name] for j in jobs if j.name in why}
 
 
 def cores() -> int:
@@ -52,10 +81,16 @@ def run_jobs(jobs: list[Job], n_jobs: int, n_cores: int | None = None, check=Non
     names = {j.name for j in jobs}
     if bad := [(j.name, n) for j in jobs for n in j.needs if n not in names]:
         raise ValueError(f"job {bad[0][0]} needs {bad[0][1]}, which is not a job")
-    todo = [j for j in jobs if not j.done()]
+    why = to_run(jobs)
+    todo = [j for j in jobs if j.name in why]
     for j in jobs:
-        if j.done():
+        if j.name not in why:
             say(f"== {j.name}: done before ({j.product})")
+        elif why[j.name] != "to do":  # a finished job: say why it runs again
+            say(f"== {j.name}: done before, runs again: {'its command changed' if why[j.name] == 'changed' else why[j.name]}")
+    for j in todo:  # not done until it succeeds again, even if this call is cut short before it starts
+        if j.meta and os.path.isfile(j.meta):
+            os.remove(j.meta)
     n_cores = n_cores or cores()
     running = {}  # name -> (job, Popen, threads, start time, log file or None)
     sigterm = signal.signal(signal.SIGTERM, stop)  # a kill of the runner reaches its jobs (below)
@@ -89,9 +124,11 @@ def stop(signum, frame):
 
 
 def launch(j: Job, threads: int, to_log: bool, say):
-    shown = [os.path.basename(j.cmd[1]), *j.cmd[2:]]  # the command less its interpreter and the script's directory
-    say(f"== {j.name}: {' '.join(shown)}" + (f"  [{threads} thread{'s' * (threads > 1)}]" if to_log else ""))
+    say(f"== {j.name}: {' '.join(shown(j.cmd))}" + (f"  [{threads} thread{'s' * (threads > 1)}]" if to_log else ""))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if j.fresh_dir:
+        shutil.rmtree(j.fresh_dir, ignore_errors=True)
+        os.makedirs(j.fresh_dir)
     log = None
     if to_log:  # several at once: each one's output to its own file, not interleaved on the terminal
         os.makedirs(os.path.dirname(j.log) or ".", exist_ok=True)

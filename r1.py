@@ -2,7 +2,8 @@
 The DeepSeek-R1 pipeline in miniature, one command, on the toy addition task and a CPU: each stage
 is the documented CLI (train.py, cold_start.py, sft.py, reject.py, reward_model.py) run as a
 subprocess, each stage's output is kept under <out_dir>/r1/<stage>/ and a stage whose output is
-there is skipped, so any stage re-runs alone (--from STAGE, or delete its directory). At the end:
+there is skipped, unless its command changed (other sizes) or a stage it reads runs again (jobs.py),
+so any stage re-runs alone (--from STAGE, or delete its directory). At the end:
 one table row per model, measured alike (held-out pass@1 over --eval_samples samples at T 0.6,
 top-p 0.95; format rate; language consistency, eq. 7; mean completion length), with each row's
 wall time, and a plot of the first RL steps of R1-Zero against reasoning RL after the cold start.
@@ -190,8 +191,9 @@ def pipeline(a, d, stages):
     evaluation job per table row, which needs its stage."""
     commands = stage_commands(a)
     products = {s: commands[s][1] for s in stages if commands[s][0]}
+    # a stage starts in an empty directory (train.py refuses to overwrite a run), which its evaluation then shares
     jobs = [Job(s, cmd, product, needs=[t for t in products if t != s and products[t] in cmd],
-                meta=os.path.join(d, s, "stage.json"), log=os.path.join(d, s, "output.txt"))
+                meta=os.path.join(d, s, "stage.json"), log=os.path.join(d, s, "output.txt"), fresh_dir=os.path.join(d, s))
             for s, (cmd, product) in commands.items() if s in products]
     # an evaluation's meta file: an eval.json that an older r1.py wrote (another layout) is measured again
     jobs += [Job(f"{s} eval", eval_command(a, products[s], os.path.join(d, s, "eval.json")), os.path.join(d, s, "eval.json"),
@@ -225,10 +227,6 @@ def main():
     if a.start:  # a re-run: this stage's output and every later one's go
         for s in STAGES[STAGES.index(a.start):]:
             shutil.rmtree(os.path.join(d, s), ignore_errors=True)
-    for j in jobs:  # a stage cut short starts over in an empty directory (train.py refuses to overwrite a run)
-        if j.name in stages and not j.done():
-            shutil.rmtree(os.path.dirname(j.meta), ignore_errors=True)
-            os.makedirs(os.path.dirname(j.meta))
     if not commands["rm"][0] and "rm" in stages:
         print("== rm: skipped (--rl2_rm_steps 0: stage 4 uses rules only)")
     t0 = time.time()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import r1
-from jobs import Job, run_jobs
+from jobs import Job, run_jobs, to_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,6 +78,41 @@ def test_done_jobs_are_skipped_and_a_product_without_its_meta_is_redone(tmp_path
     assert any(s.startswith("== a: done before") for s in said)
 
 
+def test_a_job_whose_command_changed_runs_again_and_so_does_every_job_that_reads_it(tmp_path):
+    jobs = lambda b_sleep: [job(tmp_path, "a", sleep=0), job(tmp_path, "b", ["a"], sleep=b_sleep),  # noqa: E731
+                            job(tmp_path, "c", ["b"], sleep=0), job(tmp_path, "d", ["a"], sleep=0)]
+    run_jobs(jobs(0), n_jobs=1, n_cores=1, say=lambda s: None)
+    first = {n: read(tmp_path, n) for n in "abcd"}
+    assert to_run(jobs(0)) == {}
+    assert to_run(jobs(0.1)) == {"b": "changed", "c": "b runs again"}  # b's flags changed; c reads b; d reads only a
+    said = []
+    run_jobs(jobs(0.1), n_jobs=1, n_cores=1, say=said.append)
+    assert [n for n in "abcd" if read(tmp_path, n) != first[n]] == ["b", "c"]
+    assert "== b: done before, runs again: its command changed" in said and "== c: done before, runs again: b runs again" in said
+    assert to_run(jobs(0.1)) == {}
+
+
+def test_a_job_that_was_to_run_again_stays_to_do_when_the_call_is_cut_short_before_it(tmp_path):
+    # b's flags change; a failing job x, given before c, stops the call after b and before c: the next
+    # call still runs c (its meta went at the start), though b is done and c's command never changed
+    chain = lambda b_sleep: [job(tmp_path, "a", sleep=0), job(tmp_path, "b", ["a"], sleep=b_sleep),  # noqa: E731
+                             job(tmp_path, "c", ["b"], sleep=0)]
+    run_jobs(chain(0), n_jobs=1, n_cores=1, say=lambda s: None)
+    fail = job(tmp_path, "x", ["b"], code="import sys; sys.exit(1)")
+    with pytest.raises(SystemExit, match="job x failed"):
+        run_jobs(chain(0.1)[:2] + [fail, chain(0.1)[2]], n_jobs=1, n_cores=1, say=lambda s: None)
+    assert to_run(chain(0.1)) == {"c": "to do"}
+
+
+def test_a_fresh_dir_is_emptied_just_before_its_job_starts(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "old.txt").write_text("from an earlier, other run")
+    j = job(tmp_path, "a", sleep=0)
+    j.fresh_dir = str(tmp_path / "run")
+    run_jobs([j], n_jobs=1, n_cores=1, say=lambda s: None)
+    assert os.listdir(tmp_path / "run") == [] and read(tmp_path, "a")
+
+
 def test_a_failing_job_stops_the_others_and_says_which_with_its_output(tmp_path):
     boom = "import sys; print('the reason it broke'); sys.exit(3)"
     slow = job(tmp_path, "slow", sleep=30)
@@ -142,7 +177,26 @@ def test_r1_measures_again_an_eval_json_an_older_r1_wrote(tmp_path, monkeypatch)
     js = {j.name: j for j in r1.pipeline(a, str(tmp_path / "r1"), r1.chosen_stages(a))[0]}
     base = tmp_path / "r1" / "base"
     base.mkdir(parents=True)
-    for name in ("ckpt.pt", "stage.json"):
-        (base / name).write_text("{}")
+    (base / "ckpt.pt").write_text("")
+    (base / "stage.json").write_text(json.dumps({"command": js["base"].cmd}))
     (base / "eval.json").write_text(json.dumps({"pass@1": 0.3}))
     assert js["base"].done() and not js["base eval"].done()
+
+
+def test_r1_runs_again_the_stages_a_changed_size_reaches_and_only_those(tmp_path, monkeypatch):
+    # every job of a --lang_mix pipeline finished (its product and meta as run_jobs writes them); then
+    # --reasoning_rl_steps changes: the pair, what reads reasoning_rl downstream, and their rows run again
+    def pipeline(*flags):
+        monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path), "--lang_mix", *flags])
+        a = r1.parse_args()
+        return r1.pipeline(a, str(tmp_path / "r1"), r1.chosen_stages(a))[0]
+    for j in pipeline():
+        os.makedirs(os.path.dirname(j.product), exist_ok=True)
+        open(j.product, "w").close()
+        with open(j.meta, "w") as f:
+            json.dump({"command": j.cmd}, f)
+    assert to_run(pipeline()) == {}
+    rerun = to_run(pipeline("--reasoning_rl_steps", "10"))
+    stages = ["reasoning_rl", "reasoning_rl_rules", "rs_data", "rs_sft", "rl2_rules", "rl2", "traces", "student_sft"]
+    assert list(rerun) == stages + [f"{s} eval" for s in ("reasoning_rl", "reasoning_rl_rules", "rs_sft", "rl2", "student_sft")]
+    assert rerun["reasoning_rl"] == rerun["reasoning_rl_rules"] == "changed" and rerun["rs_data"] == "reasoning_rl runs again"
