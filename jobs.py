@@ -63,7 +63,7 @@ def shown(cmd: list[str]) -> list[str]:
 def to_run(jobs: list[Job]) -> dict[str, str]:
     """name -> why, for every job that has to run: not done, or it reads what such a job writes (a
     fixed point: the jobs that need those, and so on). In the order given."""
-    why = {j.name: j.state() for j in jobs if not j.done()}
+    why = {j.name: state for j in jobs if (state := j.state()) != "done"}
     while more := {j.name: f"{need} runs again" for j in jobs for need in j.needs if need in why and j.name not in why}:
         why |= more
     return {j.name: why[j.name] for j in jobs if j.name in why}
