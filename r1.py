@@ -3,7 +3,7 @@ The DeepSeek-R1 pipeline in miniature, one command, on the toy addition task and
 is the documented CLI (train.py, cold_start.py, sft.py, reject.py, reward_model.py) run as a
 subprocess, each stage's output is kept under <out_dir>/r1/<stage>/ and a stage whose output is
 there is skipped, unless its command changed (other sizes) or a stage it reads runs again (jobs.py),
-so any stage re-runs alone (--from STAGE, or delete its directory). At the end:
+so a stage re-runs with what reads it (--from STAGE, or delete its directory). At the end:
 one table row per model, measured alike (held-out pass@1 over --eval_samples samples at T 0.6,
 top-p 0.95; format rate; language consistency, eq. 7; mean completion length), with each row's
 wall time, and a plot of the first RL steps of R1-Zero against reasoning RL after the cold start.
@@ -45,7 +45,7 @@ compute: the `traces` stage, whose wall time is added to the student SFT row.
 Every size is a flag (defaults: SIZES below), e.g. `python r1.py --rl_steps 40 --eval_problems 50`.
 
     python r1.py                  # the whole pipeline, then the table and out/r1/cold_start_vs_r1zero.png
-    python r1.py --from rs_sft    # re-run rs_sft and every stage after it
+    python r1.py --from rs_sft    # re-run rs_sft and every stage that reads what it writes
     python r1.py --lang_mix --out_dir out_mix   # the bilingual toy: why R1 exists (docs/r1.md)
 """
 
@@ -149,9 +149,8 @@ def stage_commands(a):
         "cold_sft": (sft("cold_sft", ck("base"), data("cold_data"), a.cold_epochs), ck("cold_sft")),
         "reasoning_rl": (train("reasoning_rl", "--init", ck("cold_sft"), "--rl_steps", a.reasoning_rl_steps, *rl,
                                "--rewards", LANGUAGE), ck("reasoning_rl")),
-        "reasoning_rl_rules": (train("reasoning_rl_rules", "--init", ck("cold_sft"), "--rl_steps", a.reasoning_rl_steps,
-                                     *rl),
-                               ck("reasoning_rl_rules")),
+        "reasoning_rl_rules": (train("reasoning_rl_rules", "--init", ck("cold_sft"), "--rl_steps",
+                                     a.reasoning_rl_steps, *rl), ck("reasoning_rl_rules")),
         "rs_data": (reject("rs_data", ck("reasoning_rl")), data("rs_data")),
         "rs_sft": (sft("rs_sft", ck("base"), data("rs_data"), a.rs_epochs), ck("rs_sft")),
         "rm": ((cli("reward_model.py") + ["--init", ck("rs_sft"), "--out_dir", a.out_dir, "--run_name", "r1/rm",
@@ -224,9 +223,8 @@ def main():
     d = os.path.join(a.out_dir, "r1")
     stages = chosen_stages(a)
     jobs, commands = pipeline(a, d, stages)
-    if a.start:  # a re-run: this stage's output and every later one's go
-        for s in STAGES[STAGES.index(a.start):]:
-            shutil.rmtree(os.path.join(d, s), ignore_errors=True)
+    if a.start:  # its output goes; run_jobs re-runs it and every stage that reads it
+        shutil.rmtree(os.path.join(d, a.start), ignore_errors=True)
     if not commands["rm"][0] and "rm" in stages:
         print("== rm: skipped (--rl2_rm_steps 0: stage 4 uses rules only)")
     t0 = time.time()
@@ -244,7 +242,8 @@ def parse_args():
     parser = Parser(description="The DeepSeek-R1 pipeline in miniature: every stage, then one table.",
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out_dir", default="out", help="stages go to <out_dir>/r1/<stage>/")
-    parser.add_argument("--from", dest="start", choices=STAGES, default=None, help="re-run this stage and every one after it")
+    parser.add_argument("--from", dest="start", choices=STAGES, default=None,
+                        help="re-run this stage and every stage that reads what it writes")
     parser.add_argument("--jobs", type=int, default=1, help="stages (and evaluations) run at once, the cores shared "
                         "among them (jobs.py: no gain on 2 cores); 1: one at a time, its output on the terminal")
     parser.add_argument("--no_student_sft_grpo", action="store_true", help="skip the optional student SFT + GRPO row")
@@ -256,9 +255,13 @@ def parse_args():
     if parser.parse_known_args()[0].lang_mix:
         parser.set_defaults(**LANG_MIX_SIZES)
     a = parser.parse_args()
+    stages = chosen_stages(a)
     parser.check([(v > 0 or k == "rl2_rm_steps", f"--{k} must be at least 1") for k, v in vars(a).items() if k in SIZES]
                  + [(a.rl2_rm_steps < a.rl2_steps, "--rl2_rm_steps must be below --rl2_steps"),
-                    (a.jobs >= 1, "--jobs must be at least 1")])
+                    (a.jobs >= 1, "--jobs must be at least 1"),
+                    (a.start in (None, *stages), f"--from {a.start}: not a stage of this pipeline"
+                     + (" (it is --lang_mix's)" if a.start in LANG_MIX else "")),
+                    (a.start != "rm" or a.rl2_rm_steps, "--from rm: --rl2_rm_steps 0 runs no reward model")])
     return a
 
 
@@ -278,7 +281,6 @@ def print_table(a, d, commands, stages):
         label = "stage-4 RL (T 0.7, rules only)" if stage == "rl2" and not commands["rm"][0] else label
         print(f"| {label:<32} | {m['accuracy']:6.3f} | {m['format']:6.3f} | {m['language']:8.3f} | {m['length']:6.1f} | "
               f"{wall:6.0f} | {tokens:>14} |")
-
 
 
 def print_language(d, stages):

@@ -11,10 +11,10 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_tasks import args_for  # the task flags as train.py parses them
 
 from file_tasks import TaskError
 from tasks import make_task
+from test_tasks import args_for  # the task flags as train.py parses them
 
 # GSM8K's rows as openai/gsm8k has them (the worked solution, then `#### answer`)
 GSM8K = [{"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

@@ -3,6 +3,7 @@ pipeline built on it (which stage needs which)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,3 +201,18 @@ def test_r1_runs_again_the_stages_a_changed_size_reaches_and_only_those(tmp_path
     stages = ["reasoning_rl", "reasoning_rl_rules", "rs_data", "rs_sft", "rl2_rules", "rl2", "traces", "student_sft"]
     assert list(rerun) == stages + [f"{s} eval" for s in ("reasoning_rl", "reasoning_rl_rules", "rs_sft", "rl2", "student_sft")]
     assert rerun["reasoning_rl"] == rerun["reasoning_rl_rules"] == "changed" and rerun["rs_data"] == "reasoning_rl runs again"
+    # --from rs_data empties its directory: it runs again with what reads it, not the student base beside it
+    shutil.rmtree(tmp_path / "r1" / "rs_data")
+    assert list(to_run(pipeline())) == ["rs_data", "rs_sft", "rl2_rules", "rl2", "traces", "student_sft", "rs_sft eval",
+                                        "rl2 eval", "student_sft eval"]
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--from", "r1zero_lang"], "--from r1zero_lang: not a stage of this pipeline (it is --lang_mix's)"),
+    (["--from", "student_sft_grpo", "--no_student_sft_grpo"], "--from student_sft_grpo: not a stage of this pipeline"),
+    (["--from", "rm", "--rl2_rm_steps", "0"], "--from rm: --rl2_rm_steps 0 runs no reward model")])
+def test_r1_from_a_stage_this_pipeline_does_not_run_is_one_line(tmp_path, monkeypatch, capsys, flags, error):
+    monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path), *flags])
+    with pytest.raises(SystemExit) as e:
+        r1.parse_args()
+    assert e.value.code == 2 and error in capsys.readouterr().err and not os.listdir(tmp_path)

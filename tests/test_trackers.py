@@ -26,6 +26,7 @@ import trackers
 from tasks import AdditionTask
 from tiny_runs import DDP, ROOT, copy_run, wandb_offline
 
+
 def read_log(run_dir):
     with open(os.path.join(run_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
