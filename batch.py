@@ -54,15 +54,18 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, devic
     rows = torch.full((len(prompts), R + C), pad, dtype=torch.long)
     valid = torch.zeros(len(prompts), R + C, dtype=torch.bool)
     for i, (rest, comp) in enumerate(zip(rests, completions)):
-        rows[i, R - len(rest):R], rows[i, R:R + len(comp)] = torch.tensor(rest), torch.tensor(comp, dtype=torch.long)
+        rows[i, R - len(rest):R], rows[i, R:R + len(comp)] = (torch.tensor(rest),
+                                                              torch.tensor(comp, dtype=torch.long))
         valid[i, R - len(rest):R + len(comp)] = True
-    return Batch(torch.tensor(prompts[0][:P], dtype=torch.long, device=device), rows.to(device), valid.to(device), R)
+    return Batch(torch.tensor(prompts[0][:P], dtype=torch.long, device=device),
+                 rows.to(device), valid.to(device), R)
 
 
 def positions_and_mask(P: int, valid: torch.Tensor):
     """Positions (B, S) and attention mask (B, 1, S, P+S) for rows after a P-token prefix."""
     B, S = valid.shape
-    pos = P + valid.long().cumsum(-1) - 1  # (B, S): valid tokens at P, P+1, ...; padding is never read
+    # (B, S): valid tokens at P, P+1, ...; padding is never read
+    pos = P + valid.long().cumsum(-1) - 1
     causal = torch.ones(S, S, dtype=torch.bool, device=valid.device).tril()
     # each query sees the prefix and the valid earlier tokens of its row; also itself, so that a
     # padding query is never fully masked (its output is unused, but NaN would spread)

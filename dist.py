@@ -2,7 +2,7 @@
 torchrun: the same training stages from one CPU process to many GPUs and nodes, and the floor
 every other file may stand on (it imports nothing of the project).
 
-    torchrun --standalone --nproc_per_node=2 train.py              # 2 processes; gloo on a CPU, nccl on GPUs
+    torchrun --standalone --nproc_per_node=2 train.py    # 2 processes; gloo on a CPU, nccl on GPUs
 
 torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; `setup` joins them into
 one process group (nccl on CUDA, gloo on a CPU). What a stage must make global goes through the
@@ -13,11 +13,11 @@ rank 0 only (`print0`).
 This file wraps whatever module it is given: `replicate` puts DistributedDataParallel around it,
 `shard` applies FSDP2 (`fully_shard`) to the submodules it is told and then to the root. Both
 average gradients over ranks, so a stage multiplies its loss by the world size to get the
-gradient of the global loss (runs.optimizer_step). Checkpoints are full, unsharded state dicts
+gradient of the global loss (runner.optimizer_step). Checkpoints are full, unsharded state dicts
 (weights and optimiser state keyed by parameter name), gathered here and written by rank 0, so a
 run resumes at any world size, with or without FSDP. Which module the GRPO trainer wraps, and
 why, is grpo_update.Policy's docstring. Left out: tensor and pipeline parallelism (a model must
-fit once per GPU as FSDP shards it), FSDP for sft.py (DDP only), and elastic restarts (torchrun's
+fit once per GPU as FSDP shards it), FSDP for r1/sft.py (DDP only), and elastic restarts (torchrun's
 --max-restarts: a crashed rank ends the job, and --resume continues it).
 """
 
@@ -129,14 +129,16 @@ def replicate(module):
     if not active():
         return module
     weight = next(module.parameters())
-    return nn.parallel.DistributedDataParallel(module, device_ids=[weight.device.index] if weight.is_cuda else None)
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[weight.device.index] if weight.is_cuda else None)
 
 
 def shard(module, blocks):
     """FSDP2 over module, in place: each of `blocks` sharded and gathered around its own forward,
     then the root (what is left), which stays gathered after its forward, because the caller may
     use its parameters outside it (a tied output layer called for the next token)."""
-    from torch.distributed.fsdp import fully_shard  # here, not at the top: ~1.5 s of import that only --fsdp needs
+    # here, not at the top: ~1.5 s of import that only --fsdp needs
+    from torch.distributed.fsdp import fully_shard
     for block in blocks:
         fully_shard(block)
     fully_shard(module, reshard_after_forward=False)
@@ -148,17 +150,22 @@ def full_state_dict(module, everywhere=False):
     every rank, on the device (each rank's vLLM engine loads it)."""
     if not active():
         return module.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # ~1.5 s of import (as shard's)
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+    # ~1.5 s of import (as shard's)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(
+        module, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
 
 
 def full_optim_state_dict(module, opt):
     """The optimiser state keyed by parameter name, unsharded (a collective under FSDP): it loads
     into a run at any world size, with or without FSDP."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # ~1.5 s (as shard's)
-    return get_optimizer_state_dict(module, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # ~1.5 s of import (as shard's)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(
+        module, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_optim_state_dict(module, opt, state):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # ~1.5 s (as shard's)
+    # ~1.5 s of import (as shard's)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     set_optimizer_state_dict(module, opt, state, options=StateDictOptions(full_state_dict=True))

@@ -8,25 +8,17 @@ For each question, G outputs o_1..o_G are sampled from the old policy and scored
     eq. 1  J = 1/G sum_i 1/|o_i| sum_t [ min(rho A_i, clip(rho, 1-eps, 1+eps) A_i) - beta D_KL ]
            rho = pi_theta(o_i,t | q, o_i,<t) / pi_theta_old(o_i,t | q, o_i,<t)
 
-eq. 1 is written per output in the paper; like DeepSeekMath's GRPO we apply it per token and
-average over each output's tokens, then over outputs. We minimise loss = -J. The knobs later work
-added, each off by default so that the defaults are the paper's equations:
-  - scale="none" (Dr. GRPO) or "batch" in eq. 3: no per-group std, which up-weights groups that are
-    nearly solved or nearly hopeless;
-  - eps_high (DAPO's clip-higher): a wider upper clip, so unlikely tokens with A > 0 can grow;
-  - loss_type "token" (DAPO: every token of the batch weighs the same) or "dr_grpo" (a constant
-    divisor): the per-output mean of eq. 1 gives a token of a long output less weight than a token
-    of a short one, so a long wrong answer is penalised less per token than a short one.
+eq. 1 is written per output in the paper; like DeepSeekMath we apply it per token and average over
+each output's tokens, then over outputs; the loss is -J. Later knobs, each off by default so that
+the defaults are the paper's: scale "none" (Dr. GRPO) or "batch" in eq. 3; eps_high (DAPO's
+clip-higher); loss_type "token" (DAPO: every token of the batch weighs the same) or "dr_grpo" (a
+constant divisor), since the per-output mean gives a token of a long output less weight.
 
-"The loss is 0": at the first update of a rollout pi_theta_old = pi_theta so rho = 1, and the
-advantages of a group sum to zero, so J is ~0 by construction (with beta = 0, exactly 0 when all
-outputs have the same length). Its gradient is not zero: it is the policy gradient. Watch reward,
-KL, clip fraction and grad norm instead.
-
-These functions act on (B, T) log-probs, so they cost nothing next to the log-probs themselves.
-On CUDA, the update gets those from kernels/fused_linear.py (grpo_update.completion_grpo_loss)
-and the (N, V) logits never exist; kernels/grpo_loss.py fuses these same per-token terms into
-the logits pass, for callers that hold logits, and is tested against grpo_loss here.
+"The loss is 0": at a rollout's first update pi_theta_old = pi_theta, so rho = 1, and a group's
+advantages sum to zero, so J is ~0 by construction; its gradient is the policy gradient. Watch
+reward, KL, clip fraction and grad norm instead. These functions act on (B, T) log-probs and cost
+nothing next to them; on CUDA the update takes the log-probs and this loss fused from the hidden
+states (grpo_kernels/), tested against the functions here. docs/grpo.md goes knob by knob.
 
     python -m pytest tests/test_grpo.py
 """
@@ -58,7 +50,7 @@ def group_advantages(rewards, group_size, scale="std", eps=1e-4):
     scored = ~torch.isnan(r)
     n = scored.sum(dim=1, keepdim=True)                                # scored outputs per group
     mean = torch.where(scored, r, 0.0).sum(dim=1, keepdim=True) / n.clamp(min=1)
-    centred = torch.where(scored, r - mean, 0.0)                       # r_i - mean(r); 0 if unscored
+    centred = torch.where(scored, r - mean, 0.0)                       # r_i - mean; 0 if unscored
     if scale == "std":
         std = (centred.pow(2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
     elif scale == "batch":
@@ -105,7 +97,7 @@ def token_weights(mask, loss_type="grpo", normalizer=None):
     if normalizer is None:
         normalizer = loss_normalizer(loss_type, mask)
     weights = mask / max(float(normalizer), 1.0)
-    if loss_type == "grpo":                                        # 1/|o_i| sum over t, then 1/G sum over i
+    if loss_type == "grpo":                           # 1/|o_i| sum over t, then 1/G sum over i
         weights = weights / mask.sum(dim=1, keepdim=True).clamp(min=1)
     return weights
 
@@ -115,7 +107,7 @@ def clipped_surrogate(logp, old_logp, advantages, eps_low=0.2, eps_high=None):
     with rho = exp(logp - old_logp), from (B, T) log-probs and advantages (B,). eps_high=None
     clips symmetrically."""
     eps_high = eps_low if eps_high is None else eps_high
-    A = advantages[:, None].to(logp.dtype)                         # (B, 1): one advantage per output
+    A = advantages[:, None].to(logp.dtype)                 # (B, 1): one advantage per output
     ratio = torch.exp(logp - old_logp)                             # rho, per token
     return torch.min(ratio * A, ratio.clamp(1 - eps_low, 1 + eps_high) * A)
 
@@ -150,7 +142,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = surrogate - beta * kl                              # - beta * D_KL (eq. 2)
     if is_weights is not None:
-        per_token = per_token * is_weights                         # sampled by pi_sampler, not pi_theta_old
+        per_token = per_token * is_weights                 # sampled by pi_sampler, not pi_theta_old
     J = (per_token * token_weights(mask, loss_type, normalizer)).sum()
     loss = -J
     return loss, grpo_metrics(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high)

@@ -1,36 +1,25 @@
 """
-The GRPO update: the policy trained on one rollout, with grpo.py's equations applied to the
-trainer's log-probs of the completions it sampled,
+The GRPO update: the policy trained on one rollout, grpo.py's equations applied to the trainer's
+log-probs of the tokens the policy sampled,
 
-    loss = - sum_t w_t [ min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i) - beta k3_t ]     (eq. 1, 2)
+    loss = - sum_t w_t [ min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i) - beta k3_t ]
 
-with A_i the group-normalised advantage of output i (eq. 3, computed by the caller from the
-rollout's rewards), rho_t = pi_theta / pi_theta_old per token and w_t each token's weight
-(grpo.token_weights: the aggregation of --loss_type). Only the tokens the policy sampled are in
-the sums (Rollout.sampled_mask): a tool's output (tools.py) is context, with no loss, KL or ratio.
+A_i the advantage of output i (eq. 3, from the caller), rho_t = pi_theta / pi_theta_old per token,
+w_t each token's weight (grpo.token_weights: --loss_type's aggregation); a tool's output is context
+with no loss (Samples.sampled_mask). The rollout is trained on for --ppo_epochs passes of
+--minibatches random mini-batches, one optimiser step each (runner.optimizer_step), gradients
+accumulated over micro-batches of --micro_batch rows; every micro-batch divides by the whole
+mini-batch's normaliser, summed over ranks, so neither micro-batching nor the world size changes
+the update. pi_theta_old's log-probs are recomputed once before the first step, except for a single
+step, whose own detached log-probs are pi_theta_old's (rho = 1). pi_ref is a frozen copy of the
+policy, reset every --ref_update_every steps (none with --beta 0).
 
-A rollout (this rank's rows: G outputs for each of its questions, sampled by pi_theta_old) is
-trained on for --ppo_epochs passes, each over --minibatches random mini-batches, one optimiser
-step per mini-batch (runs.optimizer_step), its gradient accumulated over micro-batches of
---micro_batch rows. pi_theta_old is the policy that sampled: its log-probs are recomputed once
-before the first step, except when there is a single step, whose own detached log-probs are
-exactly pi_theta_old's (rho = 1: no extra pass). The loss divisor is that of the whole mini-batch
-on every rank (grpo.loss_normalizer, summed over ranks), so micro-batching and the world size do
-not change the update. The reference's log-probs (eq. 2) come from a frozen copy of the policy,
-replaced by it every --ref_update_every steps (`reset_reference`); with --beta 0 there is none.
-
-`Policy` is the module DDP and FSDP wrap: one forward is the log-probs of a batch of completions,
-or their GRPO loss, which is what DDP expects (one forward per backward) though the transformer
-is called twice inside (the shared prompt prefix, then the rows: batch.forward_rows). On CUDA
-the loss is computed from the hidden states by kernels/fused_linear.py and the (B, C, V) logits
-never exist; elsewhere by the reference path, completion_logprobs then grpo.grpo_loss.
-
-When another engine samples (vllm_engine.py), its log-probs differ from the trainer's: --tis
-weights each token's term by min(pi_theta_old / pi_sampler, --tis_cap) (grpo.tis_weights), which
-needs pi_theta_old's log-probs even for a single step (one more no-grad pass). The gap is logged
-either way (`sampler_logp_diff`, `_max`; with the own sampler ~1e-7), and the weights' mean, min, max.
-
-Left out: a value model (GRPO has none), an entropy bonus.
+`Policy` is the module DDP / FSDP wrap: its forward is either job, log-probs (policy_logprobs) or
+the loss (policy_loss). On CUDA the loss comes from the hidden states through
+grpo_kernels/fused_linear.py and the (B, C, V) logits never exist. When vLLM samples, --tis weights
+each token by min(pi_theta_old / pi_sampler, --tis_cap) (grpo.tis_weights); the sampler/trainer gap
+is logged either way (sampler_logp_diff: ~1e-7 with the own sampler). Left out: a value model (GRPO
+has none), an entropy bonus. docs/one-step.md walks one step with its shapes.
 
     python -m pytest tests/test_train.py -k update
 """
@@ -38,6 +27,7 @@ Left out: a value model (GRPO has none), an entropy bonus.
 import copy
 import math
 import warnings
+from dataclasses import dataclass, fields
 from functools import partial
 
 import torch
@@ -45,67 +35,93 @@ import torch.nn as nn
 
 import dist
 import grpo
-import kernels
-import runs
+import grpo_kernels
+import runner
 from batch import Batch, forward_rows
+from sample import Samples
 
 
-def grpo_update(policy, ref, opt, out, advantages, args, generator):
+@dataclass(frozen=True)
+class UpdateConfig:
+    """The knobs of one GRPO update: train.py's flags of the same names (from_args)."""
+    temperature: float = 1.0            # the rollout's: the log-probs are taken at it
+    clip_eps: float = 0.2               # eq. 1's epsilon: the lower clip, and the upper unless...
+    clip_eps_high: float | None = None  # ... this (DAPO's clip-higher)
+    beta: float = 0.0                   # eq. 1's KL coefficient; 0: no reference model
+    loss_type: str = "grpo"             # the aggregation over tokens (grpo.token_weights)
+    max_new_tokens: int = 128           # dr_grpo's constant divisor
+    ppo_epochs: int = 1                 # passes over the rollout
+    minibatches: int = 1                # optimiser steps per pass
+    micro_batch: int = 0                # rows per forward / backward (0: a whole mini-batch)
+    mask_truncated: bool = False        # outputs cut off at max_new_tokens get no loss
+    grad_clip: float = 1.0              # max gradient norm (0: off)
+    tis: bool = False                   # weight tokens by min(pi_theta_old / pi_sampler, tis_cap)
+    tis_cap: float = 2.0
+
+    @classmethod
+    def from_args(cls, args):
+        """--tis auto is on exactly when another engine samples."""
+        tis = args.tis == "on" or (args.tis == "auto" and args.engine == "vllm")
+        knobs = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "tis"}
+        return cls(**knobs, tis=tis)
+
+
+def grpo_update(policy, ref, opt, samples: Samples, advantages, cfg: UpdateConfig, generator):
     """
-    Train on one rollout `out` (sample.Rollout, this rank's rows) with its advantages (B,): policy
-    and ref are Policy modules (DDP/FSDP-wrapped or not; ref None with --beta 0). A mini-batch whose
-    loss or gradient norm is not finite takes no optimiser step (counted in skipped_steps). Returns
-    the loss and grad norm averaged over the steps taken, and the metrics over all tokens.
+    Train on one rollout's `samples` (this rank's B rows) with their advantages (B,): policy and
+    ref are Policy modules (DDP/FSDP-wrapped or not; ref None with beta 0). A mini-batch whose loss
+    or gradient norm is not finite takes no optimiser step (counted in skipped_steps). Returns the
+    loss and grad norm averaged over the steps taken, and the metrics over all tokens.
     """
-    batch, mask = out.batch, out.sampled_mask                        # (B, C) each, this rank's rows; 0 on tool output
-    if args.mask_truncated:
-        mask = mask * ~out.truncated[:, None]                         # cut-off outputs get no loss
+    batch, mask = samples.batch, samples.sampled_mask                # (B, C) each; 0 on tool output
+    if cfg.mask_truncated:
+        mask = mask * ~samples.truncated[:, None]                   # cut-off outputs get no loss
     B = mask.size(0)
-    micro = args.micro_batch or B // args.minibatches
+    micro = cfg.micro_batch or B // cfg.minibatches
     everything = torch.arange(B).split(micro)
     # pi_theta_old (unless a single step is its own and no importance weight needs it) and pi_ref,
     # before the first update
-    tis = tis_on(args)
-    single = args.ppo_epochs * args.minibatches == 1 and not tis
-    old_logp = None if single else logprobs_in_chunks(policy, batch, everything, args.temperature)
-    ref_logp = logprobs_in_chunks(ref, batch, everything, args.temperature) if args.beta > 0 else None
-    is_w = grpo.tis_weights(old_logp, out.sampler_logp, args.tis_cap) if tis else None  # (B, C)
+    single = cfg.ppo_epochs * cfg.minibatches == 1 and not cfg.tis
+    old_logp = None if single else logprobs_in_chunks(policy, batch, everything, cfg.temperature)
+    ref_logp = logprobs_in_chunks(ref, batch, everything, cfg.temperature) if cfg.beta > 0 else None
+    is_w = grpo.tis_weights(old_logp, samples.sampler_logp, cfg.tis_cap) if cfg.tis else None
+    rows = dict(old_logp=old_logp, ref_logp=ref_logp, advantages=advantages, mask=mask,
+                is_weights=is_w)  # each (B, ...): what a micro-batch picks its rows of
     stats, losses, norms, skipped = UpdateStats(mask.device), [], [], 0
-    for _ in range(args.ppo_epochs):
-        for mb in torch.randperm(B, generator=generator).chunk(args.minibatches):  # (B / minibatches,) rows
-            norm = dist.all_sum(grpo.loss_normalizer(args.loss_type, mask[mb], args.max_new_tokens))
-            loss_of = partial(micro_batch_loss, policy, out, old_logp, ref_logp, is_w, advantages, mask, norm, args,
-                              stats)
-            loss, grad_norm, stepped = runs.optimizer_step(policy, opt, mb.split(micro), loss_of, args.grad_clip)
+    for _ in range(cfg.ppo_epochs):
+        # mb: (B / minibatches,) rows, one optimiser step
+        for mb in torch.randperm(B, generator=generator).chunk(cfg.minibatches):
+            norm = dist.all_sum(grpo.loss_normalizer(cfg.loss_type, mask[mb], cfg.max_new_tokens))
+            loss_of = partial(micro_batch_loss, policy, samples, rows, norm, cfg, stats)
+            loss, grad_norm, stepped = runner.optimizer_step(policy, opt, mb.split(micro), loss_of,
+                                                             cfg.grad_clip)
             if stepped:
                 losses.append(loss), norms.append(grad_norm)
             else:
                 skipped += 1
     mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
-    return {"loss": mean(losses), "grad_norm": mean(norms), "skipped_steps": skipped, **stats.means(),
-            **({} if is_w is None else tis_stats(is_w, mask))}
-
-
-def tis_on(args) -> bool:
-    """--tis auto: on exactly when another engine samples."""
-    return args.tis == "on" or (args.tis == "auto" and args.engine == "vllm")
+    return {"loss": mean(losses), "grad_norm": mean(norms), "skipped_steps": skipped,
+            **stats.means(), **({} if is_w is None else tis_stats(is_w, mask))}
 
 
 def tis_stats(is_w, mask) -> dict:
     """The importance weights' mean, min and max over every rank's completion tokens."""
     w = torch.cat(dist.gather_object(is_w[mask.bool()].cpu()))  # (tokens of all ranks,)
-    return {"tis_mean": w.mean().item(), "tis_min": w.min().item(), "tis_max": w.max().item()} if w.numel() else {}
+    if not w.numel():
+        return {}
+    return {"tis_mean": w.mean().item(), "tis_min": w.min().item(), "tis_max": w.max().item()}
 
 
-def micro_batch_loss(policy, out, old_logp, ref_logp, is_w, advantages, mask, norm, args, stats, idx):
-    """eq. 1-2 on the rows idx: their share of the mini-batch's loss (divided by its normaliser)."""
-    pick = lambda x: None if x is None else x[idx]  # noqa: E731
-    loss, m, logp, entropy = policy(out.batch.select(idx), args.temperature, grpo=dict(
-        old_logp=pick(old_logp), ref_logp=pick(ref_logp), advantages=advantages[idx], mask=mask[idx],
-        eps_low=args.clip_eps, eps_high=args.clip_eps_high, beta=args.beta, loss_type=args.loss_type, normalizer=norm,
-        is_weights=pick(is_w)))
-    stats.add(m, entropy * mask[idx], logp, out.sampler_logp[idx], out.sampled_mask[idx])
-    return loss
+def micro_batch_loss(policy, samples, rows, normalizer, cfg, stats, idx):
+    """eq. 1-2 on the rows idx: their share of the mini-batch's loss (divided by its normaliser).
+    rows: the per-row tensors of the whole rollout (None where a term is off)."""
+    picked = {k: None if v is None else v[idx] for k, v in rows.items()}
+    terms = LossTerms(**picked, normalizer=normalizer, eps_low=cfg.clip_eps,
+                      eps_high=cfg.clip_eps_high, beta=cfg.beta, loss_type=cfg.loss_type)
+    out = policy_loss(policy, samples.batch.select(idx), cfg.temperature, terms)
+    stats.add(out.metrics, out.entropy * picked["mask"], out.logp, samples.sampler_logp[idx],
+              samples.sampled_mask[idx])
+    return out.loss
 
 
 class UpdateStats:
@@ -121,7 +137,8 @@ class UpdateStats:
 
     def add(self, m, entropy, logp, sampler_logp, valid):
         n = m["tokens"]  # grpo_metrics are means over this micro-batch's tokens: back to sums
-        self.sums += torch.stack([m["kl"] * n, m["ratio"] * n, m["clip_low"] * n, m["clip_high"] * n, entropy.sum(), n])
+        self.sums += torch.stack([m["kl"] * n, m["ratio"] * n, m["clip_low"] * n,
+                                  m["clip_high"] * n, entropy.sum(), n])
         if self.diff is None:
             gap = (logp - sampler_logp).abs() * valid
             self.diff = torch.stack([gap.sum() / valid.sum().clamp(min=1), gap.max()])  # mean, max
@@ -137,24 +154,58 @@ class UpdateStats:
 @torch.no_grad()
 def logprobs_in_chunks(policy, batch, rows, temperature):
     """The log-probs (B, C) of the batch's completions, computed rows at a time (no gradient)."""
-    return torch.cat([policy(batch.select(idx), temperature) for idx in rows])
+    return torch.cat([policy_logprobs(policy, batch.select(idx), temperature) for idx in rows])
 
 
 # -----------------------------------------------------------------------------
 # the trainable module and the reference
 
+@dataclass
+class LossTerms:
+    """What eq. 1-2 need beside the policy's own log-probs, for the b rows of one micro-batch."""
+    old_logp: torch.Tensor | None    # (b, C) pi_theta_old; None: on-policy (rho = 1)
+    ref_logp: torch.Tensor | None    # (b, C) pi_ref; None without the KL term
+    advantages: torch.Tensor         # (b,) eq. 3
+    mask: torch.Tensor               # (b, C) 1 on the sampled tokens that have a loss
+    normalizer: torch.Tensor | float | None = None  # the whole mini-batch's (grpo.loss_normalizer)
+    is_weights: torch.Tensor | None = None  # (b, C) importance weights (grpo.tis_weights), or None
+    eps_low: float = 0.2
+    eps_high: float | None = None
+    beta: float = 0.0
+    loss_type: str = "grpo"
+
+
+@dataclass
+class PolicyOutput:
+    logp: torch.Tensor                # (b, C) log pi_theta of each completion token, 0 on padding
+    entropy: torch.Tensor | None      # (b, C) of each next-token distribution, or None
+    loss: torch.Tensor | None = None  # the GRPO loss of these rows (policy_loss only)
+    metrics: dict | None = None       # grpo.grpo_metrics of these rows (policy_loss only)
+
+
 class Policy(nn.Module):
-    """The module DDP / FSDP wrap: forward = the log-probs (and entropy) of a batch's completions,
-    or with grpo (completion_grpo_loss's arguments after temperature) their GRPO loss."""
+    """The module DDP / FSDP wrap. Their hooks run only in a forward call, so both of its jobs go
+    through forward: call it as policy_logprobs(policy, ...) or policy_loss(policy, ...)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, batch, temperature=1.0, entropy=False, grpo=None):
-        if grpo is not None:
-            return completion_grpo_loss(self.model, batch, temperature, **grpo)
-        return completion_logprobs(self.model, batch, temperature, entropy)
+    def forward(self, batch, temperature=1.0, terms: LossTerms | None = None) -> PolicyOutput:
+        if terms is None:
+            return PolicyOutput(completion_logprobs(self.model, batch, temperature), None)
+        return completion_grpo_loss(self.model, batch, temperature, terms)
+
+
+def policy_logprobs(policy, batch, temperature=1.0) -> torch.Tensor:
+    """The policy's log-probs (b, C) of a batch's completions."""
+    return policy(batch, temperature).logp
+
+
+def policy_loss(policy, batch, temperature, terms: LossTerms) -> PolicyOutput:
+    """The policy's GRPO loss of a batch's completions, with their log-probs and entropy (detached)
+    and the metrics to watch."""
+    return policy(batch, temperature, terms)
 
 
 def wrap_policy(model, fsdp: bool):
@@ -176,7 +227,8 @@ def reference(model, dtype, fsdp: bool, state=None):
 
 def reset_reference(ref, policy):
     """--ref_update_every: the reference becomes the current policy."""
-    ref.load_state_dict(policy.module.state_dict() if hasattr(policy, "module") else policy.state_dict())
+    module = policy.module if hasattr(policy, "module") else policy  # DDP's wrapper, or none
+    ref.load_state_dict(module.state_dict())
 
 
 def shard_model(model):
@@ -193,33 +245,35 @@ def shard_model(model):
 def completion_logprobs(model, batch: Batch, temperature=1.0, entropy=False):
     """The trainer's log pi(o_t | q, o_<t) of every completion token, (B, C), 0 on padding; with
     entropy=True also the entropy (B, C) of each next-token distribution, for logging. On CUDA the
-    (B, C, V) logits are never materialised (kernels/fused_linear.py)."""
-    h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): the states that predict each token
-    out = kernels.logprobs_from_hidden(h, model.lm_head.weight, batch.completions, temperature, with_entropy=entropy)
+    (B, C, V) logits are never materialised (grpo_kernels/fused_linear.py)."""
+    h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): the states predicting each token
+    out = grpo_kernels.logprobs_from_hidden(h, model.lm_head.weight, batch.completions, temperature,
+                                            with_entropy=entropy)
     mask = batch.completion_mask
     return (out[0] * mask, out[1] * mask) if entropy else out * mask
 
 
-def completion_grpo_loss(model, batch: Batch, temperature, old_logp, ref_logp, advantages, mask, eps_low=0.2,
-                         eps_high=None, beta=0.0, loss_type="grpo", normalizer=None, is_weights=None):
-    """The trainer's GRPO loss (grpo.grpo_loss, eq. 1-2) of the batch's completions, old_logp=None
-    meaning on-policy (pi_theta_old = pi_theta). Returns (loss, metrics, logp, entropy), the last
-    two (B, C) detached. On CUDA in one pass from the hidden states (kernels.linear_grpo_loss, with
-    each token's weight from grpo.token_weights): the logits are never held, nor recomputed for the
-    backward; elsewhere the reference path, completion_logprobs then grpo.grpo_loss."""
-    if kernels.fast(model.lm_head.weight):
-        h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): the states that predict each token
-        weights = grpo.token_weights(mask, loss_type, normalizer)
-        if is_weights is not None:
-            weights = weights * is_weights  # grpo_loss's per-token factor, as a weight of the fused loss
-        loss, logp, entropy = kernels.linear_grpo_loss(h, model.lm_head.weight, batch.completions, old_logp, ref_logp,
-                                                       advantages, weights, eps_low, eps_high, beta,
-                                                       temperature=temperature, with_entropy=True)
+def completion_grpo_loss(model, batch: Batch, temperature, terms: LossTerms) -> PolicyOutput:
+    """The trainer's GRPO loss (grpo.grpo_loss, eq. 1-2) of the batch's completions. On CUDA in one
+    pass from the hidden states (grpo_kernels.linear_grpo_loss, with each token's weight from
+    grpo.token_weights): the logits are never held, nor recomputed for the backward; elsewhere the
+    reference path, completion_logprobs then grpo.grpo_loss."""
+    T, old_logp, ref_logp = terms, terms.old_logp, terms.ref_logp
+    A, mask = terms.advantages, terms.mask  # (B,), (B, C)
+    if grpo_kernels.fast(model.lm_head.weight):
+        h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): states predicting each token
+        weights = grpo.token_weights(mask, T.loss_type, T.normalizer)
+        if T.is_weights is not None:  # grpo_loss's per-token factor, as a weight of the fused loss
+            weights = weights * T.is_weights
+        loss, logp, entropy = grpo_kernels.linear_grpo_loss(
+            h, model.lm_head.weight, batch.completions, old_logp, ref_logp, A, weights, T.eps_low,
+            T.eps_high, T.beta, temperature=temperature, with_entropy=True)
         logp, entropy = logp * batch.completion_mask, entropy * batch.completion_mask
-        metrics = grpo.grpo_metrics(logp, logp if old_logp is None else old_logp, ref_logp, advantages, mask,
-                                    eps_low, eps_high)
-        return loss, metrics, logp, entropy
+        metrics = grpo.grpo_metrics(logp, logp if old_logp is None else old_logp, ref_logp, A, mask,
+                                    T.eps_low, T.eps_high)
+        return PolicyOutput(logp, entropy, loss, metrics)
     logp, entropy = completion_logprobs(model, batch, temperature, entropy=True)
-    loss, metrics = grpo.grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages, mask,
-                                   eps_low, eps_high, beta, loss_type, normalizer, is_weights)
-    return loss, metrics, logp.detach(), entropy
+    old = logp.detach() if old_logp is None else old_logp
+    loss, metrics = grpo.grpo_loss(logp, old, ref_logp, A, mask, T.eps_low, T.eps_high, T.beta,
+                                   T.loss_type, T.normalizer, T.is_weights)
+    return PolicyOutput(logp.detach(), entropy, loss, metrics)

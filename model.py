@@ -1,31 +1,25 @@
 """
-A compact decoder-only transformer: the policy (and reference) model of GRPO.
-
-RMSNorm (pre-norm), rotary position embeddings, grouped-query attention through
-F.scaled_dot_product_attention, a SwiGLU MLP, optionally tied input/output embeddings; the
-shape of Llama / Qwen2.5. No dropout anywhere: the sampler and the trainer must compute the same
-log-probs for the same tokens (GRPO's ratio is pi_theta / pi_theta_old of the same sequence).
+Transformer: a decoder-only transformer of the Llama / Qwen2.5 shape, the policy (and reference)
+model of GRPO: RMSNorm (pre-norm), rotary position embeddings, grouped-query attention through
+F.scaled_dot_product_attention, a SwiGLU MLP, optionally tied input/output embeddings. No dropout
+anywhere: the sampler and the trainer must compute the same log-probs for the same tokens (GRPO's
+ratio is pi_theta / pi_theta_old of the same sequence).
 
 forward(idx, pos, mask, past) returns the final hidden states and the key/value cache. `past` is
-either a KV cache being decoded or a prompt prefix shared by the whole batch: the prefix is run
-once with batch 1 and every row attends to it, which is how the sampler and the trainer
-(batch.py) avoid paying for the R1-Zero template once per row. A shared prefix is a list of
-per-layer (k, v) tensors that the rows' keys are concatenated to, so gradients flow through it in
-training; decoding writes into a preallocated KVCache in place (inference only). The output layer
-is separate (`lm_head`) so that callers compute logits only where they need them.
+either a KV cache being decoded (a preallocated KVCache written in place: inference only) or a
+prompt prefix shared by the whole batch, run once with batch 1: per-layer (k, v) tensors that the
+rows' keys are concatenated to, so gradients flow through it. That is how the sampler and the
+trainer (batch.py) avoid paying for the R1-Zero template once per row. The output layer is
+separate (`lm_head`) so that callers compute logits only where they need them.
 
-Presets: `tiny` trains on a laptop CPU (`nano`, smaller, is r1.py's distillation student); the
-others have the shapes of GPT-2 small and Qwen2.5-0.5B / 1.5B (vocabulary size always comes from
-the tokenizer). Pretrained bases are loaded by hf.py; what they need here is a config field per
-difference from the plain shape: `qkv_bias` (Qwen2), `head_dim` apart from n_embd / n_head and
-`qk_norm`, an RMSNorm over each head of q and k (Qwen3), `rope_scaling` of type "llama3" (Llama
-3.1 / 3.2: long wavelengths slowed down by `factor`, a smooth ramp between). In bf16 the norms'
-statistics and the rotary angles stay in fp32, as in Hugging Face's implementations.
-`build_model` assigns given weights to a model constructed on the meta device (no second copy).
-`grad_checkpointing = True` recomputes each block's activations in the backward instead of
-holding them (training only). This file knows no disk and no tokenizer: checkpoints are
-checkpoint.py's, Hugging Face directories hf.py's. Left out: sliding-window attention, mixture
-of experts and multi-head latent attention (DeepSeek-V3's), biases other than Qwen2's q, k, v.
+Presets: `tiny` trains on a laptop CPU (`nano` is r1/pipeline.py's distillation student); the
+others have the shapes of GPT-2 small and Qwen2.5-0.5B / 1.5B (vocabulary size: the tokenizer's).
+Pretrained bases (interop/hf.py) set a config field per difference: `qkv_bias` (Qwen2),
+`head_dim` and `qk_norm` (Qwen3), `rope_scaling` "llama3" (Llama 3.1 / 3.2). In bf16 the norms'
+statistics and the rotary angles stay in fp32, as in Hugging Face's. `build_model` assigns given
+weights to a model built on the meta device (no second copy); `grad_checkpointing = True`
+recomputes each block in the backward. No disk, no tokenizer here: checkpoint.py, interop/hf.py.
+Left out: sliding-window attention, mixture of experts, multi-head latent attention (DeepSeek-V3).
 
     python model.py tiny      # prints the preset's parameter count
 """
@@ -45,7 +39,7 @@ class ModelConfig:
     vocab_size: int = 262
     n_layer: int = 4
     n_head: int = 4
-    n_kv_head: int = 2          # grouped-query attention: n_head / n_kv_head queries share a key/value head
+    n_kv_head: int = 2          # grouped-query attention: n_head / n_kv_head queries per k/v head
     n_embd: int = 128
     ffn_hidden: int = 384       # SwiGLU inner width
     block_size: int = 640       # longest sequence (prompt + completion)
@@ -55,7 +49,8 @@ class ModelConfig:
     norm_eps: float = 1e-6
     head_dim: int = 0           # 0: n_embd // n_head (Qwen3 sets it apart)
     qk_norm: bool = False       # Qwen3: RMSNorm over each head of q and k, before the rotation
-    rope_scaling: dict | None = None  # Llama 3.1+: {"rope_type": "llama3", "factor", "low_freq_factor", ...}
+    # Llama 3.1+: {"rope_type": "llama3", "factor", "low_freq_factor", ...}
+    rope_scaling: dict | None = None
 
     @property
     def hd(self) -> int:
@@ -63,35 +58,41 @@ class ModelConfig:
 
 
 PRESETS = {
-    # full multi-head attention: at this size, separate key/value heads learn to copy operands far sooner
+    # full multi-head attention: at this size, separate key/value heads learn to copy
+    # operands far sooner
     "tiny": dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, ffn_hidden=384, block_size=640),
-    # the distillation student of r1.py: tiny at half its depth
+    # the distillation student of r1/pipeline.py: tiny at half its depth
     "nano": dict(n_layer=2, n_head=4, n_kv_head=4, n_embd=128, ffn_hidden=384, block_size=640),
-    "gpt2-small": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, ffn_hidden=2048, block_size=1024),
-    "qwen2.5-0.5b": dict(n_layer=24, n_head=14, n_kv_head=2, n_embd=896, ffn_hidden=4864, block_size=4096,
-                         rope_theta=1e6, qkv_bias=True),
-    "qwen2.5-1.5b": dict(n_layer=28, n_head=12, n_kv_head=2, n_embd=1536, ffn_hidden=8960, block_size=4096,
-                         rope_theta=1e6, qkv_bias=True),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, ffn_hidden=2048,
+                       block_size=1024),
+    "qwen2.5-0.5b": dict(n_layer=24, n_head=14, n_kv_head=2, n_embd=896, ffn_hidden=4864,
+                         block_size=4096, rope_theta=1e6, qkv_bias=True),
+    "qwen2.5-1.5b": dict(n_layer=28, n_head=12, n_kv_head=2, n_embd=1536, ffn_hidden=8960,
+                         block_size=4096, rope_theta=1e6, qkv_bias=True),
 }
 
 
 def rope_cos_sin(pos, head_dim, theta, scaling=None):
     """cos, sin of shape (B, 1, T, head_dim/2) for integer positions pos (B, T), in fp32."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32)
+                         / head_dim)
     if scaling is not None:
         inv_freq = llama3_scaled(inv_freq, **scaling)
     angles = pos.float()[:, None, :, None] * inv_freq  # (B, 1, T, head_dim/2)
     return angles.cos(), angles.sin()
 
 
-def llama3_scaled(inv_freq, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings, **_):
-    """Llama 3.1's context extension: frequencies whose wavelength exceeds original_max / low_freq_factor
-    are divided by `factor`, those shorter than original_max / high_freq_factor are kept, and the
-    ones between are interpolated linearly in original_max / wavelength."""
+def llama3_scaled(inv_freq, factor, low_freq_factor, high_freq_factor,
+                  original_max_position_embeddings, **_):
+    """Llama 3.1's context extension: frequencies whose wavelength exceeds original_max /
+    low_freq_factor are divided by `factor`, those shorter than original_max / high_freq_factor
+    are kept, and the ones between are interpolated linearly in original_max / wavelength."""
     wavelen = 2 * math.pi / inv_freq
-    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-    return torch.where(smooth >= 1, inv_freq, torch.where(smooth <= 0, inv_freq / factor,
-                                                          (1 - smooth) * inv_freq / factor + smooth * inv_freq))
+    smooth = ((original_max_position_embeddings / wavelen - low_freq_factor)
+              / (high_freq_factor - low_freq_factor))
+    return torch.where(smooth >= 1, inv_freq,
+                       torch.where(smooth <= 0, inv_freq / factor,
+                                   (1 - smooth) * inv_freq / factor + smooth * inv_freq))
 
 
 def apply_rope(x, cos, sin):
@@ -104,7 +105,8 @@ class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm computed in fp32 whatever the input's dtype (bf16 statistics lose too much)."""
 
     def forward(self, x):
-        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).type_as(x)
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(),
+                          self.eps).type_as(x)
 
 
 class KVCache:
@@ -135,7 +137,8 @@ class Attention(nn.Module):
         self.v = nn.Linear(c.n_embd, c.n_kv_head * self.head_dim, bias=c.qkv_bias)
         self.o = nn.Linear(c.n_head * self.head_dim, c.n_embd, bias=False)
         if c.qk_norm:
-            self.q_norm, self.k_norm = RMSNorm(self.head_dim, eps=c.norm_eps), RMSNorm(self.head_dim, eps=c.norm_eps)
+            self.q_norm, self.k_norm = (RMSNorm(self.head_dim, eps=c.norm_eps),
+                                        RMSNorm(self.head_dim, eps=c.norm_eps))
         self.qk_norm = c.qk_norm
 
     def forward(self, x, cos, sin, mask, past):
@@ -154,9 +157,11 @@ class Attention(nn.Module):
             pk, pv = past
             k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)  # (B, Hkv, P+T, hd)
             v = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and past is None,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           is_causal=mask is None and past is None,
                                            enable_gqa=self.n_kv_head != self.n_head)
-        return self.o(y.transpose(1, 2).reshape(B, T, -1)), past if isinstance(past, KVCache) else (k, v)
+        return (self.o(y.transpose(1, 2).reshape(B, T, -1)),  # (B, T, H*hd) -> (B, T, C)
+                past if isinstance(past, KVCache) else (k, v))
 
 
 class MLP(nn.Module):
@@ -184,14 +189,17 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), kv
 
 
-class GPT(nn.Module):
+class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
         if (not c.head_dim and c.n_embd % c.n_head) or c.n_head % c.n_kv_head or c.hd % 2:
-            raise ValueError("need n_embd divisible by n_head (or a head_dim), n_head by n_kv_head, and an even head size")
-        if c.rope_scaling is not None and c.rope_scaling.get("rope_type", c.rope_scaling.get("type")) != "llama3":
-            raise ValueError(f"unsupported rope_scaling {c.rope_scaling}: only rope_type llama3 is implemented")
+            raise ValueError("need n_embd divisible by n_head (or a head_dim), n_head by "
+                             "n_kv_head, and an even head size")
+        if (c.rope_scaling is not None
+                and c.rope_scaling.get("rope_type", c.rope_scaling.get("type")) != "llama3"):
+            raise ValueError(f"unsupported rope_scaling {c.rope_scaling}: only rope_type llama3 is "
+                             f"implemented")
         self.embed = nn.Embedding(c.vocab_size, c.n_embd)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.n_embd, eps=c.norm_eps)
@@ -199,7 +207,8 @@ class GPT(nn.Module):
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.apply(self._init)
-        for block in self.blocks:  # residual branches scaled down so the stream's variance stays O(1)
+        # residual branches scaled down so the stream's variance stays O(1)
+        for block in self.blocks:
             for proj in (block.attn.o, block.mlp.down):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * c.n_layer))
         self.grad_checkpointing = False  # training only: recompute each block in the backward
@@ -227,13 +236,15 @@ class GPT(nn.Module):
             raise ValueError("several new tokens after a past need an explicit mask")
         if pos is None:
             pos = torch.arange(P, P + T, device=idx.device).expand(B, T)
-        cos, sin = rope_cos_sin(pos, self.config.hd, self.config.rope_theta, self.config.rope_scaling)
+        cos, sin = rope_cos_sin(pos, self.config.hd, self.config.rope_theta,
+                                self.config.rope_scaling)
         x = self.embed(idx)
         cache = []
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             layer_past = None if past is None else past[i]
-            if recompute and not isinstance(layer_past, KVCache):  # a KVCache is written in place: never re-run
+            # a KVCache is written in place: never re-run
+            if recompute and not isinstance(layer_past, KVCache):
                 x, kv = checkpoint(block, x, cos, sin, mask, layer_past, use_reentrant=False)
             else:
                 x, kv = block(x, cos, sin, mask, layer_past)
@@ -241,35 +252,38 @@ class GPT(nn.Module):
         return self.norm(x), cache
 
 
-def make_model(preset: str, vocab_size: int, **overrides) -> GPT:
+def make_model(preset: str, vocab_size: int, **overrides) -> Transformer:
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset '{preset}': choose from {', '.join(PRESETS)}")
-    return GPT(ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides}))
+    return Transformer(ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides}))
 
 
-def meta_model(config: ModelConfig) -> GPT:
+def meta_model(config: ModelConfig) -> Transformer:
     """The model on the meta device: its shapes, no storage. Its random init is skipped, as
     transformers' no_init_weights does: on meta the fills fill nothing, and torch's meta normal_
     imports torch._dynamo, 2 s of the start of every process that reads a checkpoint."""
     normal_ = nn.init.normal_
-    nn.init.normal_ = lambda tensor, *args, **kwargs: tensor  # GPT._init's and nn.Embedding's
+    # Transformer._init's and nn.Embedding's
+    nn.init.normal_ = lambda tensor, *args, **kwargs: tensor
     try:
         with torch.device("meta"):
-            return GPT(config)
+            return Transformer(config)
     finally:
         nn.init.normal_ = normal_
 
 
 def parameter_count(config: ModelConfig) -> int:
-    """The model's number of parameters (tied ones once), counted on the meta device: nothing is allocated."""
+    """The model's number of parameters (tied ones once), counted on the meta device: nothing is
+    allocated."""
     return sum(p.numel() for p in meta_model(config).parameters())
 
 
-def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
+def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> Transformer:
     """A model (eval mode) holding the weights weight(name) -> tensor (read lazily, one at a time;
     it raises for a missing one), in dtype (default: theirs), on device. The model is constructed
     on the meta device and the weights assigned, so no random weights are allocated first (and a
-    caller checks the size, model.parameter_count, against the device's memory before: hf.py)."""
+    caller checks the size, model.parameter_count, against the device's memory before:
+    interop/hf.py)."""
     model = meta_model(config)
     expected = model.state_dict()
     names = [n for n in expected if not (config.tie_embeddings and n == "lm_head.weight")]
@@ -277,7 +291,8 @@ def build_model(config: ModelConfig, weight, device="cpu", dtype=None) -> GPT:
     for n in names:
         t = weight(n)
         if t.shape != expected[n].shape:
-            raise ValueError(f"weight {n} has shape {tuple(t.shape)}, the config needs {tuple(expected[n].shape)}")
+            raise ValueError(f"weight {n} has shape {tuple(t.shape)}, the config needs "
+                             f"{tuple(expected[n].shape)}")
         weights[n] = t.to(device=device, dtype=dtype or t.dtype)
     model.load_state_dict(weights, strict=False, assign=True)
     if config.tie_embeddings:  # assigning replaced the shared parameter: share it again

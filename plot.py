@@ -3,11 +3,11 @@ Training curves in the spirit of the R1-Zero figures: reward, accuracy, mean res
 the share of responses that reflect (reflection.py) against RL step, from a run's log.jsonl
 (log.jsonl is the source of truth: every figure is drawn from it). A line a crash tore (at most
 the last one) is skipped and reported; a run still going is redrawn every few seconds with
---follow. `plot_runs` puts the first steps of several runs side by side (r1.py's cold start
+--follow. `plot_runs` puts the first steps of several runs side by side (r1/pipeline.py's cold start
 against R1-Zero). Left out: the trackers (TensorBoard, W&B): log.jsonl is the source.
 
-    python plot.py out/<run>              # writes out/<run>/curves.png (train.py calls this at the end)
-    python plot.py out/<run> --follow     # redraws it every 10 s while the run goes on (Ctrl-C ends)
+    python plot.py out/<run>            # writes out/<run>/curves.png (train.py calls it at the end)
+    python plot.py out/<run> --follow   # redraws it every 10 s while the run goes on (Ctrl-C ends)
 """
 
 import os
@@ -19,16 +19,18 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from runs import Parser, atomic_write, read_jsonl  # noqa: E402
+from runner import Parser, atomic_write, read_jsonl  # noqa: E402
 
 
 def read_log(run_dir):
     path = os.path.join(run_dir, "log.jsonl")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: no log found: {path}: give the directory of a run, e.g. out/<run>")
+        raise FileNotFoundError(f"no log found: {path}: give the directory of a run, "
+                                f"e.g. out/<run>")
     records, torn = read_jsonl(path)
     if torn:  # a run killed mid-write, or one writing right now
-        print(f"note: skipped {len(torn)} torn line(s) of {path} (line {', '.join(map(str, torn))})", file=sys.stderr)
+        print(f"note: skipped {len(torn)} torn line(s) of {path} "
+              f"(line {', '.join(map(str, torn))})", file=sys.stderr)
     return records
 
 
@@ -38,22 +40,27 @@ def series(records, key):
 
 
 def smooth(values, k=5):
-    return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
+    return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1])
+            for i in range(len(values))]
 
 
 def plot_run(run_dir):
     records = read_log(run_dir)
     panels = [
         ("reward", "reward (accuracy + format)", [("reward", "train, per step")]),
-        ("accuracy", "accuracy", [("accuracy", "train, per step"), ("eval_accuracy", "held-out pass@1")]),
-        ("length", "mean response length (tokens)", [("length", "train, per step"), ("eval_length", "held-out")]),
-        ("reflection", "responses that recheck an earlier step", [("reflection", "train, per step"),
-                                                                   ("eval_reflection", "held-out")]),
+        ("accuracy", "accuracy", [("accuracy", "train, per step"),
+                                  ("eval_accuracy", "held-out pass@1")]),
+        ("length", "mean response length (tokens)", [("length", "train, per step"),
+                                                     ("eval_length", "held-out")]),
+        ("reflection", "responses that recheck an earlier step",
+         [("reflection", "train, per step"), ("eval_reflection", "held-out")]),
     ]
-    if any("tool_share" in r for r in records):  # a run with tool calls (tools.py): two panels more
-        panels += [("tools", "rollouts that call the interpreter", [("tool_share", "train, per step"),
-                                                                    ("eval_tool_share", "held-out")]),
-                   ("tool_acc", "accuracy: calling vs not (train)", [("acc_tool", "calls"), ("acc_no_tool", "no call")])]
+    # a run with tool calls (engines/tools.py): two panels more
+    if any("tool_share" in r for r in records):
+        panels += [("tools", "rollouts that call the interpreter",
+                    [("tool_share", "train, per step"), ("eval_tool_share", "held-out")]),
+                   ("tool_acc", "accuracy: calling vs not (train)", [("acc_tool", "calls"),
+                                                                     ("acc_no_tool", "no call")])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.75 * len(panels), 4.2))
     for ax, (_, title, keys) in zip(axes, panels):
         for key, label in keys:
@@ -83,7 +90,8 @@ def plot_runs(runs, keys, n, path):
         log = [r for r in read_log(run_dir) if "reward" in r][:n]
         for ax, key in zip(axes[0], keys):
             ax.plot([r["step"] for r in log], [r[key] for r in log], label=label)
-            ax.set_xlabel("RL step"), ax.set_title(f"train {key.removeprefix('reward_')} (per step)")
+            ax.set_xlabel("RL step")
+            ax.set_title(f"train {key.removeprefix('reward_')} (per step)")
     axes[0, 0].legend()
     return save(fig, path)
 
@@ -98,12 +106,15 @@ def save(fig, path):
 def main(argv=None):
     parser = Parser(description="Draw a run's curves.png from its log.jsonl.")
     parser.add_argument("run_dir", help="the run's directory, e.g. out/<run>")
-    parser.add_argument("--follow", action="store_true", help="redraw every --every seconds until Ctrl-C")
-    parser.add_argument("--every", type=float, default=10.0, help="seconds between redraws with --follow")
+    parser.add_argument("--follow", action="store_true",
+                        help="redraw every --every seconds until Ctrl-C")
+    parser.add_argument("--every", type=float, default=10.0,
+                        help="seconds between redraws with --follow")
     args = parser.parse_args(argv)
     if args.every <= 0:
         parser.error("--every must be > 0")
-    print(plot_run(args.run_dir), flush=True)
+    with parser.errors():
+        print(plot_run(args.run_dir), flush=True)
     try:
         while args.follow:
             time.sleep(args.every)

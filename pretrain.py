@@ -3,7 +3,7 @@ The base model: the miniature of the pretrained LM that R1-Zero starts from.
 
 The paper's RL starts from DeepSeek-V3-Base, which learned from web-scale text both to reason and
 to follow the template zero-shot. Here a tiny transformer learns, by next-token prediction, the
-corpus of tasks.py in three phases: textbook documents alone (the task's written solution, for
+corpus of tasks/ in three phases: textbook documents alone (the task's written solution, for
 addition a first attempt and its recheck: the skill); then, for the last --template_frac of the
 steps, half of each batch templated, first all long answers (the skill carried over into the
 template's context, where a copy of the question learned on short documents did not transfer by
@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from batch import forward_rows, pack
 from checkpoint import load_checkpoint, save_checkpoint
 from model import make_model
-from runs import lr_at
+from runner import lr_at
 from tasks import TASKS
 
-# every flag the base model depends on: the cache key (with its task's own, tasks.py's base_flags)
-BASE_FLAGS = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps", "base_batch",
-              "base_lr", "template_frac"]
+# every flag the base model depends on: the cache key (with its task's own, tasks/'s base_flags)
+BASE_FLAGS = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps",
+              "base_batch", "base_lr", "template_frac"]
 
 
 def lm_loss(model, tok, packs, device):
@@ -43,7 +43,8 @@ def lm_loss(model, tok, packs, device):
     prefix is the template: the same in every document, and run once per batch)."""
     total, count = 0.0, 0
     for docs in packs:
-        batch = pack([tok.encode(p) for p, _ in docs], [tok.encode(c) + [tok.eot] for _, c in docs], tok.pad, device)
+        batch = pack([tok.encode(p) for p, _ in docs], [tok.encode(c) + [tok.eot] for _, c in docs],
+                     tok.pad, device)
         logits = model.lm_head(forward_rows(model, batch)[:, :-1])  # (B, S-1, V)
         targets, keep = batch.rows[:, 1:], batch.valid[:, 1:] & batch.valid[:, :-1]
         total = total + F.cross_entropy(logits[keep], targets[keep], reduction="sum")
@@ -53,13 +54,14 @@ def lm_loss(model, tok, packs, device):
 
 def cache_path(args):
     flags = BASE_FLAGS + TASKS[args.task].base_flags
-    key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in flags}, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in flags},
+                                  sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(args.out_dir, "cache", f"base-{key}.pt")
 
 
 def base_model(args, tok, task, device, log=print, stop=None):
     """The base model for these flags: loaded from the cache, or trained and cached. A stop request
-    (runs.StopSignal) ends it at the next step: the base stage is cached only when it is done."""
+    (runner.StopSignal) ends it at the next step: the base stage is cached only when it is done."""
     path = cache_path(args)
     if os.path.isfile(path) and not args.no_cache:
         log(f"base model: reusing {path}")
@@ -67,38 +69,46 @@ def base_model(args, tok, task, device, log=print, stop=None):
     torch.manual_seed(args.seed)
     model = make_model(args.model, tok.vocab_size).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"base model: {n_params / 1e6:.2f}M parameters, {args.base_steps} steps x {args.base_batch} documents")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    log(f"base model: {n_params / 1e6:.2f}M parameters, {args.base_steps} steps x "
+        f"{args.base_batch} documents")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95),
+                            weight_decay=0.1)
     # a curriculum in three phases. 1: the skill, on short textbook documents. Then half of each
-    # step's documents are templated (a pack of their own: they share the template): 2: all worked,
-    # which carries the skill over to the template's context; 3: the style mixture of the corpus,
-    # which teaches the model to rarely use it when asked plainly
+    # step's documents are templated (a pack of their own: they share the template): 2: long
+    # answers only (attempts and rechecks), which carries the skill over to the template's
+    # context; 3: the style mixture of the corpus, which teaches the model to rarely use it when
+    # asked plainly
     n_template, half = round(args.template_frac * args.base_steps), args.base_batch // 2
     start_2, start_3 = args.base_steps - n_template, args.base_steps - n_template // 2
     textbook = iter(task.textbook(args.base_steps * args.base_batch, seed=args.seed))
-    worked = iter(task.corpus((start_3 - start_2) * half, seed=args.seed, style_weights=(0, 0.3, 0.7)))
+    long_only = iter(task.corpus((start_3 - start_2) * half, seed=args.seed,
+                                 style_weights=(0, 0.3, 0.7)))
     corpus = iter(task.corpus((args.base_steps - start_3) * half, seed=args.seed))
     take = lambda it, k: [next(it) for _ in range(k)]  # noqa: E731
     t0 = time.time()
     for step in range(args.base_steps):
         if stop is not None and stop.name:
-            raise SystemExit(f"stopped by {stop.name} in the base stage at step {step}/{args.base_steps}: nothing "
-                             f"to resume (it is cached only when done); the same command starts it again")
+            raise SystemExit(f"stopped by {stop.name} in the base stage at step "
+                             f"{step}/{args.base_steps}: nothing to resume (it is cached only when "
+                             f"done); the same command starts it again")
         if step < start_2:
             packs = [take(textbook, args.base_batch)]
         else:
-            packs = [take(textbook, args.base_batch - half), take(worked if step < start_3 else corpus, half)]
+            packs = [take(textbook, args.base_batch - half),
+                     take(long_only if step < start_3 else corpus, half)]
         loss = lm_loss(model, tok, packs, device)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.base_steps, args.base_lr, warmup=max(1, args.base_steps // 20))
+            g["lr"] = lr_at(step, args.base_steps, args.base_lr,
+                            warmup=max(1, args.base_steps // 20))
         # one process (under torchrun, rank 0 while the others wait): a plain step, not the
-        # collective runs.optimizer_step of the RL and SFT stages
+        # collective runner.optimizer_step of the RL and SFT stages
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == args.base_steps - 1:
-            log(f"base {step:4d}/{args.base_steps} | loss {loss.item():.3f} | {time.time() - t0:5.1f}s")
+            log(f"base {step:4d}/{args.base_steps} | loss {loss.item():.3f} | "
+                f"{time.time() - t0:5.1f}s")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir)
     return model.eval()
@@ -106,6 +116,6 @@ def base_model(args, tok, task, device, log=print, stop=None):
 
 def longest_document(task, tok):
     """The most tokens a base-corpus document takes (pretrain.py), over a sample of the longest
-    style: a guess, then the worked solution."""
+    style: a guess, then the careful solution."""
     docs = task.textbook(64, seed=0) + task.corpus(256, seed=0, style_weights=(0, 0, 1))
     return max(len(tok.encode(p)) + len(tok.encode(c)) + 1 for p, c in docs)  # + <|endoftext|>

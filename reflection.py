@@ -9,16 +9,16 @@ A phrase list alone is not enough: "Wait, I know this one." says "wait" and chec
 the test is structural: inside the thought, a recheck phrase (MARKERS) followed by a second look at
 something written BEFORE it, either
 
-    a step redone:    an arithmetic step of the first pass (`7+8`) worked again after the phrase, or
-    a result judged:  a number of the first pass named again with a verdict (`not 75`, `75 is right`,
-                      `as before`, `75 was wrong`).
+    a step redone:    an arithmetic step of the first pass (`7+8`) worked again after it, or
+    a result judged:  a number of the first pass named again with a verdict (`not 75`,
+                      `75 is right`, `as before`, `75 was wrong`).
 
 What it leaves out: reflection in words only ("let me reconsider the approach") with no step or
 result to point at, and a check by another route that neither redoes an earlier step nor judges
-an earlier result (substituting x = 2 back into 2x + 3 = 7). It is a detector for arithmetic-style reasoning (the toy tasks, Countdown,
-GSM8K-like chains), not for prose; tests/test_reflection.py holds hand-written cases of each kind.
-Reflection is only measured here: no reward pays for it (train.py's rewards are the paper's
-accuracy + format).
+an earlier result (substituting x = 2 back into 2x + 3 = 7). It is a detector for
+arithmetic-style reasoning (the toy tasks, Countdown, GSM8K-like chains), not for prose;
+tests/test_reflection.py holds hand-written cases of each kind. Reflection is only measured here:
+no reward pays for it (train.py's rewards are the paper's accuracy + format).
 
     python reflection.py "<think> 7+8=15, so 5. Wait, let me recheck. 7+8=15, carry 1. </think>"
 """
@@ -28,13 +28,14 @@ import sys
 
 from rewards import thought
 
-MARKERS = re.compile(r"\b(wait|hold on|let me (?:re-?)?(?:check|verify|examine)|re-?check|double[- ]check|"
-                     r"check again|re-?evaluate|reconsider|on second thought)\b", re.IGNORECASE)
-STEP = re.compile(r"\d+(?:\s*[-+*/×]\s*\d+)+")         # an arithmetic step's left side: 7+8, 4+3+1, 9 * 5
+MARKERS = re.compile(r"\b(wait|hold on|let me (?:re-?)?(?:check|verify|examine)|re-?check|"
+                     r"double[- ]check|check again|re-?evaluate|reconsider|on second thought)\b",
+                     re.IGNORECASE)
+STEP = re.compile(r"\d+(?:\s*[-+*/×]\s*\d+)+")  # an arithmetic step's left side: 7+8, 4+3+1, 9 * 5
 NUMBER = r"(?<![\d.]){n}(?!\d|\.\d)"                  # n, not part of a longer number
 # a number judged: "not 75", "instead of 75", "75 is wrong", "75 was right", "75, as before"
-JUDGED = (r"(?:\bnot|\binstead of)\s+{num}|{num}\W+(?:(?:is|was)\s+)?(?:not\b|wrong|right|correct|a mistake|"
-          r"as before)")
+JUDGED = (r"(?:\bnot|\binstead of)\s+{num}|{num}\W+(?:(?:is|was)\s+)?"
+          r"(?:not\b|wrong|right|correct|a mistake|as before)")
 
 
 def squash(s: str) -> str:

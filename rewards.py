@@ -8,37 +8,18 @@ advantage 0 and is left out of its group's statistics, grpo.py). Add your own by
 function in any module and naming it on the command line:
 `python train.py --rewards accuracy:1,format:1,my_rewards.brevity:0.1`.
 
-format_reward   1.0 for `<think> ... </think> <answer> ... </answer>`: each of the four tags
-                exactly once, in that order, a non-empty answer, only whitespace outside them.
-accuracy_reward 1.0 when the final answer (the single <answer> block, its last \\boxed{} if any;
-                else the last \\boxed{} outside the thought) equals the reference, kept as the
-                task gives it (MATH: the boxed content); 0.0 for two answer blocks, a repeated
-                tag, or no answer, so that answering twice can never pay. What is checked how:
-                - both plain integers or decimals (" 042 " == "42", "1,234" == "1234", "0.50" ==
-                  ".5"): exactly, as Decimals, here (~5 us; the toy tasks score thousands a step);
-                - anything else: math-verify, the field's standard checker for real math answers
-                  (sympy underneath; ~3-50 ms): \\frac12 == 1/2 == 0.5, 2^{10} == 1024, 50\\% == 50,
-                  30^\\circ == 30, 5\\text{ cm} == 5, x = 3 == 3, intervals, "1, 2" == "2, 1"
-                  (solutions) but (1, 2) != (2, 1) (a point), x^2+2x == x(x+2), matrices,
-                  \\text{(A)} == (A) == A. The whole answer is one expression: "41, 42" is a set,
-                  never 42. Its leniencies: a decimal matches an exact value to 6 places, and units
-                  are dropped, not compared (tests/test_math_answers.py lists what it gets wrong).
-                Model output is untrusted: an answer over MAX_CHARS scores 0 unparsed; math-verify
-                runs in a worker process (math_equal) under its own SIGALRM limits, which work only
-                in a main thread (the worker's), with a memory cap and a DEADLINE past which it is
-                killed and replaced. So `10^{10^{10}}`, which never returns without a time limit,
-                scores 0 within seconds from any thread of the trainer. Any failure scores 0.
-rule_reward     eq. 4: reward_rule = reward_acc + reward_format.
-countdown_reward 1.0 when the answer is an arithmetic expression that uses each given number
-                exactly once and equals the target; parsed with ast, never eval'd.
-code_reward     the share of test cases the answer's program passes, run by sandbox.py in a
-                separate process with time, memory, output and process limits.
-language_reward eq. 7: the share of the chain of thought's words in the target language
-                (`language=` field, default English: Latin-script words; "zh": CJK characters);
-                None when the chain of thought holds no word at all (only digits and symbols).
+format_reward    1.0 for `<think> ... </think> <answer> ... </answer>`, each tag exactly once.
+accuracy_reward  1.0 when the final answer equals the reference: plain numbers exactly, here;
+                 anything else by math-verify, in a worker process with time and memory limits.
+rule_reward      eq. 4: reward_rule = reward_acc + reward_format.
+countdown_reward the answer uses each given number once and equals the target (ast, never eval).
+code_reward      the share of test cases the answer's program passes (engines/sandbox.py).
+language_reward  eq. 7: the share of the thought's words in the target language.
 
-Model-based rewards (eq. 5, 6, 8) are functions of the same convention that call a reward model:
-reward_model.py's PreferenceReward is train.py's `preference` (with --reward_model). Digits are ASCII only.
+Model output is untrusted: any failure scores 0, no answer can hang or crash the trainer
+(accuracy_reward says how). Model-based rewards (eq. 5, 6, 8) follow the same convention:
+r1/reward_model.py's PreferenceReward is train.py's `preference` (with --reward_model). Digits
+are ASCII only. docs/tasks-and-rewards.md: the rewards' fields and what math-verify accepts.
 
     python -m pytest tests/test_rewards.py tests/test_math_answers.py
 """
@@ -59,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from fractions import Fraction
 
-from sandbox import run_python
+from engines.sandbox import run_python
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 FORMAT = re.compile(r"\s*<think>.*</think>\s*<answer>(.*)</answer>\s*", re.DOTALL)
@@ -79,7 +60,8 @@ def thought(text: str, unclosed: bool = False):
     """The chain of thought: the inside of the first <think> ... </think>; with unclosed=True also
     of a <think> never closed (to the end: an output cut off at the length limit). None when there
     is none."""
-    m = re.search(r"<think>(.*?)(?:</think>|$)" if unclosed else r"<think>(.*?)</think>", text, re.DOTALL)
+    m = re.search(r"<think>(.*?)(?:</think>|$)" if unclosed else r"<think>(.*?)</think>", text,
+                  re.DOTALL)
     return m.group(1) if m else None
 
 
@@ -113,23 +95,31 @@ def extract_answer(text: str):
     return (boxed if boxed is not None else inner).strip()
 
 
-MAX_CHARS = 300       # longer answers score 0 unparsed: MATH's are short (a 2x2 matrix of fractions: ~90)
-TIMEOUT = 1           # seconds for each math-verify parse and comparison (SIGALRM: whole seconds)
-DEADLINE = 5.0        # seconds to wait for the worker's verdict (two parses and a comparison) before killing it
-WORKER_MEMORY = 2 << 30  # bytes of address space for the worker: a runaway integer is its MemoryError
-DELIMS = re.compile(r"(?<!\\)\$|(?<!\\)\\[()\[\]]")  # $ \( \) \[ \] around math; \$ is a dollar sign
-PLAIN = re.compile(r"[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?|[+-]?\.\d+", re.ASCII)  # 42, -0.5, 1,234.5, .5
+# longer answers score 0 unparsed: MATH's are short (a 2x2 matrix of fractions: ~90)
+MAX_CHARS = 300
+# seconds for each math-verify parse and comparison (SIGALRM: whole seconds)
+TIMEOUT = 1
+# seconds to wait for the worker's verdict (two parses and a comparison) before killing it
+DEADLINE = 5.0
+# bytes of address space for the worker: a runaway integer is its MemoryError
+WORKER_MEMORY = 2 << 30
+# $ \( \) \[ \] around math; \$ is a dollar sign
+DELIMS = re.compile(r"(?<!\\)\$|(?<!\\)\\[()\[\]]")
+# 42, -0.5, 1,234.5, .5
+PLAIN = re.compile(r"[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?|[+-]?\.\d+", re.ASCII)
 
 
 def plain_number(s: str):
     """The exact value of a plain integer or decimal ('42', '-0.50', '1,234'), else None."""
-    return Decimal(s.replace(",", "")) if PLAIN.fullmatch(s) else None  # exact, and 10x faster than Fraction
+    # exact, and 10x faster than Fraction
+    return Decimal(s.replace(",", "")) if PLAIN.fullmatch(s) else None
 
 
 def answers_match(given, reference: str) -> bool:
-    r"""Does the final answer equal the reference? Plain numbers on both sides (the toy tasks, GSM8K)
-    are compared exactly here; everything else (\frac, \sqrt, %, ^\circ, units, x = 3, intervals,
-    sets, tuples, matrices, \text{(A)}, expressions in any order) by math-verify in the worker."""
+    r"""Does the final answer equal the reference? Plain numbers on both sides (the toy tasks,
+    GSM8K) are compared exactly here; everything else (\frac, \sqrt, %, ^\circ, units, x = 3,
+    intervals, sets, tuples, matrices, \text{(A)}, expressions in any order) by math-verify in the
+    worker."""
     if given is None:
         return False
     given, reference = (" ".join(DELIMS.sub(" ", s).split()) for s in (given, reference))
@@ -145,8 +135,9 @@ _worker, _lock = None, threading.Lock()
 
 
 def start_worker():
+    # start_new_session: no Ctrl-C traceback from it
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)  # no Ctrl-C traceback from it
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
     if not select.select([proc.stdout], [], [], 120)[0] or proc.stdout.readline() != "ready\n":
         proc.kill()
         proc.communicate()
@@ -183,12 +174,14 @@ def serve():
     "1" or "0" a line out. In its main thread, so math-verify's own SIGALRM timeouts work."""
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
     logging.disable(logging.WARNING)  # math-verify logs each timeout; the verdict 0 says enough
-    # here, not at the top: only this worker process needs math-verify, so sympy stays out of the trainer
+    # here, not at the top: only this worker process needs math-verify,
+    # so sympy stays out of the trainer
     from math_verify import LatexExtractionConfig, parse, verify
     from math_verify.errors import TimeoutException
 
     def read(s):  # the whole answer as one LaTeX expression: "41, 42" is a set, never "42"
-        return parse(f"${s}$", [LatexExtractionConfig()], fallback_mode="no_fallback", parsing_timeout=TIMEOUT)
+        return parse(f"${s}$", [LatexExtractionConfig()], fallback_mode="no_fallback",
+                     parsing_timeout=TIMEOUT)
 
     out, sys.stdout = sys.stdout, sys.stderr  # only verdicts on the pipe
     print("ready", file=out, flush=True)
@@ -197,17 +190,38 @@ def serve():
             given, reference = json.loads(line)
             # verify(gold, prediction) is not symmetric: the reference goes first. Relations may
             # match sets: "-2 \le x \le 7" is [-2, 7], whichever side writes it
-            ok = verify(read(reference), read(given), timeout_seconds=TIMEOUT, allow_set_relation_comp=True)
+            ok = verify(read(reference), read(given), timeout_seconds=TIMEOUT,
+                        allow_set_relation_comp=True)
         except (Exception, TimeoutException):  # MemoryError, RecursionError, a timeout: 0
             ok = False
         print(int(ok), file=out, flush=True)
 
 
 def format_reward(prompts, completions, **fields) -> list[float]:
+    """1.0 for `<think> ... </think> <answer> ... </answer>`: each of the four tags exactly once, in
+    that order, a non-empty answer, only whitespace outside them."""
     return [float(is_formatted(c)) for c in completions]
 
 
 def accuracy_reward(prompts, completions, answer, **fields) -> list[float]:
+    r"""1.0 when the final answer (the single <answer> block, its last \boxed{} if any; else the
+    last \boxed{} outside the thought) equals the reference, kept as the task gives it (MATH: the
+    boxed content); 0.0 for two answer blocks, a repeated tag, or no answer, so that answering
+    twice can never pay. What is checked how:
+    - both plain integers or decimals (" 042 " == "42", "1,234" == "1234", "0.50" == ".5"):
+      exactly, as Decimals, here (~5 us; the toy tasks score thousands a step);
+    - anything else: math-verify, the field's standard checker for real math answers (sympy
+      underneath; ~3-50 ms): \frac12 == 1/2 == 0.5, 2^{10} == 1024, 50\% == 50, 30^\circ == 30,
+      5\text{ cm} == 5, x = 3 == 3, intervals, "1, 2" == "2, 1" (solutions) but (1, 2) != (2, 1)
+      (a point), x^2+2x == x(x+2), matrices, \text{(A)} == (A) == A. The whole answer is one
+      expression: "41, 42" is a set, never 42. Its leniencies: a decimal matches an exact value
+      to 6 places, and units are dropped, not compared (tests/test_math_answers.py lists what it
+      gets wrong).
+    Model output is untrusted: an answer over MAX_CHARS scores 0 unparsed; math-verify runs in a
+    worker process (math_equal) under its own SIGALRM limits, which work only in a main thread
+    (the worker's), with a memory cap and a DEADLINE past which it is killed and replaced. So
+    `10^{10^{10}}`, which never returns without a time limit, scores 0 within seconds from any
+    thread of the trainer. Any failure scores 0."""
     return [float(answers_match(extract_answer(c), a)) for c, a in zip(completions, answer)]
 
 
@@ -279,7 +293,8 @@ def code_reward(prompts, completions, tests, timeout=2.0, workers=4, **fields) -
         passed = 0
         for case in cases:
             r = run_python(code, case.get("input", ""), timeout=timeout)
-            passed += r.returncode == 0 and not r.timed_out and same_output(r.stdout, case["output"])
+            passed += (r.returncode == 0 and not r.timed_out
+                       and same_output(r.stdout, case["output"]))
         return passed / len(cases)
 
     with ThreadPoolExecutor(workers) as pool:  # the work is in the child processes
@@ -288,7 +303,8 @@ def code_reward(prompts, completions, tests, timeout=2.0, workers=4, **fields) -
 
 def rule_reward(prompts, completions, **fields) -> list[float]:
     """eq. 4: accuracy and format, equal weights."""
-    acc, fmt = accuracy_reward(prompts, completions, **fields), format_reward(prompts, completions, **fields)
+    acc, fmt = (accuracy_reward(prompts, completions, **fields),
+                format_reward(prompts, completions, **fields))
     return [a + f for a, f in zip(acc, fmt)]
 
 
@@ -312,6 +328,9 @@ def language_share(text: str, language: str = "en"):
 
 
 def language_reward(prompts, completions, language=None, **fields) -> list:
+    """eq. 7: the share of the chain of thought's words in the target language (`language=` field,
+    default English: Latin-script words; "zh": CJK characters); None when the chain of thought
+    holds no word at all (only digits and symbols); 0.0 when there is no thought."""
     languages = language or ["en"] * len(completions)
     out = []
     for c, lang in zip(completions, languages):
@@ -340,7 +359,8 @@ def parse_rewards(spec: str, extra=None) -> list:
             raise ValueError(f"reward {item!r}: weight {weight!r} is not a number") from None
         if "." not in name:
             if name not in table:
-                raise ValueError(f"unknown reward {name!r}: built-ins are {', '.join(table)}, or give module.function")
+                raise ValueError(f"unknown reward {name!r}: built-ins are {', '.join(table)}, "
+                                 f"or give module.function")
             fn = table[name]
         else:
             module, _, attr = name.rpartition(".")

@@ -26,24 +26,29 @@ import torch
 
 from batch import Batch, pack, positions_and_mask
 from checkpoint import load_model
-from kernels import token_logprobs
+from grpo_kernels import token_logprobs
 from model import KVCache
-from runs import Parser
+from runner import Parser
 from template import CHAT_FLAGS, chat_format, render_prompt
 
 
 @dataclass
-class Rollout:
-    batch: Batch
-    sampler_logp: torch.Tensor  # (B, C), 0 on padding
+class Samples:
+    """What a sampler returns (generate here, engines/vllm_engine.py and engines/tools.py keep the
+    same contract): B rows in batch.py's layout, rows i*G .. i*G+G-1 answering prompt i. What a
+    rollout returns, rollout.Rollout, is these samples with their texts and scores."""
+    batch: Batch                # prefix (P,), rows (B, R + C): the prompts and their completions
+    sampler_logp: torch.Tensor  # (B, C) the sampler's log-prob of each chosen token, 0 on padding
     truncated: torch.Tensor     # (B,) bool: hit max_new_tokens without a stop token
-    tool_mask: torch.Tensor | None = None  # (B, C) bool, True on tool-output tokens (not sampled; tools.py); None: no tools
-    tool_stats: dict | None = None         # tools.py: calls (B,), errors (B,) per row, seconds of the step's calls
+    # (B, C) True on tool-output tokens (not sampled); None: no tools
+    tool_mask: torch.Tensor | None = None
+    # engines/tools.py: calls (B,), errors (B,), seconds of the calls
+    tool_stats: dict | None = None
 
     @property
     def sampled_mask(self):
-        """(B, C) float: 1 on the tokens the policy chose (completion, not padding, not tool output):
-        the only ones with a loss, a KL and a ratio."""
+        """(B, C) float: 1 on the tokens the policy chose (completion, not padding, not tool
+        output): the only ones with a loss, a KL and a ratio."""
         mask = self.batch.completion_mask
         return mask if self.tool_mask is None else mask * ~self.tool_mask
 
@@ -69,13 +74,14 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
 def check_length(model, prompt_len: int, max_new_tokens: int):
     limit = model.config.block_size
     if prompt_len + max_new_tokens > limit:
-        raise ValueError(f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} is longer than the "
-                         f"model's context of {limit}: shorten the prompt or lower max_new_tokens")
+        raise ValueError(f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} is "
+                         f"longer than the model's context of {limit}: shorten the prompt or lower "
+                         f"max_new_tokens")
 
 
 @torch.no_grad()
 def generate(model, prompts, G, max_new_tokens, stop_ids, pad, temperature=1.0, top_k=0, top_p=1.0,
-             generator=None, all_done=None, stop_texts=(), decode=None) -> Rollout:
+             generator=None, all_done=None, stop_texts=(), decode=None) -> Samples:
     """G samples for each prompt (rows i*G .. i*G+G-1 belong to prompts[i]). all_done(done) decides
     when decoding stops (default: when every row has stopped; dist.all_done: on every rank). A row
     stops at a token of stop_ids, or when decode(its completion's tail) contains one of stop_texts
@@ -113,16 +119,19 @@ def generate(model, prompts, G, max_new_tokens, stop_ids, pad, temperature=1.0, 
             done[hit] = True
         if done.all() if all_done is None else all_done(done):
             break
-        mask = torch.cat([valid.new_ones(B, P), valid], dim=1)[:, None, None, :]  # (B, 1, 1, P+R+t+1)
+        # (B, 1, 1, P+R+t+1)
+        mask = torch.cat([valid.new_ones(B, P), valid], dim=1)[:, None, None, :]
         h, cache = model(tokens[-1][:, None], next_pos[:, None], mask, cache)
         logits, next_pos = model.lm_head(h[:, -1]), next_pos + 1
-    rows = torch.cat([batch.rows.repeat_interleave(G, 0), torch.stack(tokens, 1)], dim=1)  # (B, R + C)
-    return Rollout(Batch(batch.prefix, rows, valid, batch.R), torch.stack(logps, 1), truncated=~done)
+    # (B, R + C)
+    rows = torch.cat([batch.rows.repeat_interleave(G, 0), torch.stack(tokens, 1)], dim=1)
+    return Samples(Batch(batch.prefix, rows, valid, batch.R), torch.stack(logps, 1),
+                   truncated=~done)
 
 
 @torch.no_grad()
-def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, generator=None, stop_texts=(),
-                   decode=None) -> list[int]:
+def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, generator=None,
+                   stop_texts=(), decode=None) -> list[int]:
     """Reference for `generate`: one prompt, the whole sequence re-run for each new token."""
     device = model.lm_head.weight.device
     check_length(model, len(prompt), max_new_tokens)
@@ -138,31 +147,44 @@ def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, gen
 
 def main(argv=None):
     parser = Parser(description="Sample completions from a checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py, e.g. out/<run>/ckpt.pt, or "
-                        "hf:DIR, a Hugging Face model directory")
-    parser.add_argument("--prompt", required=True, help="the question; wrapped in the prompt format unless --raw")
+    parser.add_argument("--ckpt", required=True,
+                        help="checkpoint written by train.py, e.g. out/<run>/ckpt.pt, or hf:DIR, a "
+                             "Hugging Face model directory")
+    parser.add_argument("--prompt", required=True,
+                        help="the question; wrapped in the prompt format unless --raw")
     parser.add_argument("--chat", default="auto", choices=CHAT_FLAGS,
-                        help="prompt format: the R1-Zero template (none), a chat format, or auto: the tokenizer's")
-    parser.add_argument("--raw", action="store_true", help="use the prompt as given, without the template")
+                        help="prompt format: the R1-Zero template (none), a chat format, or auto: "
+                             "the tokenizer's")
+    parser.add_argument("--raw", action="store_true",
+                        help="use the prompt as given, without the template")
     parser.add_argument("--num_samples", type=int, default=4, help="completions to draw")
-    parser.add_argument("--max_new_tokens", type=int, default=200, help="length limit of a completion")
-    parser.add_argument("--temperature", type=float, default=0.6, help="0 for greedy (R1's evaluation: 0.6)")
+    parser.add_argument("--max_new_tokens", type=int, default=200,
+                        help="length limit of a completion")
+    parser.add_argument("--temperature", type=float, default=0.6,
+                        help="0 for greedy (R1's evaluation: 0.6)")
     parser.add_argument("--top_k", type=int, default=0, help="keep the k likeliest tokens (0: all)")
-    parser.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling mass (1.0: off)")
+    parser.add_argument("--top_p", type=float, default=0.95,
+                        help="nucleus sampling mass (1.0: off)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the weights' dtype")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                        help="the weights' dtype")
     args = parser.parse_args(argv)
     parser.check([(args.num_samples >= 1, "--num_samples must be at least 1"),
                   (args.max_new_tokens >= 1, "--max_new_tokens must be at least 1"),
                   (args.temperature >= 0, "--temperature must be >= 0 (0: greedy)"),
                   (args.top_k >= 0, "--top_k cannot be negative (0: off)"),
                   (0 < args.top_p <= 1, "--top_p must be in (0, 1] (1: off)")])
-    model, tok, _ = load_model(args.ckpt, args.device, torch.bfloat16 if args.dtype == "bf16" else None)
+    with parser.errors():
+        model, tok, _ = load_model(args.ckpt, args.device,
+                                   torch.bfloat16 if args.dtype == "bf16" else None)
     try:
-        prompt = tok.encode(args.prompt if args.raw else render_prompt(args.prompt, chat_format(args.chat, tok.chat)))
-        out = generate(model, [prompt], args.num_samples, args.max_new_tokens, tok.stop_ids, tok.pad,
-                       args.temperature, args.top_k, args.top_p, torch.Generator(args.device).manual_seed(args.seed),
+        prompt = tok.encode(args.prompt if args.raw else
+                            render_prompt(args.prompt, chat_format(args.chat, tok.chat)))
+        out = generate(model, [prompt], args.num_samples, args.max_new_tokens, tok.stop_ids,
+                       tok.pad, args.temperature, args.top_k, args.top_p,
+                       torch.Generator(args.device).manual_seed(args.seed),
                        stop_texts=tok.stop_texts, decode=tok.decode)
     except ValueError as e:  # a prompt too long for the model's context
         parser.error(str(e))

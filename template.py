@@ -11,9 +11,9 @@ the `--chat` flag of every CLI picks another (`chat_format`). Left out: renderin
 own Jinja chat template (the two formats here are written out; an instruct model of another
 family needs its format added to CHAT).
 
-A tool call inside the thought (tools.py) is written in ToRL's format, `TOOL`: a fenced
+A tool call inside the thought (engines/tools.py) is written in ToRL's format, `TOOL`: a fenced
 ```python block, which the policy closes, answered by a fenced ```output block, which it does not
-write (the toy corpus of multiply.py writes both, so that the two agree to the byte).
+write (the toy corpus of tasks/multiply.py writes both, so that the two agree to the byte).
 
     python template.py "Compute 82 + 97"              # prints the R1-Zero prompt
     python template.py "Compute 82 + 97" chatml
@@ -23,21 +23,25 @@ import sys
 
 # Table 1 of the paper; {prompt} is replaced with the question
 TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-    "The assistant first thinks about the reasoning process in the mind and then provides the user "
-    "with the answer. The reasoning process and answer are enclosed within <think> </think> and "
-    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
-    "<answer> answer here </answer>. User: {prompt}. Assistant:")
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process "
+    "here </think> <answer> answer here </answer>. User: {prompt}. Assistant:")
 
-# the template's instruction, without the "User: ... Assistant:" turns, as a chat model's system message
+# the template's instruction, without the "User: ... Assistant:" turns,
+# as a chat model's system message
 SYSTEM = TEMPLATE.split(" User:")[0]
 CHAT = {
-    "chatml": "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+    "chatml": ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+               "<|im_start|>assistant\n"),
     "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
-               "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+               "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n"),
 }
-# a tool call (ToRL's format): the policy writes `open`, code, `close`; the interpreter's output comes back
-# as `output`. close ends in a newline, so the output block starts a piece of its own for any tokenizer
+# a tool call (ToRL's format): the policy writes `open`, code, `close`; the interpreter's output
+# comes back as `output`. close ends in a newline, so the output block starts a piece of its own
+# for any tokenizer
 TOOL = dict(open="```python\n", close="\n```\n", output="```output\n{}\n```\n")
 
 # the --chat flag's values: auto keeps the tokenizer's own format, none is Table 1
@@ -50,7 +54,8 @@ def render_prompt(question: str, chat: str | None = None) -> str:
     if chat is None:
         return TEMPLATE.format(prompt=question)
     if chat not in CHAT:
-        raise ValueError(f"unknown chat format '{chat}': use one of {', '.join(CHAT)} (or none for the R1-Zero template)")
+        raise ValueError(f"unknown chat format '{chat}': use one of {', '.join(CHAT)} "
+                         f"(or none for the R1-Zero template)")
     return CHAT[chat].format(system=SYSTEM, prompt=question)
 
 
@@ -61,4 +66,5 @@ def chat_format(flag: str, own: str | None) -> str | None:
 
 
 if __name__ == "__main__":
-    print(render_prompt(sys.argv[1] if len(sys.argv) > 1 else "Compute 82 + 97", sys.argv[2] if len(sys.argv) > 2 else None))
+    print(render_prompt(sys.argv[1] if len(sys.argv) > 1 else "Compute 82 + 97",
+                        sys.argv[2] if len(sys.argv) > 2 else None))

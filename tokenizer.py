@@ -5,27 +5,20 @@ The default, `aha`, is a byte-level BPE (Sennrich et al. 2016, as GPT-2 uses it)
 `train_bpe` below on the toy tasks' documents, up to 512 tokens (it stops at 481, when every
 piece of the corpora is one token), and stored in tiktoken's own file format (aha.tiktoken,
 beside this file). Words become one token each while every digit stays its own token (the toy
-computes digit by digit), so the R1-Zero template is 92 tokens instead of 426 bytes and a
-rechecked sum 96 instead of 208: the base stage and every rollout are about half as long. `byte` is the plain byte-level encoding: the 256 byte values, no
-merges, nothing to train. Any text round-trips through either. Special tokens are added on top:
+computes digit by digit): the base stage and every rollout are about half as long as with bytes
+(docs/toy-task.md). `byte` is the plain byte-level encoding: the 256 byte values, no merges,
+nothing to train. Any text round-trips through either. Special tokens are added on top:
 
     <|endoftext|>  end of a document / of a completion (it is part of the completion and the loss)
     <think> </think> <answer> </answer>   the R1-Zero tags (Table 1), one token each
     <|pad|>        padding; never attended to, never in the loss
 
-A Hugging Face tokenizer ("hf:DIR": a byte-level BPE tokenizer.json, Qwen's, Llama 3's,
-DeepSeek-V3/R1's or an R1-Distill model's, converted to tiktoken by hf_tokenizer.py) is
-`HFTokenizer`: its eos ends a completion (and generation_config.json's other eos ids), its chat
-template says the prompt format, and the R1 tags are plain text to it, several tokens each unless
-its vocabulary has them, so the sampler stops on the text </answer> (`stop_texts`). An NFC
-normalizer (Qwen2's) is applied in `encode`; a bos that a post-processor would add is not
-prepended (Llama's <|begin_of_text|>: the llama3 chat format writes it; R1-Distill's
-<｜begin▁of▁sentence｜>: R1's chat format is not one of template.CHAT's, so nothing writes it).
-
-Named tiktoken encodings (gpt2, r50k_base, cl100k_base, o200k_base) are built from their
-`<name>.tiktoken` file in a local directory (--tokenizer_dir); nothing is fetched at run time.
-tiktoken's own constructors hard-code a download URL, so we hand them the local file instead.
-gpt2 uses r50k_base's file: tiktoken defines the two with the same merges and pattern.
+A Hugging Face tokenizer ("hf:DIR", a byte-level BPE tokenizer.json converted to tiktoken by
+interop/hf_tokenizer.py) is `HFTokenizer`: its eos ends a completion, its chat template says the
+prompt format, and the R1 tags are plain text to it, so the sampler stops on the text </answer>
+(`stop_texts`). Named tiktoken encodings (gpt2, r50k_base, cl100k_base, o200k_base) are built
+from a local `<name>.tiktoken` file (--tokenizer_dir, `named_encoding`): nothing is fetched at
+run time.
 
     python tokenizer.py "A conversation between User and Assistant."   # prints the ids
     python tokenizer.py --train        # retrains aha.tiktoken from the toy corpora (deterministic)
@@ -44,8 +37,8 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext import openai_public
 
-from hf_tokenizer import normalizer, tiktoken_encoding
-from runs import atomic_write, read_json
+from interop.hf_tokenizer import normalizer, tiktoken_encoding
+from runner import atomic_write, read_json
 from tasks import AdditionTask, CountdownTask
 from template import CHAT
 
@@ -72,7 +65,8 @@ class Tokenizer:
         self.enc = enc
         self.name = enc.name
         self.vocab_size = enc.n_vocab
-        for attr, tok in zip(["eot", "think", "end_think", "answer", "end_answer", "pad"], SPECIALS):
+        for attr, tok in zip(["eot", "think", "end_think", "answer", "end_answer", "pad"],
+                             SPECIALS):
             setattr(self, attr, enc.encode_single_token(tok))
 
     # what ends a completion: these ids, or (for a tokenizer whose vocabulary lacks the tags as
@@ -82,7 +76,8 @@ class Tokenizer:
         return [self.eot, self.end_answer]
 
     stop_texts: tuple[str, ...] = ()
-    chat: str | None = None  # the prompt format: None (the R1-Zero template) or template.CHAT's "chatml", "llama3"
+    # the prompt format: None (the R1-Zero template) or template.CHAT's "chatml", "llama3"
+    chat: str | None = None
 
     def encode(self, text: str) -> list[int]:
         # the R1-Zero template itself names the tags, so they are encoded as the special tokens
@@ -132,8 +127,10 @@ def aha_texts() -> list[str]:
 
 
 def write_aha(path: str = AHA_FILE):
-    ranks = train_bpe(aha_texts(), AHA_VOCAB)  # tiktoken's format: base64 of the token's bytes, its id
-    atomic_write(path, "".join(f"{base64.b64encode(t).decode()} {i}\n" for t, i in sorted(ranks.items(), key=lambda x: x[1])))
+    ranks = train_bpe(aha_texts(), AHA_VOCAB)
+    # tiktoken's format: base64 of the token's bytes, its id
+    atomic_write(path, "".join(f"{base64.b64encode(t).decode()} {i}\n"
+                               for t, i in sorted(ranks.items(), key=lambda x: x[1])))
 
 
 def with_specials(name: str, pat_str: str, ranks: dict[bytes, int]) -> tiktoken.Encoding:
@@ -146,18 +143,25 @@ def aha_encoding() -> tiktoken.Encoding:
 
 
 def named_encoding(name: str, tokenizer_dir: str, check_hash=True) -> tiktoken.Encoding:
+    """A named tiktoken encoding, built from its `<name>.tiktoken` file in tokenizer_dir: nothing
+    is fetched at run time. tiktoken's own constructors hard-code a download URL, so we hand them
+    the local file instead. gpt2 uses r50k_base's file: tiktoken defines the two with the same
+    merges and pattern."""
     base = NAMED[name]
     path = os.path.join(tokenizer_dir, f"{base}.tiktoken")
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"tokenizer '{name}' needs {path}: copy {base}.tiktoken (the file tiktoken downloads for "
-            f"'{base}') into {tokenizer_dir}/ or pass --tokenizer_dir DIR; nothing is downloaded at run time")
-    local = lambda url, expected_hash=None: tiktoken.load.load_tiktoken_bpe(path, expected_hash if check_hash else None)
+            f"tokenizer '{name}' needs {path}: copy {base}.tiktoken (the file tiktoken downloads "
+            f"for '{base}') into {tokenizer_dir}/ or pass --tokenizer_dir DIR; nothing is "
+            f"downloaded at run time")
+    local = lambda url, expected_hash=None: tiktoken.load.load_tiktoken_bpe(
+        path, expected_hash if check_hash else None)
     with mock.patch.object(openai_public, "load_tiktoken_bpe", local):
         try:
             spec = openai_public.ENCODING_CONSTRUCTORS[base]()
         except ValueError as e:  # tiktoken checks the file's sha256
-            raise ValueError(f"{path} is not the {base}.tiktoken that tiktoken expects (hash mismatch)") from e
+            raise ValueError(f"{path} is not the {base}.tiktoken that tiktoken expects "
+                             f"(hash mismatch)") from e
     # our specials go after the last id the encoding already uses; <|endoftext|> is reused
     specials = dict(spec["special_tokens"])
     next_id = max([*spec["mergeable_ranks"].values(), *specials.values()]) + 1
@@ -169,18 +173,28 @@ def named_encoding(name: str, tokenizer_dir: str, check_hash=True) -> tiktoken.E
 
 
 def token_text(t) -> str | None:
-    return t["content"] if isinstance(t, dict) else t  # tokenizer_config writes a token as text or as an AddedToken
+    # tokenizer_config writes a token as text or as an AddedToken
+    return t["content"] if isinstance(t, dict) else t
 
 
 class HFTokenizer(Tokenizer):
     """A Hugging Face tokenizer directory as our Tokenizer: eot is the eos token; the tags' ids are
-    None unless they are single tokens; chat is the format of the tokenizer's chat template."""
+    None unless they are single tokens; chat is the format of the tokenizer's chat template.
+
+    tokenizer.json is a byte-level BPE (Qwen's, Llama 3's, DeepSeek-V3/R1's or an R1-Distill
+    model's). Its eos ends a completion (and generation_config.json's other eos ids); the R1 tags
+    are several tokens each unless its vocabulary has them. An NFC normalizer (Qwen2's) is applied
+    in `encode`; a bos that a post-processor would add is not prepended (Llama's
+    <|begin_of_text|>: the llama3 chat format writes it; R1-Distill's <｜begin▁of▁sentence｜>: R1's
+    chat format is not one of template.CHAT's, so nothing writes it)."""
 
     def __init__(self, path: str):
         path = os.path.abspath(path)
         tj = read_json(os.path.join(path, "tokenizer.json"), "tokenizer.json")
         tc_path = os.path.join(path, "tokenizer_config.json")
-        tc = {}  # the named tokens: in tokenizer_config.json, or in older directories special_tokens_map.json
+        # the named tokens: in tokenizer_config.json,
+        # or in older directories special_tokens_map.json
+        tc = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             if os.path.isfile(os.path.join(path, name)):
                 tc.update(read_json(os.path.join(path, name), name))
@@ -190,20 +204,26 @@ class HFTokenizer(Tokenizer):
         self.path = path
         self.name, self.vocab_size = self.enc.name, self.enc.n_vocab
         self.nfc = normalizer(tj) == "NFC"
-        single = lambda text: (ids[0] if len(ids := self.enc.encode(text, allowed_special="all")) == 1 else None)
+        single = lambda text: (
+            ids[0] if len(ids := self.enc.encode(text, allowed_special="all")) == 1 else None)
         eos = token_text(tc.get("eos_token"))
         if eos is None or single(eos) is None:
-            raise ValueError(f"{tc_path} names no eos_token that is one token of tokenizer.json: cannot end completions")
+            raise ValueError(f"{tc_path} names no eos_token that is one token of tokenizer.json: "
+                             f"cannot end completions")
         self.eot = single(eos)
         extra = gc.get("eos_token_id") or []
-        self.eos_ids = list(dict.fromkeys([self.eot, *(extra if isinstance(extra, list) else [extra])]))
-        self.think, self.end_think, self.answer, self.end_answer = (single(t) for t in SPECIALS[1:5])
+        self.eos_ids = list(dict.fromkeys(
+            [self.eot, *(extra if isinstance(extra, list) else [extra])]))
+        self.think, self.end_think, self.answer, self.end_answer = (
+            single(t) for t in SPECIALS[1:5])
         self.stop_texts = () if self.end_answer is not None else (END_ANSWER,)
         template = tc.get("chat_template") or ""
-        if os.path.isfile(os.path.join(path, "chat_template.jinja")):  # transformers >= 4.43 writes it apart
+        # transformers >= 4.43 writes it apart
+        if os.path.isfile(os.path.join(path, "chat_template.jinja")):
             template = open(os.path.join(path, "chat_template.jinja")).read()
         template = json.dumps(template)  # a list of named templates, or one string
-        self.chat = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
+        self.chat = ("chatml" if "<|im_start|>" in template
+                     else "llama3" if "<|start_header_id|>" in template else None)
         # padding is masked out of attention and the loss, so its id only has to be a valid row of
         # the embedding that is never content (decode drops it): the tokenizer's pad token; else the
         # last added special token that is no stop, no bos and not in the chat format (Llama 3: a
@@ -211,12 +231,15 @@ class HFTokenizer(Tokenizer):
         pad, bos = token_text(tc.get("pad_token")), token_text(tc.get("bos_token"))
         spare = [t["id"] for t in tj.get("added_tokens", []) if t["special"] and t["content"] != bos
                  and t["id"] not in self.stop_ids and t["content"] not in CHAT.get(self.chat, "")]
-        self.pad = single(pad) if pad is not None and single(pad) is not None else max(spare, default=self.eot)
+        self.pad = (single(pad) if pad is not None and single(pad) is not None
+                    else max(spare, default=self.eot))
 
     @property
     def stop_ids(self) -> list[int]:
-        # (an export lists </answer> among generation_config's eos ids: once here on reading it back)
-        return list(dict.fromkeys(self.eos_ids + ([self.end_answer] if self.end_answer is not None else [])))
+        # (an export lists </answer> among generation_config's eos ids:
+        # once here on reading it back)
+        return list(dict.fromkeys(self.eos_ids + ([self.end_answer] if self.end_answer is not None
+                                                  else [])))
 
     def encode(self, text: str) -> list[int]:
         return super().encode(unicodedata.normalize("NFC", text) if self.nfc else text)
@@ -228,7 +251,8 @@ class HFTokenizer(Tokenizer):
 
 
 def get_tokenizer(name: str = "aha", tokenizer_dir: str = "tokenizers") -> Tokenizer:
-    """aha, byte, a named tiktoken encoding, or hf:DIR, the tokenizer of a Hugging Face directory."""
+    """aha, byte, a named tiktoken encoding, or hf:DIR, the tokenizer of a Hugging Face
+    directory."""
     if name == "aha":
         return Tokenizer(aha_encoding())
     if name == "byte":
@@ -236,7 +260,8 @@ def get_tokenizer(name: str = "aha", tokenizer_dir: str = "tokenizers") -> Token
     if name.startswith("hf:"):
         return HFTokenizer(name.removeprefix("hf:"))
     if name not in NAMED:
-        raise ValueError(f"unknown tokenizer '{name}': use aha, byte, hf:DIR or one of {', '.join(NAMED)}")
+        raise ValueError(f"unknown tokenizer '{name}': use aha, byte, hf:DIR or one of "
+                         f"{', '.join(NAMED)}")
     return Tokenizer(named_encoding(name, tokenizer_dir))
 
 

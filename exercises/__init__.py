@@ -1,8 +1,9 @@
 """
 Course exercises: implement the pieces of GRPO yourself, each checked in seconds against the
-project's own code, then train with them (issue 17).
+project's own code, then train with them. Twelve exercises: ten pieces of GRPO, the finale (ex11:
+the toy run with your functions plugged in) and the tool-output mask (ex12); docs/course.md.
 
-Each exercise N is three files named exNN_<name>:
+Each exercise N is three files named exNN_<name> (the finale, a run to make, has no stub):
     stubs/exNN_<name>.py   what the student gets: the project function's signature, its spec as
                            a docstring, a body that raises NotImplementedError
     checks/exNN_<name>.py  the checks: TITLE, EQUATION, PROJECT (file: function), REFERENCE (the
@@ -16,7 +17,7 @@ The student's files live in the work directory, exercises/work/ (ignored by git;
 variable EXERCISES_WORK moves it, which the tests do).
 
     python -m exercises list | start N | check N|all | hint N
-    python train.py --use_exercises      # the student's functions replace the project's in the real run
+    python train.py --use_exercises    # the student's functions replace the project's in the run
 """
 
 import contextlib
@@ -25,13 +26,18 @@ import importlib.util
 import io
 import os
 import pathlib
+import sys
 
 import torch
 
-from runs import atomic_write
+from runner import atomic_write
 
 HERE = pathlib.Path(__file__).parent
-NAMES = sorted(p.stem for p in (HERE / "checks").glob("ex[0-9][0-9]_*.py"))  # ex01_advantages, ...
+# ex01_advantages, ...
+NAMES = sorted(p.stem for p in (HERE / "checks").glob("ex[0-9][0-9]_*.py"))
+
+
+REPLACED = {}  # (module, name) -> the project's function that plug replaced
 
 
 class Mismatch(Exception):
@@ -44,7 +50,8 @@ def work_dir() -> pathlib.Path:
 
 def name(n: int) -> str:
     if not 1 <= n <= len(NAMES):
-        raise ValueError(f"there is no exercise {n}: they are numbered 1 to {len(NAMES)} (python -m exercises list)")
+        raise ValueError(f"there is no exercise {n}: they are numbered 1 to {len(NAMES)} "
+                         f"(python -m exercises list)")
     return NAMES[n - 1]
 
 
@@ -84,9 +91,11 @@ def check(n: int) -> tuple[bool, str]:
     if not path.exists():
         return False, f"not started: python -m exercises start {n}"
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a thread pool only adds waiting, many times over on a busy machine
+    # tiny tensors: a thread pool only adds waiting, many times over on a busy machine
+    torch.set_num_threads(1)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # a student's debugging prints stay out of the verdict
+        # a student's debugging prints stay out of the verdict
+        with contextlib.redirect_stdout(io.StringIO()):
             spec(n).check(load(n))
     except NotImplementedError:
         return False, f"not implemented yet: fill in the TODO in {path}"
@@ -121,18 +130,42 @@ def plug_in(train_module) -> str | None:
             continue  # the finale has nothing to plug
         ok, msg = check(n)
         if not ok:
-            return f"--use_exercises: exercise {n} ({s.TITLE}) does not pass: {msg}; python -m exercises check {n}"
+            return (f"--use_exercises: exercise {n} ({s.TITLE}) does not pass: {msg}; "
+                    f"python -m exercises check {n}")
     plug(train_module)
     return None
 
 
 def plug(train_module):
-    """Put every exercise's functions where the run looks them up (no checks: see plug_in)."""
+    """Put every exercise's functions where the run looks them up (no checks: see plug_in): in the
+    module PLUG names and wherever a module of the project holds the same function under the same
+    name (a `from grpo import group_advantages`), so that no import style keeps the project's."""
     for n in range(1, len(NAMES) + 1):
         s = spec(n)
         m = load(n) if getattr(s, "PLUG", None) else None
         for target, attr in getattr(s, "PLUG", ()):
             module = importlib.import_module(target)
-            setattr(module, attr, s.plugged(m, attr) if hasattr(s, "plugged") else getattr(m, attr))
-            if hasattr(train_module, attr):  # train.py's own `from grpo_update import grpo_update`
-                setattr(train_module, attr, getattr(module, attr))
+            original = REPLACED.setdefault((target, attr), getattr(module, attr))
+            new = s.plugged(m, attr) if hasattr(s, "plugged") else getattr(m, attr)
+            for holder in project_modules():
+                if getattr(holder, attr, None) is original:
+                    setattr(holder, attr, new)
+            setattr(module, attr, new)
+            if hasattr(train_module, attr):  # the running train module's own import (a __main__)
+                setattr(train_module, attr, new)
+
+
+def project_modules() -> list:
+    """The project's modules loaded in this process (not the exercises' own)."""
+    root = str(HERE.parent) + os.sep
+    return [m for name, m in list(sys.modules.items())
+            if (getattr(m, "__file__", None) or "").startswith(root)
+            and not name.startswith("exercises")]
+
+
+def unplugged() -> list[str]:
+    """`module.name` wherever a project module still holds a function that plug replaced: empty
+    after plug (what the tests check, so that the run calls the student's functions)."""
+    return [f"{m.__name__}.{attr}" for (target, attr), original in REPLACED.items()
+            if getattr(importlib.import_module(target), attr) is not original  # a re-export is not
+            for m in project_modules() if getattr(m, attr, None) is original]

@@ -1,10 +1,10 @@
 """
 The course exercises' one entry point (see exercises/__init__.py):
 
-    python -m exercises list             # the exercises in order: paper equation, project file, status
-    python -m exercises start N          # writes exercises/work/exNN_<name>.py (--force: over your own)
-    python -m exercises check N|all      # PASS, or the first difference and where the hint is
-    python -m exercises hint N           # what to think about
+    python -m exercises list         # the exercises in order: paper equation, project file, status
+    python -m exercises start N      # writes exercises/work/exNN_<name>.py (--force: over your own)
+    python -m exercises check N|all  # PASS, or the first difference and where the hint is
+    python -m exercises hint N       # what to think about
 """
 
 import argparse
@@ -23,13 +23,16 @@ def numbers(arg):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m exercises", description="GRPO course exercises, checked "
-                                     "against the project's own code. Your files: " + str(ex.work_dir()))
+    parser = argparse.ArgumentParser(prog="python -m exercises",
+                                     description="GRPO course exercises, checked against the "
+                                                 "project's own code. Your files: "
+                                                 + str(ex.work_dir()))
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the exercises in order, with their status")
     p = sub.add_parser("start", help="write exercise N's stub to your work directory")
     p.add_argument("n")
-    p.add_argument("--force", action="store_true", help="overwrite your existing file with the stub")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite your existing file with the stub")
     sub.add_parser("check", help="check exercise N (or all)").add_argument("n")
     sub.add_parser("hint", help="print exercise N's hint").add_argument("n")
     args = parser.parse_args(argv)
@@ -44,7 +47,8 @@ def main(argv=None):
         elif args.command == "start" and hasattr(ex.spec(ns[0]), "verdict"):
             print(ex.spec(ns[0]).__doc__.strip())  # the finale: a run to make, no file to write
         elif args.command == "start":
-            print(f"wrote {ex.start(ns[0], args.force)}: fill in the TODO, then python -m exercises check {ns[0]}")
+            print(f"wrote {ex.start(ns[0], args.force)}: fill in the TODO, then "
+                  f"python -m exercises check {ns[0]}")
         elif args.command == "hint":
             print((ex.HERE / "hints" / f"{ex.name(ns[0])}.md").read_text().rstrip())
         else:

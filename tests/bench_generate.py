@@ -20,8 +20,8 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hf import load_hf  # noqa: E402
-from hf_tokenizer import tokenizer_json  # noqa: E402
+from interop.hf import load_hf  # noqa: E402
+from interop.hf_tokenizer import tokenizer_json  # noqa: E402
 from sample import generate  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 

@@ -6,7 +6,7 @@ Benchmark of the log-prob / GRPO-loss paths, every implementation side by side i
     TRITON_INTERPRET=1 python tests/bench_kernels.py --device cpu --shape 64,1000,16 --dtype fp32 --no_compile
                                                # a smoke run of every code path on a CPU (tests do this)
 
-It lives beside the tests, not in kernels/: it compares the kernels with grpo.py's equations (the
+It lives beside the tests, not in grpo_kernels/: it compares the kernels with grpo.py's equations (the
 reference), and the kernels themselves import only torch and triton.
 
 First the device's own limits are measured: memory bandwidth (a large copy) and the matmul rate
@@ -14,9 +14,9 @@ First the device's own limits are measured: memory bandwidth (a large copy) and 
 width d):
 
   logits level, the GRPO loss of eq. 1-2 from (N, V) logits, forward and forward+backward:
-    eager     grpo.grpo_loss(kernels.logprob.token_logprobs_reference(logits))
+    eager     grpo.grpo_loss(grpo_kernels.logprob.token_logprobs_reference(logits))
     compile   torch.compile of the same function
-    ours      kernels.grpo_loss.fused_grpo_loss (gradient written in place into the logits)
+    ours      grpo_kernels.grpo_loss.fused_grpo_loss (gradient written in place into the logits)
     liger     liger_kernel.transformers.grpo_loss.triton_grpo_loss, when installed
   achieved GB/s counts the bytes the fused path must move: the logits read once forward, read
   once and written once backward (3 N V bytes-per-element for fwd+bwd), for every implementation.
@@ -24,9 +24,9 @@ width d):
   from hidden states, the same GRPO loss from hidden states (N, d) and the output weight (V, d):
     eager            logits = h @ W.T, then as above (the (N, V) logits and their fp32 copies exist)
     compile          torch.compile of the same
-    ours, log-probs  grpo_loss of kernels.fused_linear.linear_token_logprobs: chunks of tokens, the
+    ours, log-probs  grpo_loss of grpo_kernels.fused_linear.linear_token_logprobs: chunks of tokens, the
                      logits recomputed in the backward (4 matmuls of 2 N V d flops each)
-    ours, loss       kernels.fused_linear.linear_grpo_loss: the gradient computed in the forward (3),
+    ours, loss       grpo_kernels.fused_linear.linear_grpo_loss: the gradient computed in the forward (3),
                      what train.py runs on CUDA
     liger            liger_kernel.chunked_loss.LigerFusedLinearGRPOLoss, when installed
   achieved TFLOP/s counts 6 N V d (forward, d h, d W), against the measured matmul rate.
@@ -49,9 +49,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from grpo import grpo_loss, token_weights  # noqa: E402
-from kernels.fused_linear import linear_grpo_loss, linear_token_logprobs  # noqa: E402
-from kernels.grpo_loss import fused_grpo_loss  # noqa: E402
-from kernels.logprob import token_logprobs_reference  # noqa: E402
+from grpo_kernels.fused_linear import linear_grpo_loss, linear_token_logprobs  # noqa: E402
+from grpo_kernels.grpo_loss import fused_grpo_loss  # noqa: E402
+from grpo_kernels.logprob import token_logprobs_reference  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -7,7 +7,7 @@ import torch
 from tiny_runs import DDP, torchrun_train
 
 # no GPU: run the Triton kernels under Triton's interpreter, on CPU tensors (read when the
-# kernels are defined, so before anything imports kernels/)
+# kernels are defined, so before anything imports grpo_kernels/)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

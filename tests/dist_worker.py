@@ -15,9 +15,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dist  # noqa: E402
 import train  # noqa: E402
-from grpo_update import grpo_update, reference, wrap_policy  # noqa: E402
-from model import GPT, ModelConfig  # noqa: E402
-from sample import Rollout, generate  # noqa: E402
+from grpo_update import UpdateConfig, grpo_update, reference, wrap_policy  # noqa: E402
+from model import Transformer, ModelConfig  # noqa: E402
+from sample import Samples, generate  # noqa: E402
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
 
 def update(args, rank, world, out_path):
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64, block_size=64))
+    model = Transformer(ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64, block_size=64))
     ref = copy.deepcopy(model).requires_grad_(False)
     g = torch.Generator().manual_seed(3)
     for p in ref.parameters():  # a reference that differs from the policy, so that the KL term acts
@@ -41,11 +41,12 @@ def update(args, rank, world, out_path):
     full = generate(model, prompts, 4, 10, [63], 62, generator=torch.Generator().manual_seed(1))
     advantages = torch.randn(16, generator=torch.Generator().manual_seed(2))
     rows = torch.arange(16).chunk(world)[rank]
-    local = Rollout(full.batch.select(rows), full.sampler_logp[rows], full.truncated[rows])
+    local = Samples(full.batch.select(rows), full.sampler_logp[rows], full.truncated[rows])
     ref = reference(model, torch.float32, args.fsdp, ref_state)  # as train.py builds it
     policy = wrap_policy(model, args.fsdp)
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)  # the update is the gradient itself
-    metrics = grpo_update(policy, ref, opt, local, advantages[rows], args, torch.Generator().manual_seed(0))
+    metrics = grpo_update(policy, ref, opt, local, advantages[rows], UpdateConfig.from_args(args),
+                          torch.Generator().manual_seed(0))
     weights = dist.full_state_dict(model)
     if rank == 0:
         torch.save({"weights": weights, "metrics": metrics, "world": world}, out_path)

@@ -1,4 +1,4 @@
-"""The bilingual toy (bilingual.py): its corpus mixes languages where, and as often as, it says;
+"""The bilingual toy (tasks/bilingual.py): its corpus mixes languages where, and as often as, it says;
 eq. 7's detector and the reflection detector read its mixed thoughts; the aha tokenizer carries them."""
 import json
 import random
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-import r1
-from bilingual import RECHECK, to_chinese
+from r1 import pipeline as r1
+from tasks.bilingual import RECHECK, to_chinese
 from reflection import reflects
 from rewards import CJK, language_reward, language_share
 from tasks import AdditionTask, BilingualTask
@@ -30,7 +30,7 @@ def test_the_recheck_is_translated_and_nothing_else():
         assert first == en.split(RECHECK)[0]
         assert not CJK.search(first) and not re.search(r"[A-Za-z]", recheck)  # English, then Chinese only
         assert numbers(zh) == numbers(en)  # every column, carry and verdict kept
-        assert to_chinese(task.worked(p)) == task.worked(p)  # no recheck: nothing to translate
+        assert to_chinese(task.careful(p)) == task.careful(p)  # no recheck: nothing to translate
 
 
 def test_corpus_mixes_only_the_rechecks_in_their_share():

@@ -1,4 +1,4 @@
-"""Evaluation (evaluate.py): pass@k against direct enumeration, cons@k on hand-made votes, and
+"""Evaluation (evaluation.py): pass@k against direct enumeration, cons@k on hand-made votes, and
 evaluate / the CLI on a small random model and a MATH-format fixture."""
 
 import itertools
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from evaluate import evaluate, majority_correct, pass_at_k
+from evaluation import evaluate, majority_correct, pass_at_k
 from tasks import CountdownTask, MathTask
 
 
@@ -55,11 +55,11 @@ def test_countdown_votes_by_value():
 
 
 def tiny_model(seed=0):
-    from model import GPT, ModelConfig
+    from model import Transformer, ModelConfig
     from tokenizer import get_tokenizer
     tok = get_tokenizer()
     torch.manual_seed(seed)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64,
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64,
                             block_size=512))
     return model.eval(), tok
 
@@ -103,7 +103,7 @@ def test_evaluate_metrics_match_the_completions_it_scored(tmp_path):
 
 def test_cli_evaluates_a_checkpoint_on_a_file_task_and_prints_json(tmp_path, capsys):
     # the CLI's main(argv), in-process: the code its command line runs
-    import evaluate as cli
+    import evaluation as cli
     from checkpoint import save_checkpoint
     model, _ = tiny_model()
     test_file = math_file(tmp_path)
@@ -115,7 +115,7 @@ def test_cli_evaluates_a_checkpoint_on_a_file_task_and_prints_json(tmp_path, cap
     assert out["settings"]["task"] == "math" and out["settings"]["problems"] == 6 and out["settings"]["step"] == 5
     assert out["settings"]["temperature"] == 0.6 and out["settings"]["top_p"] == 0.95
     assert {"accuracy", "pass@2", "cons@2", "format", "by_subject", "by_level"} <= set(out) and "samples" not in out
-    # --json FILE: the same object in a file (r1.py's table reads it), with --log_samples the first completions
+    # --json FILE: the same object in a file (r1/pipeline.py's table reads it), with --log_samples the first completions
     cli.main(cmd + ["--json", str(tmp_path / "eval.json"), "--log_samples", "3"])
     assert capsys.readouterr().out == ""
     saved = json.loads((tmp_path / "eval.json").read_text())

@@ -2,6 +2,7 @@
 and fails with a message that helps on the untouched stub and on a typical wrong answer. Student
 files go to a tmp directory (EXERCISES_WORK), never to exercises/work/."""
 
+import os
 import subprocess
 import sys
 
@@ -42,7 +43,7 @@ WRONG = {  # exercise -> (a typical wrong answer, words the message must contain
         "    return (p / p.sum(-1, keepdim=True)).log().gather(-1, targets.unsqueeze(-1)).squeeze(-1)\n",
         "your log-probs for logits of +-1e4: NaN"),
     7: ("import torch\n"
-        "from kernels import token_logprobs\n"
+        "from grpo_kernels import token_logprobs\n"
         "def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):\n"
         "    if temperature == 0:\n"
         "        tok = logits.argmax(-1)\n"
@@ -69,12 +70,11 @@ WRONG = {  # exercise -> (a typical wrong answer, words the message must contain
         "    m = re.fullmatch(r'\\s*<think>.*</think>\\s*<answer>(.*)</answer>\\s*', text, re.DOTALL)\n"
         "    return bool(m) and m.group(1).strip() != ''  # the tags are not counted\n",
         "is_formatted('<think>x</think> <answer>1</answer> <answer>2</answer>') is True; expected False"),
-    10: ("import copy\n"
+    10: ("import dataclasses\n"
          "from grpo_update import grpo_update as right\n"
-         "def grpo_update(policy, ref, opt, out, advantages, args, generator):\n"
-         "    args = copy.copy(args)\n"
-         "    args.mask_truncated = False  # the truncation mask forgotten\n"
-         "    return right(policy, ref, opt, out, advantages, args, generator)\n",
+         "def grpo_update(policy, ref, opt, samples, advantages, cfg, generator):\n"
+         "    cfg = dataclasses.replace(cfg, mask_truncated=False)  # the truncation mask forgotten\n"
+         "    return right(policy, ref, opt, samples, advantages, cfg, generator)\n",
          "with {'minibatches': 2, 'micro_batch': 2, 'ppo_epochs': 2, 'mask_truncated': True}, the weights"),
     12: ("def assemble(turns):\n"
          "    ids, logps, tool = [], [], []\n"
@@ -157,27 +157,53 @@ def test_use_exercises_refuses_in_one_line_when_an_exercise_does_not_pass(work, 
 def test_plug_in_puts_the_students_functions_where_the_run_looks(work, monkeypatch):
     import types
 
-    import evaluate
+    import evaluation
     import grpo
     import grpo_update
     import model
     import rewards
     import sample
+    import train
     for n in range(1, 11):
         write(n, ex.spec(n).REFERENCE + "\n")
     write(1, "from grpo import group_advantages as right\ndef group_advantages(*a, **kw):\n    return right(*a, **kw)\n")
-    for n in range(1, 11):  # monkeypatch restores every attribute plug_in sets
-        for target, attr in ex.spec(n).PLUG:
-            if target != "train":
-                monkeypatch.setattr(__import__(target), attr, getattr(__import__(target), attr))
+    # every attribute plug may set, in every project module, is restored after the test
+    monkeypatch.setattr(ex, "REPLACED", {})
+    for m in ex.project_modules():
+        for n in range(1, 11):
+            for _, attr in ex.spec(n).PLUG:
+                if hasattr(m, attr):
+                    monkeypatch.setattr(m, attr, getattr(m, attr))
+    # a module of the project that imports the function by name, as train.py imports grpo_update:
+    # setting grpo.group_advantages alone would leave it the project's
+    holder = types.ModuleType("holder")
+    holder.__file__ = os.path.join(os.path.dirname(ex.HERE), "holder.py")
+    holder.group_advantages = grpo.group_advantages
+    monkeypatch.setitem(sys.modules, "holder", holder)
     train_module = types.SimpleNamespace(group_advantages=grpo.group_advantages, grpo_update=None)
     before = grpo.group_advantages
     ex.plug(train_module)  # what plug_in does once every check passes (each is tested above)
+    assert ex.unplugged() == []  # no project module still holds a function it replaced
     assert grpo.group_advantages is not before and grpo.group_advantages.__module__ == "student_ex01_advantages"
-    assert train_module.group_advantages is grpo.group_advantages
-    assert model.KVCache is sample.KVCache and evaluate.extract_answer is rewards.extract_answer
+    assert holder.group_advantages is grpo.group_advantages and train_module.group_advantages is grpo.group_advantages
+    assert model.KVCache is sample.KVCache and evaluation.extract_answer is rewards.extract_answer
     assert train_module.grpo_update.__qualname__.startswith("plugged")  # ex10's wrapper: the metrics it lacks are NaN
     assert grpo_update.grpo_update is train_module.grpo_update  # where the run looks it up, and train.py's own import
+    assert train.grpo_update is grpo_update.grpo_update  # the real train module, plugged without being named
+
+
+def test_unplugged_finds_a_function_plug_missed(monkeypatch):
+    # the check above can fail: a project module holding a replaced function is reported
+    import types
+
+    import grpo
+    monkeypatch.setattr(ex, "REPLACED", {("grpo", "kl_k3"): grpo.kl_k3})
+    holder = types.ModuleType("holder")
+    holder.__file__ = os.path.join(os.path.dirname(ex.HERE), "holder.py")
+    holder.kl_k3 = grpo.kl_k3
+    monkeypatch.setitem(sys.modules, "holder", holder)
+    monkeypatch.setattr(grpo, "kl_k3", lambda logp, ref_logp: logp)  # the student's, set in grpo only
+    assert "holder.kl_k3" in ex.unplugged()
 
 
 def test_finale_reads_the_runs_log(tmp_path, monkeypatch):

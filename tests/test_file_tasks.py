@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from file_tasks import TaskError
+from tasks.files import TaskError
 from tasks import make_task
 from test_tasks import args_for  # the task flags as train.py parses them
 

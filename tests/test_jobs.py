@@ -1,4 +1,4 @@
-"""jobs.py, the pipeline runner, on tiny commands that log when they start and end; and r1.py's
+"""r1/jobs.py, the pipeline runner, on tiny commands that log when they start and end; and r1/pipeline.py's
 pipeline built on it (which stage needs which)."""
 
 import json
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-import r1
-from jobs import Job, run_jobs, to_run
+from r1 import pipeline as r1
+from r1.jobs import Job, run_jobs, to_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,12 +55,14 @@ def test_one_job_at_a_time_runs_the_ready_ones_in_the_order_given(tmp_path):
 
 def test_a_sigterm_to_the_runner_stops_its_jobs(tmp_path):
     # the runner in a process of its own, killed while its job sleeps: the job goes with it
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from jobs import Job, run_jobs; "  # jobs.py alone: no torch to import
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from r1.jobs import Job, run_jobs; "  # no torch to import
             "run_jobs([Job('slow', [sys.executable, '-c', 'import time; time.sleep(30)', sys.argv[2]], sys.argv[2], "
             "log=sys.argv[2] + '.log')], n_jobs=2, say=print)")
     runner = subprocess.Popen([sys.executable, "-c", code, ROOT, str(tmp_path / "slow.json")], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
     while not (tmp_path / "slow.json.log").exists():
+        assert runner.poll() is None and time.time() < deadline, runner.stderr.read() if runner.poll() else "no job"
         time.sleep(0.05)
     time.sleep(0.5)  # the job has started
     runner.send_signal(signal.SIGTERM)
@@ -143,7 +145,7 @@ def test_a_missing_or_circular_need_is_refused_before_anything_runs(tmp_path):
 
 @pytest.mark.parametrize("flags", [[], ["--lang_mix"], ["--rl2_rm_steps", "0"]])
 def test_r1_pipeline_needs_are_the_products_each_stage_reads(tmp_path, monkeypatch, flags):
-    monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path), *flags])
+    monkeypatch.setattr(sys, "argv", ["r1/pipeline.py", "--out_dir", str(tmp_path), *flags])
     a = r1.parse_args()
     js, commands = r1.pipeline(a, str(tmp_path / "r1"), r1.chosen_stages(a))
     needs = {j.name: set(j.needs) for j in js}
@@ -163,7 +165,7 @@ def test_r1_pipeline_needs_are_the_products_each_stage_reads(tmp_path, monkeypat
                                                      (["--lang_mix", "--reasoning_rl_steps", "7"], 30, 7)])
 def test_r1_rl_steps_of_each_ablation_pair(tmp_path, monkeypatch, flags, r1zero, reasoning):
     # --rl_steps sizes R1-Zero's pair, --reasoning_rl_steps the cold-started pair; --lang_mix's sizes yield to flags given
-    monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path), *flags])
+    monkeypatch.setattr(sys, "argv", ["r1/pipeline.py", "--out_dir", str(tmp_path), *flags])
     a = r1.parse_args()
     commands = r1.stage_commands(a)
     steps = lambda s: int(commands[s][0][commands[s][0].index("--rl_steps") + 1])  # noqa: E731
@@ -172,8 +174,8 @@ def test_r1_rl_steps_of_each_ablation_pair(tmp_path, monkeypatch, flags, r1zero,
 
 
 def test_r1_measures_again_an_eval_json_an_older_r1_wrote(tmp_path, monkeypatch):
-    # an older r1.py wrote eval.json itself (keys pass@1, ...) and no eval_job.json: the stage is done, its row is not
-    monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path)])
+    # an older r1/pipeline.py wrote eval.json itself (keys pass@1, ...) and no eval_job.json: the stage is done, its row is not
+    monkeypatch.setattr(sys, "argv", ["r1/pipeline.py", "--out_dir", str(tmp_path)])
     a = r1.parse_args()
     js = {j.name: j for j in r1.pipeline(a, str(tmp_path / "r1"), r1.chosen_stages(a))[0]}
     base = tmp_path / "r1" / "base"
@@ -188,7 +190,7 @@ def test_r1_runs_again_the_stages_a_changed_size_reaches_and_only_those(tmp_path
     # every job of a --lang_mix pipeline finished (its product and meta as run_jobs writes them); then
     # --reasoning_rl_steps changes: the pair, what reads reasoning_rl downstream, and their rows run again
     def pipeline(*flags):
-        monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path), "--lang_mix", *flags])
+        monkeypatch.setattr(sys, "argv", ["r1/pipeline.py", "--out_dir", str(tmp_path), "--lang_mix", *flags])
         a = r1.parse_args()
         return r1.pipeline(a, str(tmp_path / "r1"), r1.chosen_stages(a))[0]
     for j in pipeline():
@@ -212,7 +214,7 @@ def test_r1_runs_again_the_stages_a_changed_size_reaches_and_only_those(tmp_path
     (["--from", "student_sft_grpo", "--no_student_sft_grpo"], "--from student_sft_grpo: not a stage of this pipeline"),
     (["--from", "rm", "--rl2_rm_steps", "0"], "--from rm: --rl2_rm_steps 0 runs no reward model")])
 def test_r1_from_a_stage_this_pipeline_does_not_run_is_one_line(tmp_path, monkeypatch, capsys, flags, error):
-    monkeypatch.setattr(sys, "argv", ["r1.py", "--out_dir", str(tmp_path), *flags])
+    monkeypatch.setattr(sys, "argv", ["r1/pipeline.py", "--out_dir", str(tmp_path), *flags])
     with pytest.raises(SystemExit) as e:
         r1.parse_args()
     assert e.value.code == 2 and error in capsys.readouterr().err and not os.listdir(tmp_path)

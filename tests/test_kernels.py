@@ -11,9 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import bench_kernels
 from grpo import grpo_loss, token_weights
-from kernels import (fused_grpo_loss, linear_grpo_loss, linear_token_logprobs, token_entropy, token_entropy_triton,
+from grpo_kernels import (fused_grpo_loss, linear_grpo_loss, linear_token_logprobs, token_entropy, token_entropy_triton,
                      token_logprobs_triton)
-from kernels.logprob import token_logprobs_reference
+from grpo_kernels.logprob import token_logprobs_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # V not a power of two, and a GPT-2-sized vocabulary with few rows
@@ -231,11 +231,11 @@ def test_fused_linear_never_holds_the_logits():
 
 def test_training_path_uses_the_reference_on_cpu_and_agrees_with_the_kernel():
     # what grpo_update.completion_logprobs calls: the reference on a CPU, the fused linear on CUDA; both agree
-    import kernels
+    import grpo_kernels
     g = torch.Generator().manual_seed(0)
     h, W = torch.randn(2, 6, 16, generator=g), torch.randn(300, 16, generator=g)
     targets = torch.randint(0, 300, (2, 6), generator=g)
-    ref = kernels.logprobs_from_hidden(h, W, targets, 0.9)
+    ref = grpo_kernels.logprobs_from_hidden(h, W, targets, 0.9)
     close(ref, token_logprobs_reference(h @ W.t(), targets, 0.9), 0)
     close(linear_token_logprobs(h.to(DEVICE), W.to(DEVICE), targets.to(DEVICE), 0.9).cpu(), ref, 1e-5)
 

@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from model import GPT, ModelConfig, build_model, make_model
+from model import Transformer, ModelConfig, build_model, make_model
 from tokenizer import get_tokenizer
 
 
 def tiny(**kw):
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=64, block_size=64, **kw))
+    return Transformer(ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=64, block_size=64, **kw))
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -40,7 +40,7 @@ def test_causal():
 def test_gqa_equals_repeated_heads():
     # oracle: grouped-query attention is ordinary attention with each kv head repeated
     model = tiny()
-    mha = GPT(ModelConfig(**{**model.config.__dict__, "n_kv_head": 4}))
+    mha = Transformer(ModelConfig(**{**model.config.__dict__, "n_kv_head": 4}))
     sd = model.state_dict()
     for i in range(2):
         for n in "kv":
@@ -71,7 +71,7 @@ def test_checkpoint_roundtrip(tmp_path):
     idx = torch.randint(0, tok.vocab_size, (1, 8))
     torch.testing.assert_close(model(idx)[0], loaded(idx)[0])
     assert tok2.vocab_size == tok.vocab_size
-    with pytest.raises(SystemExit, match="checkpoint not found: .*missing.pt"):
+    with pytest.raises(ValueError, match="checkpoint not found: .*missing.pt"):
         load_checkpoint(str(tmp_path / "missing.pt"))
 
 

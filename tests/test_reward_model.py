@@ -1,4 +1,4 @@
-"""The reward model (reward_model.py, eq. 5): its loss by hand, its pairs, a short real training
+"""The reward model (r1/reward_model.py, eq. 5): its loss by hand, its pairs, a short real training
 run, and its use as train.py's `preference` reward, bad input included."""
 
 import json
@@ -8,12 +8,12 @@ import random
 import pytest
 import torch
 
-import reward_model
+from r1 import reward_model
 import train
 from checkpoint import save_checkpoint
 from model import make_model
 from rewards import accuracy_reward, format_reward
-from reward_model import GARBLES, PreferenceReward, bradley_terry_loss, preference_pairs
+from r1.reward_model import GARBLES, PreferenceReward, bradley_terry_loss, preference_pairs
 from tasks import AdditionTask
 from tokenizer import get_tokenizer
 
@@ -128,7 +128,7 @@ def test_bad_input_is_one_line(trained, capsys, tmp_path):
 
 
 def test_a_stopped_reward_model_resumes_exactly(trained, monkeypatch, capsys, tmp_path):
-    # the run skeleton of every stage (runs.run_steps): a stop request after step 3 checkpoints rm.pt,
+    # the run skeleton of every stage (runner.run_steps): a stop request after step 3 checkpoints rm.pt,
     # which --reward_model refuses until --resume finishes it as the uninterrupted run would have
     d, _, _ = trained
     argv = ["--init", str(d / "init.pt"), "--out_dir", str(tmp_path), "--steps", "6", "--batch", "4", "--lr", "3e-3",
@@ -140,7 +140,7 @@ def test_a_stopped_reward_model_resumes_exactly(trained, monkeypatch, capsys, tm
         asked.append(1)
         return len(asked) == 4
 
-    monkeypatch.setattr(reward_model.runs.StopSignal, "requested", requested)
+    monkeypatch.setattr(reward_model.runner.StopSignal, "requested", requested)
     cut = reward_model.main(argv + ["--run_name", "cut"])
     assert "stopped by a signal after step 3" in capsys.readouterr().out
     assert torch.load(cut, weights_only=True)["step"] == 3

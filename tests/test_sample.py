@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-import kernels
+import grpo_kernels
 
-from kernels.logprob import token_logprobs_reference
-from model import GPT, ModelConfig
+from grpo_kernels.logprob import token_logprobs_reference
+from model import Transformer, ModelConfig
 from batch import pack
 from grpo_update import completion_logprobs
 from sample import generate, generate_naive, sample_next
@@ -14,7 +14,7 @@ PAD, STOP = 49, [47, 48]
 
 def tiny():
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=64, block_size=96)).eval()
+    return Transformer(ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=64, block_size=96)).eval()
 
 
 # prompts of different lengths with a common prefix of 6 tokens, as templated prompts have
@@ -56,14 +56,14 @@ def test_stop_texts_match_naive_decoding():
 
 
 # the kernel path, the sampler on the log-prob kernel and the trainer on the fused linear one: on
-# CUDA as train.py runs it, on a CPU under Triton's interpreter (kernels.USE = "always")
+# CUDA as train.py runs it, on a CPU under Triton's interpreter (grpo_kernels.USE = "always")
 KERNEL_PATH = ("cuda", "cuda") if torch.cuda.is_available() else ("cpu", "always")
 
 
 @pytest.mark.parametrize("device, use", [("cpu", "never"), KERNEL_PATH])
 def test_sampler_logprobs_equal_trainer_logprobs(device, use, monkeypatch):
     # oracle: each row alone, unpadded, no shared prefix, no cache, the reference log-probs
-    monkeypatch.setattr(kernels, "USE", use)
+    monkeypatch.setattr(grpo_kernels, "USE", use)
     model = tiny().to(device)
     out = generate(model, PROMPTS, G=4, max_new_tokens=15, stop_ids=STOP, pad=PAD,
                    temperature=0.7, generator=torch.Generator(device).manual_seed(0))

@@ -25,8 +25,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import sandbox
-from sandbox import SandboxError, run_python
+from engines import sandbox
+from engines.sandbox import SandboxError, run_python
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "hunter2-" + os.urandom(4).hex()
@@ -236,7 +236,7 @@ def check(r, w, name, kind):
     elif kind == "data intact":
         assert w.data.read_text() == "the trainer's checkpoint"
     elif kind == "no project write":
-        assert not os.path.exists(f"{REPO}/aha-sandbox-escape") and "sandbox.py" not in out
+        assert not os.path.exists(f"{REPO}/aha-sandbox-escape") and "engines/sandbox.py" not in out
     elif kind == "no secret":
         assert SECRET not in out and "root:" not in out
     elif kind == "no connection":  # the server thread records what arrives: give a late arrival time to show

@@ -1,4 +1,4 @@
-"""sft.py: the loss is on completion tokens only, a short real run lowers it and writes a checkpoint the
+"""r1/sft.py: the loss is on completion tokens only, a short real run lowers it and writes a checkpoint the
 other CLIs take, a SIGTERM checkpoints and --resume continues exactly, bad input is one line."""
 
 import json
@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-import evaluate
-import reject
-import sft
+import evaluation
+from r1 import reject
+from r1 import sft
 import train
 from batch import pack
 from checkpoint import save_checkpoint
@@ -93,13 +93,13 @@ def test_cli_lowers_the_loss_and_its_checkpoint_is_taken_everywhere(files, capsy
     assert "eval_accuracy" in log[-1]
     ckpt = os.path.join(out, "a", "ckpt.pt")
     capsys.readouterr()
-    evaluate.main(["--ckpt", ckpt, "--eval_problems", "2", "--eval_samples", "1", "--max_new_tokens", "8", "--json"])
+    evaluation.main(["--ckpt", ckpt, "--eval_problems", "2", "--eval_samples", "1", "--max_new_tokens", "8", "--json"])
     assert json.loads(capsys.readouterr().out)["settings"]["step"] == 12
     rl = train.main(["--init", ckpt, "--out_dir", out, "--run_name", "rl", "--rl_steps", "1", "--questions", "2",
                      "--group_size", "2", "--max_new_tokens", "8", "--eval_problems", "2", "--eval_samples", "1",
                      "--n_test", "20", "--no_plot"])
     assert [r["step"] for r in read_log(rl)] == [0, 1]
-    # and sft.py --init takes it too: a second SFT (rejection sampling's) on the cold start's
+    # and r1/sft.py --init takes it too: a second SFT (rejection sampling's) on the cold start's
     b = sft.main(["--init", ckpt, "--data", str(files / "data.jsonl"), "--out_dir", out, "--run_name", "b",
                   "--epochs", "1", "--batch", "24"])
     assert [r["step"] for r in read_log(b)] == [1, 2]
@@ -109,7 +109,7 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(files):
     out, argv = str(files / "out"), ["--init", str(files / "init.pt"), "--data", str(files / "data.jsonl"), "--epochs", "1",
                                      "--batch", "8", "--lr", "3e-3"]
     sft.main(argv + ["--out_dir", out, "--run_name", "straight"])
-    proc = subprocess.Popen([sys.executable, "sft.py", *argv, "--out_dir", out, "--run_name", "cut"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "r1.sft", *argv, "--out_dir", out, "--run_name", "cut"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = os.path.join(out, "cut", "log.jsonl")
     while not (os.path.isfile(log) and len(open(log).readlines()) >= 2):
@@ -117,7 +117,7 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(files):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "resume with python sft.py --resume" in stdout
+    assert proc.returncode == 0 and "resume with python -m r1.sft --resume" in stdout
     stopped = len(read_log(os.path.join(out, "cut")))
     assert stopped < 6
     sft.main(["--out_dir", out, "--run_name", "cut", "--resume"])  # its flags come from args.json
@@ -131,7 +131,7 @@ def test_torchrun_two_processes_make_the_same_updates(files):
     out, argv = str(files / "out"), ["--init", str(files / "init.pt"), "--data", str(files / "data.jsonl"), "--epochs", "1",
                                      "--batch", "8", "--micro_batch", "2", "--lr", "3e-3"]
     sft.main(argv + ["--out_dir", out, "--run_name", "one"])
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "sft.py",
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "r1.sft",
                           *argv, "--out_dir", out, "--run_name", "two"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr
     one, two = (read_log(os.path.join(out, r)) for r in ("one", "two"))
@@ -162,7 +162,7 @@ def test_bad_input_is_one_line(files, argv, fragment, capsys):
     assert fragment.format(d=d) in one_line_error(capsys, sft.main, argv)
 
 
-# --- reject.py: the filters of rejection sampling, on hand-made completions ---
+# --- r1/reject.py: the filters of rejection sampling, on hand-made completions ---
 
 GOOD = " <think> Compute 82 + 97 in columns. 2+7=9, so 9. 8+9=17, so 79, carry 1. Carry 1 left, so 179. </think> <answer> 179 </answer>"
 BAD = {  # each fails exactly the filter it names
@@ -180,7 +180,7 @@ def reject_args(**kw):
 
 
 def test_repeated_block():
-    from reject import repeated_block
+    from r1.reject import repeated_block
     assert not repeated_block(GOOD)
     assert repeated_block(BAD["repeats"])  # a sentence twice
     assert repeated_block(" <think> so the sum is so the sum is 179 </think>")  # a 4-word run back to back
@@ -193,7 +193,7 @@ def test_repeated_block():
 
 
 def test_rejection_keeps_only_what_passes_every_filter():
-    from reject import filters, select
+    from r1.reject import filters, select
     from rewards import accuracy_reward, format_reward, language_reward
     texts = [GOOD, *BAD.values(), GOOD.replace("in columns.", "in columns, digit by digit.")]
     lengths = [len(t) for t in texts]  # byte tokenizer: a token per byte (of ASCII)
@@ -223,9 +223,9 @@ def test_reject_cli_bad_input_is_one_line(files, capsys):
 
 
 def test_cold_start_data_is_correct_formatted_and_fits(tmp_path):
-    # the miniature's curated cold-start data (cold_start.py): the task's written solution, rechecked,
+    # the miniature's curated cold-start data (r1/cold_start.py): the task's written solution, rechecked,
     # for training problems only, each completion (and its end of text) within the generation limit
-    import cold_start
+    from r1 import cold_start
     from rewards import accuracy_reward, format_reward
     from reflection import reflects
     cold_start.main(["--out", str(tmp_path / "cold.jsonl"), "--examples", "40", "--max_tokens", "96"])

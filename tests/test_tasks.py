@@ -24,7 +24,7 @@ def test_worked_solutions_are_correct_column_addition():
     # oracle: re-read the partial sums the solution writes and check them against Python's sum
     task = AdditionTask(min_digits=1, max_digits=5)
     for p in task.train_problems(random.Random(1), 500):
-        text = task.worked(p)
+        text = task.careful(p)
         partials = re.findall(r"so (\d+)", text)
         n = max(len(str(p["a"])), len(str(p["b"])))
         for k in range(n):  # after column k, the partial sum is the sum's last k+1 digits
@@ -70,7 +70,7 @@ def test_the_first_attempt_forgets_carries_and_the_recheck_corrects_it():
         assert text.startswith(first + " Wait, let me recheck. ")
         assert text.endswith(f"So {p['answer']}, as before." if result == p["answer"] else f"So {p['answer']}, not {result}.")
         # the recheck is the careful sum's columns: the worked solution after its opening sentence
-        assert task.worked(p).split(" in columns. ")[1] in text
+        assert task.careful(p).split(" in columns. ")[1] in text
     # two-digit operands: the attempt is right exactly when the units do not carry
     task = AdditionTask()
     ps = task.train_problems(random.Random(3), 2000)
@@ -84,7 +84,7 @@ def test_the_ablation_writes_the_same_careful_sums_without_reflection():
     for (prompt, c), (_, d) in zip(docs, plain_docs):
         a, b = map(int, re.search(r"Compute (\d+) \+ (\d+)\. Assistant:$", prompt).groups())
         if "columns" in c:  # an attempt, or an attempt rechecked: the careful sum, right
-            assert d == f" <think> {plain.worked({'a': a, 'b': b})} </think> <answer> {a + b} </answer>"
+            assert d == f" <think> {plain.careful({'a': a, 'b': b})} </think> <answer> {a + b} </answer>"
         else:
             assert c == d  # the guesses are untouched
     assert not any("Wait" in c for _, c in plain.textbook(200, seed=0))
@@ -131,7 +131,7 @@ def test_countdown_targets_are_reachable_and_the_worked_search_is_right():
         assert p["target"] in all_values(p["numbers"])
         text = f"<think> x </think> <answer> {p['answer']} </answer>"
         assert countdown_reward([""], [text], numbers=[p["numbers"]], target=[p["target"]]) == [1.0]
-        worked = task.worked(p)
+        worked = task.careful(p)
         moves = re.findall(r"(\d+)([-+*/])(\d+)=(\d+)", worked)
         assert moves and all(eval(f"{a}{op}{b}") == int(v) for a, op, b, v in moves)  # noqa: S307 (digits only)
         assert int(moves[-1][3]) == p["target"] and worked.endswith(f"Found {p['answer']}.")
@@ -156,7 +156,7 @@ def test_countdown_corpus_has_the_three_styles_and_its_guesses_are_mostly_wrong(
     longest = max(len(tok.encode(p + c)) + 1 for p, c in docs + task.textbook(1000, seed=0))
     assert longest <= 640
     # the worked solution is the solution's path, not the whole search: two moves for three numbers
-    assert all(len(re.findall(r"\d+[-+*/]\d+=\d+", task.worked(p))) == 2 for p in task.test_set)
+    assert all(len(re.findall(r"\d+[-+*/]\d+=\d+", task.careful(p))) == 2 for p in task.test_set)
 
 
 def test_linear_answers_solve_the_equation():
@@ -219,7 +219,7 @@ def test_jsonl_maps_fields_and_passes_the_rest_to_the_rewards(tmp_path):
     ("jsonl", ['["prompt", "answer"]'], "{f}:1: not a JSON object"),
 ])
 def test_malformed_lines_name_the_file_the_line_and_the_field(tmp_path, task, lines, message):
-    from file_tasks import TaskError
+    from tasks.files import TaskError
     from tasks import make_task
     f = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(TaskError) as e:
@@ -228,7 +228,7 @@ def test_malformed_lines_name_the_file_the_line_and_the_field(tmp_path, task, li
 
 
 def test_missing_files_and_overlap_are_reported(tmp_path):
-    from file_tasks import TaskError
+    from tasks.files import TaskError
     from tasks import make_task
     with pytest.raises(TaskError, match="give --test_file"):
         make_task(args_for(["--task", "gsm8k"]))

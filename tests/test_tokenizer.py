@@ -42,7 +42,7 @@ def test_named_encoding_missing_file_says_where(tmp_path):
 
 
 def test_hf_tokenizer_name_needs_a_directory(tmp_path):
-    # "hf:DIR" is a Hugging Face directory's tokenizer.json (hf.py; converted and checked in tests/test_hf.py)
+    # "hf:DIR" is a Hugging Face directory's tokenizer.json (interop/hf.py; converted and checked in tests/test_hf.py)
     with pytest.raises(FileNotFoundError, match="tokenizer.json not found: .*nothere"):
         get_tokenizer(f"hf:{tmp_path}/nothere")
 

@@ -1,4 +1,4 @@
-"""Tool calls (tools.py): the multi-turn rollout, the mask that keeps tool output out of the loss,
+"""Tool calls (engines/tools.py): the multi-turn rollout, the mask that keeps tool output out of the loss,
 hostile calls, and the default run left as it was. Engines here are either the real sampler on a
 small random model, or `scripted`: an engine (sample.generate's signature) that writes given texts,
 so that a rollout makes exactly the calls a test needs."""
@@ -15,12 +15,12 @@ import torch
 import grpo
 import grpo_update
 import sample
-import sandbox
-import tools
+from engines import sandbox
+from engines import tools
 import train
 from batch import pack
-from model import GPT, ModelConfig
-from multiply import MultiplyTask
+from model import Transformer, ModelConfig
+from tasks.multiply import MultiplyTask
 from template import TOOL
 from tokenizer import get_tokenizer
 
@@ -30,7 +30,7 @@ PROMPTS = [TOK.encode("Compute 12 * 34."), TOK.encode("Compute 5 * 6.")]
 
 def small_model(seed=0):
     torch.manual_seed(seed)
-    return GPT(ModelConfig(vocab_size=TOK.vocab_size, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64,
+    return Transformer(ModelConfig(vocab_size=TOK.vocab_size, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64,
                            block_size=256))
 
 
@@ -55,7 +55,7 @@ def scripted(texts):
         batch = pack(rows, comps, pad)
         logp = -0.5 * batch.completion_mask  # every sampled token: log-prob -0.5
         stopped = [bool(c) and (c[-1] in stop_ids or any(s in decode(c) for s in stop_texts)) for c in comps]
-        return sample.Rollout(batch, logp, ~torch.tensor(stopped))
+        return sample.Samples(batch, logp, ~torch.tensor(stopped))
     gen.calls = calls
     return gen
 
@@ -167,8 +167,8 @@ def grads(model, out, advantages, loss_type, mask=None):
         ref_logp = grpo_update.completion_logprobs(ref, out.batch)
     mask = out.sampled_mask if mask is None else mask
     norm = grpo.loss_normalizer(loss_type, mask, 40)
-    loss = grpo_update.completion_grpo_loss(model, out.batch, 1.0, None, ref_logp, advantages, mask, beta=0.1,
-                                            loss_type=loss_type, normalizer=norm)[0]
+    terms = grpo_update.LossTerms(None, ref_logp, advantages, mask, norm, beta=0.1, loss_type=loss_type)
+    loss = grpo_update.completion_grpo_loss(model, out.batch, 1.0, terms).loss
     loss.backward()
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -177,7 +177,7 @@ def relabel(out, i, j, new):
     """The rollout with completion token j of row i replaced by `new`."""
     rows = out.batch.rows.clone()
     rows[i, out.batch.R + j] = new
-    return sample.Rollout(type(out.batch)(out.batch.prefix, rows, out.batch.valid, out.batch.R), out.sampler_logp,
+    return sample.Samples(type(out.batch)(out.batch.prefix, rows, out.batch.valid, out.batch.R), out.sampler_logp,
                           out.truncated, out.tool_mask, out.tool_stats)
 
 
@@ -230,8 +230,8 @@ def test_sampler_and_trainer_agree_on_the_sampled_tokens_of_a_multi_turn_rollout
     assert out.tool_stats["calls"].sum() >= 2 and out.tool_mask.any()
     args = train.parse_args(["--questions", "2", "--group_size", "2", "--max_new_tokens", "30", "--beta", "0"])
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    m = grpo_update.grpo_update(grpo_update.Policy(model), None, opt, out, torch.tensor([1.0, -1, 0.5, -0.5]), args,
-                                torch.Generator().manual_seed(0))
+    m = grpo_update.grpo_update(grpo_update.Policy(model), None, opt, out, torch.tensor([1.0, -1, 0.5, -0.5]),
+                                grpo_update.UpdateConfig.from_args(args), torch.Generator().manual_seed(0))
     assert m["sampler_logp_diff"] < 1e-5
     with torch.no_grad():  # the test can fail: on tool tokens the sampler's log-prob is 0, the trainer's is not
         lp = grpo_update.completion_logprobs(model, out.batch)
@@ -250,7 +250,7 @@ def test_tools_are_off_unless_the_task_or_a_flag_turns_them_on(monkeypatch):
     model = small_model()
     args = types.SimpleNamespace(max_new_tokens=12, max_tool_calls=0, tool_max_chars=64)
     problems = [{"prompt": "Compute 1 + 2", "answer": "3"}]
-    out = rollout(model, TOK, problems, 3, args, torch.Generator().manual_seed(0), 1.0)[0]
+    out = rollout(model, TOK, problems, 3, args, torch.Generator().manual_seed(0), 1.0).samples
     from template import render_prompt
     plain = sample.generate(model, [TOK.encode(render_prompt("Compute 1 + 2"))], 3, 12, TOK.stop_ids, TOK.pad,
                             generator=torch.Generator().manual_seed(0), stop_texts=TOK.stop_texts, decode=TOK.decode)

@@ -1,4 +1,4 @@
-"""Experiment trackers (trackers.py, runs.RunLog), on real train.py and sft.py runs with W&B offline:
+"""Experiment trackers (interop/trackers.py, runner.RunLog), on real train.py and r1/sft.py runs with W&B offline:
 TensorBoard's event files, read back by TensorBoard's own reader (EventAccumulator), and the W&B
 run's .wandb log, read back by W&B's own (`wandb leet inspect --json`), hold log.jsonl's numbers at
 log.jsonl's steps, written by rank 0 only under torchrun; a resume continues the same tracker runs;
@@ -19,10 +19,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 from wandb.util import get_core_path
 
-import runs
-import sft
+import runner
+from r1 import sft
 import train
-import trackers
+from interop import trackers
 from tasks import AdditionTask
 from tiny_runs import DDP, ROOT, copy_run, wandb_offline
 
@@ -173,7 +173,7 @@ def test_an_unknown_tracker_is_one_line(tmp_path, capsys):
 
 
 def test_no_tracker_is_imported_unless_asked_for(tmp_path, monkeypatch):
-    # no project file imports one at its top (trackers.py does in the function that opens it) ...
+    # no project file imports one at its top (interop/trackers.py does in the function that opens it) ...
     for path in glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True):  # glob skips hidden directories
         if not {"tests", "site-packages"} & set(os.path.relpath(path, ROOT).split(os.sep)):
             with open(path) as f:
@@ -185,6 +185,6 @@ def test_no_tracker_is_imported_unless_asked_for(tmp_path, monkeypatch):
     for name in ("wandb", "tensorboard", "torch.utils.tensorboard"):
         monkeypatch.setitem(sys.modules, name, None)
     train.parse_args(DDP + ["--out_dir", str(tmp_path)])
-    with runs.start_run(str(tmp_path / "r"), argparse.Namespace(lr=1.0), 1, 1) as log:
+    with runner.start_run(str(tmp_path / "r"), argparse.Namespace(lr=1.0), 1, 1) as log:
         log.write({"step": 1, "loss": 0.5})
     assert read_log(str(tmp_path / "r")) == [{"step": 1, "loss": 0.5}]

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-import evaluate
+import evaluation
 import grpo_update
 import sample
 import train
@@ -82,7 +82,7 @@ def test_sample_and_eval_clis_read_the_checkpoint(run, capsys):
     sample.main(["--ckpt", os.path.join(run_dir, "ckpt.pt"), "--prompt", "Compute 12 + 34", "--num_samples", "2",
                  "--max_new_tokens", "40"])
     assert capsys.readouterr().out.count("--- sample") == 2
-    evaluate.main(["--ckpt", os.path.join(run_dir, "ckpt.pt"), "--eval_problems", "4", "--eval_samples", "2",
+    evaluation.main(["--ckpt", os.path.join(run_dir, "ckpt.pt"), "--eval_problems", "4", "--eval_samples", "2",
                    "--max_new_tokens", "48"])
     out = capsys.readouterr().out
     assert "held-out pass@1" in out and "(k=2, T=0.6, top-p=0.95)" in out
@@ -107,7 +107,7 @@ def test_missing_checkpoint_and_too_long_prompt_errors(run, capsys):
     run_dir, _ = run
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", "nowhere/ckpt.pt", "--prompt", "hi"])
-    assert "checkpoint not found: nowhere/ckpt.pt" in str(e.value.code)
+    assert e.value.code == 2 and "checkpoint not found: nowhere/ckpt.pt" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", os.path.join(run_dir, "ckpt.pt"), "--prompt", "x" * 700])
     assert e.value.code == 2 and "longer than the model's context" in capsys.readouterr().err
@@ -117,12 +117,12 @@ def test_missing_checkpoint_and_too_long_prompt_errors(run, capsys):
 
 def small_rollout(seed=0, B_questions=4, G=4, max_new=12, device="cpu"):
     import torch
-    from model import GPT, ModelConfig
+    from model import Transformer, ModelConfig
     from sample import generate
     from tokenizer import get_tokenizer
     tok = get_tokenizer()
     torch.manual_seed(seed)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64,
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, ffn_hidden=64,
                             block_size=128)).to(device)
     prompts = [tok.encode(f"Compute {i} + {i + 1}.") for i in range(B_questions)]
     out = generate(model, prompts, G, max_new, [tok.eot], tok.pad, generator=torch.Generator(device).manual_seed(seed))
@@ -135,7 +135,8 @@ def update(model, out, advantages, argv, ref=None, lr=1.0):
     from grpo_update import Policy
     args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "12"] + argv)
     opt = torch.optim.SGD(model.parameters(), lr=lr)  # SGD: the update is the gradient itself
-    return grpo_update.grpo_update(Policy(model), ref and Policy(ref), opt, out, advantages, args,
+    cfg = grpo_update.UpdateConfig.from_args(args)
+    return grpo_update.grpo_update(Policy(model), ref and Policy(ref), opt, out, advantages, cfg,
                                    torch.Generator().manual_seed(0))
 
 
@@ -159,18 +160,18 @@ def test_micro_batches_give_the_same_update_as_one_batch(loss_type):
 @pytest.mark.parametrize("minibatches", ["1", "2"])
 def test_kernel_path_gives_the_same_update_as_the_reference(minibatches, monkeypatch):
     # what CUDA runs (the GRPO loss fused with the output layer, its gradient computed in the
-    # forward: kernels.linear_grpo_loss) against the reference path on the same device; on a CPU
-    # the kernels run under Triton's interpreter (kernels.USE = "always").
+    # forward: grpo_kernels.linear_grpo_loss) against the reference path on the same device; on a CPU
+    # the kernels run under Triton's interpreter (grpo_kernels.USE = "always").
     # 1 mini-batch: on-policy, old_logp=None; 2: the second mini-batch sees a moved policy
     import copy
     import torch
-    import kernels
+    import grpo_kernels
     device, kernel_use = ("cuda", "cuda") if torch.cuda.is_available() else ("cpu", "always")
     model, out, A = small_rollout(device=device)
     ref = copy.deepcopy(model).requires_grad_(False)
     models, metrics = {}, {}
     for use in ("never", kernel_use):
-        monkeypatch.setattr(kernels, "USE", use)
+        monkeypatch.setattr(grpo_kernels, "USE", use)
         models[use] = copy.deepcopy(model)
         metrics[use] = update(models[use], out, A, ["--beta", "0.1", "--minibatches", minibatches], ref=ref, lr=3.0)
     for p, q in zip(models["never"].parameters(), models[kernel_use].parameters()):
@@ -228,7 +229,8 @@ def test_a_non_finite_loss_skips_the_update(minibatches):
     args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "12", "--beta", "0",
                              "--minibatches", str(minibatches)])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    m = grpo_update.grpo_update(Policy(model), None, opt, out, A, args, torch.Generator().manual_seed(0))
+    cfg = grpo_update.UpdateConfig.from_args(args)
+    m = grpo_update.grpo_update(Policy(model), None, opt, out, A, cfg, torch.Generator().manual_seed(0))
     assert m["skipped_steps"] == 1
     moved = any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
     if minibatches == 1:

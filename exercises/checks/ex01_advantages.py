@@ -28,8 +28,10 @@ def check(m):
         ("random rewards in groups of 4 with scale='none'", r, 4, {"scale": "none"}),
         ("random rewards in groups of 4 with scale='batch'", r, 4, {"scale": "batch"}),
         ("random rewards with eps=0.1", torch.rand(8, generator=g), 4, {"eps": 0.1}),
-        ("rewards [1, None, 3, nan] (None and NaN are unscored)", [1.0, None, 3.0, math.nan], 4, {}),
-        ("a group with a single scored reward [None, 2, None, None]", [None, 2.0, None, None], 4, {}),
+        ("rewards [1, None, 3, nan] (None and NaN are unscored)", [1.0, None, 3.0, math.nan], 4,
+         {}),
+        ("a group with a single scored reward [None, 2, None, None]", [None, 2.0, None, None], 4,
+         {}),
         ("all-None rewards with scale='batch'", [None] * 4, 2, {"scale": "batch"}),
         ("unscored rewards with scale='batch'", [1.0, None, 3.0, 0.0], 2, {"scale": "batch"}),
     ]

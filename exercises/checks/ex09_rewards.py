@@ -1,4 +1,5 @@
-"""Checks of exercise 9 against rewards.is_formatted and rewards.extract_answer on hostile strings."""
+"""Checks of exercise 9 against rewards.is_formatted and rewards.extract_answer on hostile
+strings."""
 
 import rewards
 from exercises import Mismatch
@@ -7,7 +8,8 @@ TITLE = "format and accuracy rewards vs hostile text"
 EQUATION = "eq. 4"
 PROJECT = "rewards.py: is_formatted, extract_answer"
 REFERENCE = "from rewards import extract_answer, is_formatted"
-PLUG = [("rewards", "is_formatted"), ("rewards", "extract_answer"), ("evaluate", "extract_answer")]
+PLUG = [("rewards", "is_formatted"), ("rewards", "extract_answer"),
+        ("evaluation", "extract_answer")]
 
 TEXTS = [
     "<think>5 + 7 = 12</think> <answer>12</answer>",

@@ -6,8 +6,8 @@ The finale: train with your own functions. When exercises 1-10 pass,
 runs the default toy run (base model, then GRPO) with your advantages, KL, clipped surrogate,
 aggregation, token weights, log-probs, sampler, KV cache, rewards and update in place of the
 project's. It must reach a held-out pass@1 of at least TARGET at its last evaluation, in about
-the default run's time on a CPU (README: ~3 min; the checks add seconds). Then: python -m exercises check 11 (it reads
-out/ex/log.jsonl; EXERCISES_RUN names another run directory).
+the default run's time on a CPU (README: ~3 min; the checks add seconds). Then: python -m
+exercises check 11 (it reads out/ex/log.jsonl; EXERCISES_RUN names another run directory).
 """
 
 import json
@@ -31,10 +31,13 @@ def verdict():
     except (OSError, ValueError):
         return False, f"no finished run in {run}: python train.py --use_exercises --run_name ex"
     if not used:
-        return False, f"{run} was not trained with --use_exercises: python train.py --use_exercises --run_name ex"
+        return False, (f"{run} was not trained with --use_exercises: "
+                       f"python train.py --use_exercises --run_name ex")
     if len(evals) < 2:
         return False, f"{run} has not finished (no evaluation after training yet)"
     first, last = evals[0]["eval_accuracy"], evals[-1]["eval_accuracy"]
     if last < TARGET:
-        return False, f"held-out pass@1 went {first:.3f} -> {last:.3f} at step {evals[-1]['step']}; the target is {TARGET}"
-    return True, f"PASS: your GRPO took held-out pass@1 {first:.3f} -> {last:.3f} in {evals[-1]['elapsed'] / 60:.1f} min"
+        return False, (f"held-out pass@1 went {first:.3f} -> {last:.3f} at step "
+                       f"{evals[-1]['step']}; the target is {TARGET}")
+    return True, (f"PASS: your GRPO took held-out pass@1 {first:.3f} -> {last:.3f} in "
+                  f"{evals[-1]['elapsed'] / 60:.1f} min")

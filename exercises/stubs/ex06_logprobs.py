@@ -1,6 +1,6 @@
 """
 Exercise 6: per-token log-probs from logits, the quantity every term of GRPO is built from (the
-project's version: kernels/logprob.py, token_logprobs_reference).
+project's version: grpo_kernels/logprob.py, token_logprobs_reference).
 
 log pi(y) = z_y / T - logsumexp(z / T) for one row of logits z and the chosen token y. Logits of
 a trained model can be large: the check uses +-1e4. Fill in the body, then:

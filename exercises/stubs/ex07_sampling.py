@@ -9,14 +9,16 @@ python -m exercises check 7
 
 import torch
 
-from kernels import token_logprobs  # exercise 6 underneath: log pi(y) from logits at a temperature
+# exercise 6 underneath: log pi(y) from logits at a temperature
+from grpo_kernels import token_logprobs
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     """
     Draw one token per row of logits (B, V) -> (tokens (B,) long, their log-probs (B,) float32).
 
-    temperature 0: greedy (argmax); the log-prob is then token_logprobs(logits, tok) (temperature 1).
+    temperature 0: greedy (argmax); the log-prob is then token_logprobs(logits, tok)
+                   (temperature 1).
     otherwise draw from softmax(logits / temperature) restricted to
       top_k > 0:   the k likeliest tokens (0: off)
       top_p < 1:   the smallest set of likeliest tokens whose probability reaches top_p (a token is

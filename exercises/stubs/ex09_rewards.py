@@ -9,7 +9,8 @@ tags written twice. Fill in both functions, then: python -m exercises check 9
 
 import re
 
-from rewards import last_boxed  # given: the content of the last \boxed{...} of a text (braces matched), or None
+# given: the content of the last \boxed{...} of a text (braces matched), or None
+from rewards import last_boxed
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 

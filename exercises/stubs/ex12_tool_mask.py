@@ -1,11 +1,13 @@
 """
-Exercise 12: the tool-output mask of a multi-turn row (the project's version: tools.py, assemble).
+Exercise 12: the tool-output mask of a multi-turn row (the project's version: engines/tools.py,
+assemble).
 
 With tool calls a rollout is multi-turn: the policy samples, pauses on a call, the interpreter's
 output is appended, the policy samples again. The trainer sees one row of tokens, but only the
 sampled ones are the policy's choices: the tool's output must be context for the tokens after it
 and carry no loss, no KL and no ratio. Build the row and its mask; the check then trains through
-your mask and looks for gradient on tool tokens. Fill in the body, then: python -m exercises check 12
+your mask and looks for gradient on tool tokens. Fill in the body, then:
+python -m exercises check 12
 """
 
 

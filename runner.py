@@ -1,27 +1,24 @@
 """
-The run skeleton every training stage stands on (train.py, sft.py, reward_model.py): flags that
-fail in one line, resume from args.json, the run directory, logs and files that survive a crash,
-the optimiser step, the loop of steps with its checkpoints, every random state for an exact
-resume, and SIGTERM / SIGINT turned into a checkpoint at the next step boundary. A stage is
+The run skeleton every training stage stands on (train.py, r1/sft.py, r1/reward_model.py):
 
-    args = runs.parse_args(parser, argv)          its flags (on --resume, the run's own from args.json), then its checks
-    with runs.session(args.device, args.dtype) as (rank, world, device, stop):
-        its set-up (fresh, or from the checkpoint), then
-        runs.run_steps(start, total, step, save, stop, ...)   each step calls runs.optimizer_step with its own loss
+    args = runner.parse_args(parser, argv)     # its flags (on --resume, the run's own), checked
+    with runner.session(args.device, args.dtype) as (rank, world, device, stop):
+        ...                                    # its set-up, fresh or from the checkpoint
+        runner.run_steps(start, total, step, save, stop, ...)  # each step: runner.optimizer_step
 
-and writes
+It writes out/<run>/args.json, log.jsonl (a JSON line per step, appended whole and fsync'd) and
+ckpt.pt (written whole or not at all); SIGTERM / SIGINT become a checkpoint at the next step
+boundary. A checkpoint carries every random state (torch's, Python's, the streams all ranks draw
+alike, each rank's sampling stream), so a resume at the same world size is the uninterrupted run
+bit for bit; at another world size the per-rank streams are re-seeded. Left out: CUDA's global
+generator (nothing draws from it) and numpy's (unused). docs/runs.md has the whole story.
 
-    out/<run>/args.json           the flags of the run (a resume writes args-resume-<step>.json beside it)
-    out/<run>/log.jsonl           one JSON line per step, appended whole and fsync'd (RunLog; with
-                                  --report_to, also to TensorBoard or W&B: trackers.py)
-    out/<run>/ckpt.pt             the last checkpoint (checkpoint.py), written whole or not at all
-
-Exact resume: a checkpoint carries torch's and Python's global random states, the streams every
-rank draws alike (the question stream, the mini-batch shuffler) and each rank's own sampling
-generator (gathered to rank 0, a list by rank). At the same world size every rank restores its
-own and the resumed run is the uninterrupted one, bit for bit; at another world size the shared
-streams restore but the per-rank ones are re-seeded, so it is a valid run but not the same one.
-What is left out: CUDA's global generator (nothing here draws from it) and numpy's (unused).
+Bad input, one convention: library code raises ValueError (FileNotFoundError for a missing path,
+Python's own) with a one-line message that names what to fix, and never exits, so that its caller
+decides: a test, a notebook, the R1 pipeline or an exercise check can catch it without catching
+bugs of other types. Only a command line turns it into `prog: error: ... (see --help)`, exit
+status 2, before any long work: Parser.check for the flags, Parser.errors around what reads
+files. Any other exception is a bug and keeps its traceback.
 
     python train.py --run_name a --resume     # continue out/a from its ckpt.pt
 """
@@ -39,7 +36,7 @@ import time
 import torch
 
 import dist
-import trackers
+from interop import trackers
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,6 +56,14 @@ class Parser(argparse.ArgumentParser):
         if error := device_error(device):
             self.error(error)
 
+    @contextlib.contextmanager
+    def errors(self, prefix=""):
+        """Bad input that library code raised (the convention above) as this CLI's one line."""
+        try:
+            yield
+        except (ValueError, FileNotFoundError) as e:
+            self.error(f"{prefix}{' '.join(str(e).split())}")
+
 
 def parse_args(parser, argv=None, defaults=None):
     """parser's flags over `defaults` (a --preset's values), and on --resume over the resumed run's
@@ -69,7 +74,8 @@ def parse_args(parser, argv=None, defaults=None):
     saved = os.path.join(known.out_dir, known.run_name or "", "args.json")
     if known.resume and known.run_name and os.path.isfile(saved):
         run = read_json(saved, "args.json")
-        defaults.update({k: v for k, v in run.items() if k in vars(known) and k not in ("resume", "run_name", "out_dir")})
+        defaults.update({k: v for k, v in run.items()
+                         if k in vars(known) and k not in ("resume", "run_name", "out_dir")})
     return parser.parse_args(argv, namespace=argparse.Namespace(**defaults))
 
 
@@ -117,7 +123,8 @@ def nanstd(x) -> float:
 
 
 def append_jsonl(path, record):
-    # one write of one whole line, on the disk before the next step: a crash can tear at most the last line
+    # one write of one whole line, on the disk before the next step:
+    # a crash can tear at most the last line
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
@@ -162,15 +169,18 @@ def check_run_dir(args, ckpt="ckpt.pt", report_to="none"):
     elif args.run_name and os.path.exists(os.path.join(run_dir, "log.jsonl")):
         return f"{run_dir} already holds a run: pick another --run_name, or --resume it"
     parent = os.path.abspath(args.out_dir)
-    while not os.path.exists(parent):  # the nearest path that exists must be a directory we can write in
+    # the nearest path that exists must be a directory we can write in
+    while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        return f"--out_dir {args.out_dir}: {parent} is not a writable directory: pick another --out_dir"
+        return (f"--out_dir {args.out_dir}: {parent} is not a writable directory: "
+                f"pick another --out_dir")
     return trackers.check(report_to)
 
 
 def run_path(args, prefix=""):
-    """<out_dir>/<run_name>; without --run_name, a name from rank 0's clock (set in args, alike on every rank)."""
+    """<out_dir>/<run_name>; without --run_name, a name from rank 0's clock (set in args, alike on
+    every rank)."""
     args.run_name = dist.gather_object(args.run_name or time.strftime(f"{prefix}%Y%m%d-%H%M%S"))[0]
     return os.path.join(args.out_dir, args.run_name)
 
@@ -191,7 +201,8 @@ def start_run(run_dir, args, world, start, report_to="none"):
 
 
 def cut_back(run_dir, start):
-    """A resume's log.jsonl and samples.jsonl: the lines before step `start`; the others set aside."""
+    """A resume's log.jsonl and samples.jsonl: the lines before step `start`; the others set
+    aside."""
     for stem in ("log", "samples"):
         path = os.path.join(run_dir, f"{stem}.jsonl")
         if not os.path.isfile(path):
@@ -212,13 +223,14 @@ def cut_back(run_dir, start):
 
 class RunLog:
     """A run's log: log.jsonl, the source of truth, and beside it the experiment trackers of
-    --report_to (trackers.py), written by rank 0 only (on the other ranks, write does nothing).
-    write(record) appends a record to log.jsonl and logs its numbers to the trackers; as a context
-    manager around the run, the trackers close (W&B ends its run) however the run ends."""
+    --report_to (interop/trackers.py), written by rank 0 only (on the other ranks, write does
+    nothing). write(record) appends a record to log.jsonl and logs its numbers to the trackers; as
+    a context manager around the run, the trackers close (W&B ends its run) however the run ends."""
 
     def __init__(self, run_dir, report_to="none", config=None, start=1):
         self.path = os.path.join(run_dir, "log.jsonl")
-        self.trackers = trackers.Trackers(report_to, run_dir, config or {}, start) if dist.rank() == 0 else None
+        self.trackers = (trackers.Trackers(report_to, run_dir, config or {}, start)
+                         if dist.rank() == 0 else None)
 
     def write(self, record):
         if self.trackers is not None:
@@ -247,7 +259,8 @@ def device_error(device):
     if kind == "cuda" and not torch.cuda.is_available():
         return f"--device {device}: there is no CUDA device here: use --device cpu"
     if index and int(index) >= torch.cuda.device_count():
-        return f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here: use a lower index"
+        return (f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here: "
+                f"use a lower index")
     return None
 
 
@@ -266,12 +279,13 @@ def free_memory(device) -> int:
 @contextlib.contextmanager
 def session(device, dtype="fp32"):
     """Where a training stage runs -> (rank, world size, device, stop): in torchrun's process group
-    if there is one (dist.setup), under bf16 autocast with dtype "bf16" (matmuls in bf16; parameters and
-    optimiser state stay fp32, as a bf16 weight keeps ~3 significant digits and an update of lr
-    ~1e-6 would round away), with denormal floats flushed (tiny gradients as denormals make CPU
-    matmuls ~20x slower), and SIGTERM / SIGINT as a stop request (StopSignal). The group is left at
-    the end, and on a one-line SystemExit (every rank decides alike); not on an error: that rank
-    exits and torchrun ends the others. Models must be gone by the end (dist.cleanup)."""
+    if there is one (dist.setup), under bf16 autocast with dtype "bf16" (matmuls in bf16;
+    parameters and optimiser state stay fp32, as a bf16 weight keeps ~3 significant digits and an
+    update of lr ~1e-6 would round away), with denormal floats flushed (tiny gradients as
+    denormals make CPU matmuls ~20x slower), and SIGTERM / SIGINT as a stop request (StopSignal).
+    The group is left at the end, and on a one-line SystemExit (every rank decides alike); not on
+    an error: that rank exits and torchrun ends the others. Models must be gone by the end
+    (dist.cleanup)."""
     rank, world, device = dist.setup(device)
     torch.set_flush_denormal(True)
     precision = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=dtype == "bf16")
@@ -299,7 +313,8 @@ def optimizer_step(module, opt, parts, loss_of, grad_clip):
             (loss * world).backward()
         total = total + loss.detach()
     total = float(dist.all_sum(total))
-    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip or float("inf")).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(),
+                                               grad_clip or float("inf")).item()
     stepped = math.isfinite(total) and math.isfinite(grad_norm)
     if stepped:
         opt.step()
@@ -316,7 +331,8 @@ def run_steps(start, total, step, save, stop, save_every, resume):
     for i in range(start, total + 1):
         if stop.requested():  # a preemption or a Ctrl-C, on any rank: all stop here
             save(i - 1)
-            dist.print0(f"stopped by {stop.name or 'a signal'} after step {i - 1}, checkpoint saved: resume with {resume}")
+            dist.print0(f"stopped by {stop.name or 'a signal'} after step {i - 1}, "
+                        f"checkpoint saved: resume with {resume}")
             return False
         step(i)
         if save_every and i % save_every == 0 and i < total:
@@ -340,18 +356,22 @@ def lr_at(step, total, peak, warmup):
 def random_state(shared, own):
     """For a checkpoint: torch's and Python's global states, the `shared` streams (name ->
     random.Random or torch.Generator, alike on every rank: rank 0's are kept) and each rank's `own`
-    generators (name -> torch.Generator; gathered, a list by rank). A collective: every rank calls it."""
+    generators (name -> torch.Generator; gathered, a list by rank). A collective: every rank calls
+    it."""
     return {
         "torch": torch.get_rng_state(), "python": random.getstate(),
-        "shared": {k: g.getstate() if isinstance(g, random.Random) else g.get_state() for k, g in shared.items()},
-        "own": {k: [torch.as_tensor(s) for s in dist.gather_object(g.get_state().cpu())] for k, g in own.items()},
+        "shared": {k: g.getstate() if isinstance(g, random.Random) else g.get_state()
+                   for k, g in shared.items()},
+        "own": {k: [torch.as_tensor(s) for s in dist.gather_object(g.get_state().cpu())]
+                for k, g in own.items()},
     }
 
 
 def restore_random(state, shared, own):
     """Set every stream back to a checkpoint's random_state. Returns False when the per-rank
     streams could not be restored (another world size): they keep the seeds they were given."""
-    torch.set_rng_state(state["torch"].cpu())  # generator states are CPU byte tensors, whatever the device
+    # generator states are CPU byte tensors, whatever the device
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(_tuples(state["python"]))
     for k, g in shared.items():
         if isinstance(g, random.Random):

@@ -14,17 +14,18 @@ calls: `token_logprobs` (from logits, for the sampler: sample.py), `logprobs_fro
 hidden states: the old policy's and the reference model's log-probs, and SFT's) and
 `linear_grpo_loss` (the trainer's loss on CUDA: grpo_update.py). The benchmark, eager against
 torch.compile against these kernels (and Liger-Kernel when installed), is
-tests/bench_kernels.py. `kernels.USE` says where the kernels are taken:
+tests/bench_kernels.py. `grpo_kernels.USE` says where the kernels are taken:
 "cuda" (the default) on CUDA tensors and the references on a CPU; "never" (train.py
 --no_kernels); "always", CPU tensors included, which needs TRITON_INTERPRET=1 there (the tests
 use it to run the sampler and the trainer through the kernels on a CPU).
 
-    TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py      # conftest.py sets it without a GPU
+    TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py    # conftest.py sets it without a GPU
 """
 
-from kernels.fused_linear import linear_grpo_loss, linear_token_logprobs
-from kernels.grpo_loss import fused_grpo_loss
-from kernels.logprob import token_entropy, token_entropy_triton, token_logprobs_reference, token_logprobs_triton
+from grpo_kernels.fused_linear import linear_grpo_loss, linear_token_logprobs
+from grpo_kernels.grpo_loss import fused_grpo_loss
+from grpo_kernels.logprob import (token_entropy, token_entropy_triton, token_logprobs_reference,
+                                  token_logprobs_triton)
 
 USE = "cuda"
 
@@ -52,5 +53,5 @@ def logprobs_from_hidden(h, weight, targets, temperature=1.0, with_entropy=False
 
 
 __all__ = ["token_logprobs", "logprobs_from_hidden", "token_logprobs_reference", "token_entropy",
-           "token_logprobs_triton", "token_entropy_triton", "linear_token_logprobs", "linear_grpo_loss",
-           "fused_grpo_loss", "USE"]
+           "token_logprobs_triton", "token_entropy_triton", "linear_token_logprobs",
+           "linear_grpo_loss", "fused_grpo_loss", "USE"]

@@ -15,11 +15,9 @@ Only the (N,) log-probs and logsumexps are stored, never an (N, V) tensor of log
 Backward: d log pi(y) / d z_j = (1[j = y] - softmax_j(z / T)) / T, so
     dz_j = g (1[j = y] - exp(z_j / T - lse)) / T         g: the upstream gradient of log pi(y)
 one more read of the row and one write. With inplace=True the gradient overwrites the logits
-buffer, so no second (N, V) tensor is ever allocated; use it only when nothing else needs the
-logits afterwards (the output layer's backward needs its inputs, not its output). The entropy is
-for logging and has no gradient. Statistics are fp32 whatever the input dtype.
-
-On CUDA, kernels.token_logprobs uses the kernel; on a CPU the reference. The tests run the
+buffer, so no second (N, V) tensor is ever allocated (when that is safe: docs/kernels.md). The
+entropy is for logging and has no gradient. Statistics are fp32 whatever the input dtype. On
+CUDA, grpo_kernels.token_logprobs uses the kernel; on a CPU the reference. The tests run the
 kernel on a CPU under Triton's interpreter:
 
     TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py
@@ -46,7 +44,8 @@ def token_logprobs_reference(logits, targets, temperature=1.0):
 def token_entropy(logits, temperature=1.0):
     """Entropy (...) of the temperature-scaled distribution, for logging only."""
     z = logits.float() / temperature
-    z = z - z.max(dim=-1, keepdim=True).values  # as above: logits of 1e4 would cost ~1e-3 of precision
+    # as above: logits of 1e4 would cost ~1e-3 of precision
+    z = z - z.max(dim=-1, keepdim=True).values
     logp = z - torch.logsumexp(z, dim=-1, keepdim=True)
     return -(logp.exp() * logp).sum(-1)
 
@@ -58,9 +57,10 @@ def token_entropy(logits, temperature=1.0):
 def _row_logprob(logits_ptr, targets_ptr, row, stride_row, V, inv_T, BLOCK_V: tl.constexpr,
                  WITH_ENTROPY: tl.constexpr):
     """One row's (log pi(y), logsumexp, entropy) by the online logsumexp above (entropy 0 unless
-    WITH_ENTROPY). Shared by this file's forward kernel and kernels/grpo_loss.py's."""
+    WITH_ENTROPY). Shared by this file's forward kernel and grpo_kernels/grpo_loss.py's."""
     base = logits_ptr + row * stride_row
-    m = tl.full((), -1e30, tl.float32)  # finite, so that (m - m') s is 0, not nan, at the first block
+    # finite, so that (m - m') s is 0, not nan, at the first block
+    m = tl.full((), -1e30, tl.float32)
     s = tl.zeros((), tl.float32)
     t = tl.zeros((), tl.float32)
     for start in range(0, V, BLOCK_V):
@@ -77,15 +77,17 @@ def _row_logprob(logits_ptr, targets_ptr, row, stride_row, V, inv_T, BLOCK_V: tl
         m = m_new
     y = tl.load(targets_ptr + row)
     z_y = tl.load(base + y).to(tl.float32) * inv_T
-    log_s = tl.maximum(tl.log(s), 0.0)  # s >= 1 exactly; a GPU's approximate log must not dip below 0
+    # s >= 1 exactly; a GPU's approximate log must not dip below 0
+    log_s = tl.maximum(tl.log(s), 0.0)
     return (z_y - m) - log_s, m + log_s, log_s - t / s
 
 
 @triton.jit
-def _logprob_fwd_kernel(logits_ptr, targets_ptr, logp_ptr, lse_ptr, entropy_ptr, stride_row, V, inv_T,
-                        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr):
+def _logprob_fwd_kernel(logits_ptr, targets_ptr, logp_ptr, lse_ptr, entropy_ptr, stride_row, V,
+                        inv_T, BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    logp, lse, entropy = _row_logprob(logits_ptr, targets_ptr, row, stride_row, V, inv_T, BLOCK_V, WITH_ENTROPY)
+    logp, lse, entropy = _row_logprob(logits_ptr, targets_ptr, row, stride_row, V, inv_T, BLOCK_V,
+                                      WITH_ENTROPY)
     tl.store(logp_ptr + row, logp)
     tl.store(lse_ptr + row, lse)
     if WITH_ENTROPY:
@@ -93,8 +95,8 @@ def _logprob_fwd_kernel(logits_ptr, targets_ptr, logp_ptr, lse_ptr, entropy_ptr,
 
 
 @triton.jit
-def _logprob_bwd_kernel(logits_ptr, targets_ptr, lse_ptr, grad_ptr, dlogits_ptr, stride_row, stride_drow, V, inv_T,
-                        BLOCK_V: tl.constexpr):
+def _logprob_bwd_kernel(logits_ptr, targets_ptr, lse_ptr, grad_ptr, dlogits_ptr, stride_row,
+                        stride_drow, V, inv_T, BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
     dbase = dlogits_ptr + row * stride_drow
@@ -120,8 +122,9 @@ def logprob_forward(logits2d, targets1d, temperature, with_entropy):
     lse = torch.empty_like(logp)
     entropy = torch.empty_like(logp) if with_entropy else logp  # a dummy pointer when unused
     if N:
-        _logprob_fwd_kernel[(N,)](logits2d, targets1d, logp, lse, entropy, logits2d.stride(0), V, 1.0 / temperature,
-                                  BLOCK_V=_block_v(V), WITH_ENTROPY=with_entropy)
+        _logprob_fwd_kernel[(N,)](logits2d, targets1d, logp, lse, entropy, logits2d.stride(0), V,
+                                  1.0 / temperature, BLOCK_V=_block_v(V),
+                                  WITH_ENTROPY=with_entropy)
     return logp, lse, entropy if with_entropy else None
 
 
@@ -130,8 +133,9 @@ def logprob_backward(logits2d, targets1d, lse, grad, temperature, out=None):
     N, V = logits2d.shape
     out = torch.empty_like(logits2d) if out is None else out
     if N:
-        _logprob_bwd_kernel[(N,)](logits2d, targets1d, lse, grad.contiguous(), out, logits2d.stride(0), out.stride(0), V,
-                                  1.0 / temperature, BLOCK_V=_block_v(V))
+        _logprob_bwd_kernel[(N,)](logits2d, targets1d, lse, grad.contiguous(), out,
+                                  logits2d.stride(0), out.stride(0), V, 1.0 / temperature,
+                                  BLOCK_V=_block_v(V))
     return out
 
 
@@ -152,7 +156,8 @@ class TokenLogprobs(torch.autograd.Function):
     def backward(ctx, grad):
         logits2d, targets1d, lse = ctx.saved_tensors
         out = logits2d if ctx.inplace else None
-        dlogits = logprob_backward(logits2d, targets1d, lse, grad.reshape(-1).float(), ctx.temperature, out)
+        dlogits = logprob_backward(logits2d, targets1d, lse, grad.reshape(-1).float(),
+                                   ctx.temperature, out)
         return dlogits.view(ctx.shape), None, None, None
 
 
@@ -168,4 +173,5 @@ def token_entropy_triton(logits, temperature=1.0):
     if logits2d.stride(-1) != 1:
         logits2d = logits2d.contiguous()
     dummy = torch.zeros(logits2d.size(0), dtype=torch.long, device=logits.device)
-    return logprob_forward(logits2d, dummy, temperature, with_entropy=True)[2].view(logits.shape[:-1])
+    return logprob_forward(logits2d, dummy, temperature,
+                           with_entropy=True)[2].view(logits.shape[:-1])

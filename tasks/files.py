@@ -1,15 +1,11 @@
 r"""
-Tasks read from the user's local files (the registry is tasks.py): GSM8K, MATH / MATH-500 and any
+Tasks read from the user's local files (the registry is tasks/): GSM8K, MATH / MATH-500 and any
 JSONL with a field mapping. One record is one problem; training draws from --train_file, the
-held-out set is --test_file. A file is read as the dataset is downloaded:
-
-    .jsonl     one JSON object a line
-    .parquet   one row a record, read with pyarrow (how the Hugging Face Hub serves datasets:
-               openai/gsm8k's main/train-00000-of-00001.parquet)
-    a folder   written by `datasets`' save_to_disk (state.json beside its .arrow files), read with
-               `datasets`; a DatasetDict's folder holds one folder a split: give that one
-
-The formats share the field mapping (a table's column is a field; a null is a missing field):
+held-out set is --test_file. A file is read as the dataset is downloaded: a .jsonl (one JSON
+object a line), a .parquet (one row a record, read with pyarrow: how the Hugging Face Hub serves
+datasets) or a folder written by `datasets`' save_to_disk (read with `datasets`; a DatasetDict's
+folder holds one folder a split: give that one). A table's column is a field, a null a missing
+field. The formats share the field mapping:
 
     gsm8k   `question`, `answer` ending in `#### 42` (the number after it, commas removed)
     math    `problem`, and `answer` or a `solution` whose last \boxed{} is the answer; `level` and
@@ -21,7 +17,8 @@ Nothing is downloaded. A malformed record is one TaskError naming the file, the 
 row, from 1) and the field; held-out problems that also appear in the training file are reported.
 pyarrow and datasets are optional, imported only when such a file is given. What is left out:
 files are read whole into memory (GSM8K's 7.5k problems, MATH's 12.5k are small); a dataset split
-into several Parquet shards is read one file at a time (give the one you mean).
+into several Parquet shards is read one file at a time (give the one you mean). The commands that
+download GSM8K, and more: docs/tasks-and-rewards.md.
 
     python -m pytest tests/test_tasks.py tests/test_file_tasks.py
 """
@@ -100,14 +97,16 @@ def read_saved(path: str):
         with open(splits, encoding="utf-8") as f:
             names = json.load(f).get("splits", [])
         raise TaskError(f"{path} is a DatasetDict with the splits {', '.join(names)}: "
-                        f"give one split's folder, e.g. {os.path.join(path, names[0] if names else 'train')}")
+                        f"give one split's folder, e.g. "
+                        f"{os.path.join(path, names[0] if names else 'train')}")
     if not os.path.exists(os.path.join(path, "state.json")):
         raise TaskError(f"{path} is a folder but not a datasets.save_to_disk one (no state.json): "
                         "give a .jsonl or .parquet file, or such a folder")
     try:
         import datasets  # optional, and ~1.5 s to import: only a save_to_disk folder needs it
     except ImportError:
-        raise TaskError(f"{path}: reading a save_to_disk folder needs datasets: pip install datasets") from None
+        raise TaskError(f"{path}: reading a save_to_disk folder needs datasets: "
+                        f"pip install datasets") from None
     try:
         ds = datasets.load_from_disk(path)
     except (OSError, ValueError) as e:
@@ -130,7 +129,8 @@ class FileTask:
 
     def __init__(self, train_file=None, test_file=None, log=print):
         if not test_file:
-            raise TaskError(f"task {self.name} reads its held-out problems from a file: give --test_file PATH{FORMATS}")
+            raise TaskError(f"task {self.name} reads its held-out problems from a file: "
+                            f"give --test_file PATH{FORMATS}")
         self.test_set = self.read(test_file)
         self.train = self.read(train_file) if train_file else None
         self.overlap = 0
@@ -138,8 +138,9 @@ class FileTask:
             seen = {p["prompt"].strip() for p in self.train}
             self.overlap = sum(p["prompt"].strip() in seen for p in self.test_set)
             if self.overlap:
-                log(f"warning: {self.overlap} of the {len(self.test_set)} held-out problems of {test_file} "
-                    f"also appear in {train_file}: the held-out accuracy is not held out")
+                log(f"warning: {self.overlap} of the {len(self.test_set)} held-out problems of "
+                    f"{test_file} also appear in {train_file}: the held-out accuracy is not held "
+                    f"out")
 
     @classmethod
     def from_args(cls, args, log=print):
@@ -149,11 +150,14 @@ class FileTask:
         rows, columns = records(path)
         out = []
         for i, rec in rows:
-            try:  # a null is a missing field: a table's row holds one where a JSONL line leaves the key out
+            # a null is a missing field: a table's row holds one where a JSONL line leaves the key
+            # out
+            try:
                 out.append(self.parse({k: v for k, v in rec.items() if v is not None}))
             except KeyError as e:
                 field = e.args[0]
-                hint = f" (no such column; it has {', '.join(columns)})" if columns and field not in columns else ""
+                hint = (f" (no such column; it has {', '.join(columns)})"
+                        if columns and field not in columns else "")
                 raise TaskError(f"{path}:{i}: missing field {field!r}{hint}") from None
             except TaskError as e:
                 raise TaskError(f"{path}:{i}: {e}") from None
@@ -164,7 +168,8 @@ class FileTask:
     def train_problems(self, rng: random.Random, n: int) -> list[dict]:
         """n problems drawn (with replacement) from the training file."""
         if not self.train:
-            raise TaskError(f"task {self.name} trains on a file: give --train_file PATH{FORMATS}")
+            raise TaskError(
+                f"task {self.name} trains on a file: give --train_file PATH{FORMATS}")
         return [rng.choice(self.train) for _ in range(n)]
 
 
@@ -208,8 +213,8 @@ class JsonlTask(FileTask):
 
     name = "jsonl"
 
-    def __init__(self, train_file=None, test_file=None, prompt_field="prompt", answer_field="answer",
-                 rewards=None, log=print):
+    def __init__(self, train_file=None, test_file=None, prompt_field="prompt",
+                 answer_field="answer", rewards=None, log=print):
         self.prompt_field, self.answer_field = prompt_field, answer_field
         if rewards:
             self.rewards, self.correct = rewards, parse_rewards(rewards)[0][1]
@@ -217,7 +222,8 @@ class JsonlTask(FileTask):
 
     @classmethod
     def from_args(cls, args, log=print):
-        return cls(args.train_file, args.test_file, args.prompt_field, args.answer_field, args.rewards, log=log)
+        return cls(args.train_file, args.test_file, args.prompt_field, args.answer_field,
+                   args.rewards, log=log)
 
     def parse(self, rec):
         p = {k: v for k, v in rec.items() if k not in (self.prompt_field, self.answer_field)}
