@@ -1,15 +1,18 @@
 """
-Checkpoints, read and written in one place: our ckpt.pt and a Hugging Face directory (hf:DIR)
-alike. Every CLI and stage that takes a model (--init, --ckpt) goes through `load_model`; every
-run that starts from one is checked first with `starting_point`, which reads the tokenizer and
-the model's shape without loading a weight.
+Checkpoints, read and written in one place: our ckpt.pt, a Hugging Face directory (hf:DIR) and
+a llama.cpp GGUF file (gguf:FILE) alike. Every CLI and stage that takes a model (--init, --ckpt)
+goes through `load_model`; every run that starts from one is checked first with
+`starting_point`, which reads the tokenizer and the model's shape without loading a weight.
 
     ckpt.pt   one torch.save'd dict: {format, commit, config, model (the weights), tokenizer (its
-              name: aha, byte, gpt2, ..., hf:DIR), vocab_size, and what the stage adds: step,
-              args, optim, ref, random (runner.random_state), ...}; written to a .tmp, fsync'd and
-              renamed, so a crash or a kill -9 leaves the previous checkpoint whole
+              name: aha, byte, gpt2, ..., hf:DIR, gguf:FILE), vocab_size, and what the stage
+              adds: step, args, optim, ref, random (runner.random_state), ...}; written to a .tmp,
+              fsync'd and renamed, so a crash or a kill -9 leaves the previous checkpoint whole
     hf:DIR    a local Hugging Face model directory (interop/hf.py): config.json, safetensors,
               tokenizer.json
+    gguf:FILE a llama.cpp GGUF file (interop/gguf_model.py): metadata, quantised weights and the
+              tokenizer in one file; a checkpoint of a run from one records gguf:/abs/FILE as its
+              tokenizer and reads the tokenizer from that file again (as hf:DIR from DIR)
 
 A checkpoint says what it is: its format version (a newer one is refused), the git commit of the
 code that wrote it, every flag of its run, and its tokenizer's identity, so that a checkpoint of
@@ -28,6 +31,7 @@ from dataclasses import asdict
 
 import torch
 
+from interop.gguf_model import gguf_config, load_gguf
 from interop.hf import config_from_hf, load_hf, save_hf
 from model import Transformer, PRESETS, ModelConfig, build_model, parameter_count
 from runner import Parser, atomic_write, free_memory, read_json
@@ -120,13 +124,14 @@ def load_checkpoint(path, device="cpu", tokenizer=None, config=None, full=False)
 
 def load_model(spec, device="cpu", dtype=None, flag="--ckpt"):
     """(model, tokenizer, checkpoint dict or {}) for --init / --ckpt (`flag`, for the error):
-    hf:DIR, a local Hugging Face directory, or a ckpt.pt of ours, in dtype (default: as stored).
-    Bad input is a one-line ValueError."""
-    if spec.startswith("hf:"):
-        try:
-            return (*load_hf(spec.removeprefix("hf:"), device, dtype), {})
-        except (ValueError, OSError, MemoryError) as e:
-            raise ValueError(f"{flag} {spec}: {e}") from None
+    hf:DIR, a local Hugging Face directory, gguf:FILE, a llama.cpp GGUF file, or a ckpt.pt of
+    ours, in dtype (default: as stored; fp32 for a GGUF). Bad input is a one-line ValueError."""
+    for prefix, load in (("hf:", load_hf), ("gguf:", load_gguf)):
+        if spec.startswith(prefix):
+            try:
+                return (*load(spec.removeprefix(prefix), device, dtype), {})
+            except (ValueError, OSError, MemoryError) as e:
+                raise ValueError(f"{flag} {spec}: {e}") from None
     model, tok, ckpt = load_checkpoint(spec, device, full=True)
     return (model if dtype is None else model.to(dtype)), tok, ckpt
 
@@ -149,7 +154,8 @@ def load_for_cli(parser, argv, keys):
 def starting_point(args):
     """(tokenizer, model config as a dict of ModelConfig fields) of what a run starts from, read
     without loading any weight: --init hf:DIR's config.json and tokenizer, --init CKPT's config and
-    tokenizer, or the --model preset with --tokenizer. ValueError: one line that names the flag."""
+    tokenizer, --init gguf:FILE's metadata, or the --model preset with --tokenizer. ValueError: one
+    line that names the flag."""
     if not args.init and args.model not in PRESETS:
         raise ValueError(f"--model {args.model} is not a preset: choose from {', '.join(PRESETS)}")
     try:
@@ -160,10 +166,13 @@ def starting_point(args):
             config = asdict(config_from_hf(read_json(os.path.join(path, "config.json"),
                                                      "config.json")))
             tok = get_tokenizer(args.init)
+        elif args.init and args.init.startswith("gguf:"):
+            config = asdict(gguf_config(args.init.removeprefix("gguf:")))
+            tok = get_tokenizer(args.init)
         elif args.init:
             if not os.path.isfile(args.init):
-                raise FileNotFoundError(f"no such checkpoint: {args.init} "
-                                        f"(a directory of Hugging Face weights is hf:DIR)")
+                raise FileNotFoundError(f"no such checkpoint: {args.init} (a directory of Hugging "
+                                        f"Face weights is hf:DIR, a GGUF file gguf:FILE)")
             ckpt = read_header(args.init)
             config, tok = ckpt["config"], get_tokenizer(ckpt["tokenizer"],
                                                         ckpt.get("tokenizer_dir", "tokenizers"))
@@ -201,9 +210,9 @@ def export(ckpt_path: str, out: str):
     """One of our checkpoints (ckpt.pt) -> a Hugging Face directory (hf.save_hf)."""
     ckpt = read_header(ckpt_path)
     name = ckpt["tokenizer"]
-    if name not in ("byte", "aha") and not name.startswith("hf:"):
-        raise ValueError(f"cannot export the tokenizer '{name}': export supports aha, byte and "
-                         f"hf: tokenizers")
+    if name not in ("byte", "aha") and not name.startswith(("hf:", "gguf:")):
+        raise ValueError(f"cannot export the tokenizer '{name}': export supports aha, byte, hf: "
+                         f"and gguf: tokenizers")
     tok = get_tokenizer(name)
     model = build_model(ModelConfig(**ckpt["config"]), ckpt["model"].__getitem__)
     save_hf(model, tok, out)

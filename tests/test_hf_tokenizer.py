@@ -16,7 +16,7 @@ import pytest
 import tiktoken
 from tokenizers import AddedToken, Regex, Tokenizer as HFTok, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from interop.hf_tokenizer import added_regex, tiktoken_encoding
+from interop.hf_tokenizer import added_regex, bytes_to_unicode, tiktoken_encoding
 from test_hf import CORPUS, LLAMA3_PATTERN, QWEN2_PATTERN, VARIED
 from tokenizer import HFTokenizer, get_tokenizer
 
@@ -145,6 +145,32 @@ def test_chained_splits_encode_as_tokenizers_does(tmp_path, config):
         fold = tiktoken.Encoding("fold", pat_str="|".join(f"(?:{p})" for p in (DS_DIGITS, DS_CJK, DS_MAIN)),
                                  mergeable_ranks=enc._mergeable_ranks, special_tokens=enc._special_tokens)
         assert fold.encode(DS_TEXT, allowed_special="all") != tok.encode(DS_TEXT)
+
+
+@pytest.mark.parametrize("individual", [True, False], ids=["smollm2", "digit_runs"])
+def test_digits_pre_tokenizer_encodes_as_tokenizers_does(tmp_path, individual):
+    """SmolLM2's and StarCoder's pre-tokenizer, Sequence[Digits(individual_digits=true), ByteLevel] (and
+    Digits over runs of digits), with the chat specials; the vocabulary lacks two control bytes (SmolLM2's
+    lacks six), which `tokenizers` drops from their piece after the split."""
+    chars, lacking = bytes_to_unicode(), (0x04, 0x1D)
+    tok = HFTok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=individual),
+                                                 byte_level(use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS + [DS_TEXT] * 5 + ["x1 22 333 4444 55555 ½½ ²²"] * 20, trainers.BpeTrainer(
+        vocab_size=600, show_progress=False, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
+        initial_alphabet=[c for b, c in chars.items() if b not in lacking]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    with open(tmp_path / "tokenizer_config.json", "w") as f:
+        json.dump({"eos_token": "<|im_end|>", "pad_token": "<|pad|>", "chat_template": "<|im_start|>"}, f)
+    ours = HFTokenizer(tmp_path)
+    assert len(ours.enc.splits) == 1 and ours.enc.drop == bytes(lacking) and ours.chat == "chatml"
+    digits = ["1234567890 x1y22z333 3.14159 1,000,000 ١٢٣ ½ ² ٣४ 12½", "def f(x):\n    return x ** 2  # 2024\n",
+              "<|im_start|>user\nCompute 82 + 97<|im_end|>\n<|im_start|>assistant\n", "  \n\n\t  runs   of  spaces\n"]
+    assert_same(ours, tok, TEXTS + digits)
+    assert (ours.encode("55555") == [tok.token_to_id(d) for d in "55555"]) == individual
+    for text in [" \x04abc a\x1db \x1d\x1d  x\x04\x04 y", "\x04", "12\x1d34 +\x04+"]:  # the bytes it lacks
+        assert ours.encode(text) == tok.encode(text, add_special_tokens=False).ids, repr(text)
 
 
 def test_encoding_keeps_tiktokens_contract(tmp_path):
