@@ -6,13 +6,15 @@ log-probs of the tokens the policy sampled,
 
 A_i the advantage of output i (eq. 3, from the caller), rho_t = pi_theta / pi_theta_old per token,
 w_t each token's weight (grpo.token_weights: --loss_type's aggregation); a tool's output is context
-with no loss (Samples.sampled_mask). The rollout is trained on for --ppo_epochs passes of
---minibatches random mini-batches, one optimiser step each (runner.optimizer_step), gradients
-accumulated over micro-batches of --micro_batch rows; every micro-batch divides by the whole
-mini-batch's normaliser, summed over ranks, so neither micro-batching nor the world size changes
-the update. pi_theta_old's log-probs are recomputed once before the first step, except for a single
-step, whose own detached log-probs are pi_theta_old's (rho = 1). pi_ref is a frozen copy of the
-policy, reset every --ref_update_every steps (none with --beta 0).
+with no loss (Samples.sampled_mask). GSPO's per-output ratio, CISPO and dual-clip replace the
+bracket (grpo.policy_term: --ratio_level, --policy_loss, --dual_clip; UpdateConfig.clip_range).
+The rollout is trained on for --ppo_epochs passes of --minibatches random mini-batches, one
+optimiser step each (runner.optimizer_step), gradients accumulated over micro-batches of
+--micro_batch rows; every micro-batch divides by the whole mini-batch's normaliser, summed over
+ranks, so neither micro-batching nor the world size changes the update. pi_theta_old's log-probs
+are recomputed once before the first step, except for a single step, whose own detached log-probs
+are pi_theta_old's (rho = 1). pi_ref is a frozen copy of the policy, reset every
+--ref_update_every steps (none with --beta 0).
 
 `Policy` is the module DDP / FSDP wrap: its forward is either job, log-probs (policy_logprobs) or
 the loss (policy_loss). On CUDA the loss comes from the hidden states through
@@ -57,6 +59,12 @@ class UpdateConfig:
     grad_clip: float = 1.0              # max gradient norm (0: off)
     tis: bool = False                   # weight tokens by min(pi_theta_old / pi_sampler, tis_cap)
     tis_cap: float = 2.0
+    policy_loss: str = "clip"           # eq. 1's clipped surrogate, or "cispo" (grpo.policy_term)
+    ratio_level: str = "token"          # "sequence": GSPO's ratio, one per output
+    gspo_eps: float = 3e-4              # GSPO's clip range, in place of clip_eps ...
+    gspo_eps_high: float = 4e-4         # ... and clip_eps_high
+    cispo_eps_high: float = 4.0         # CISPO's weight cap is 1 + this (no lower bound)
+    dual_clip: float | None = None      # dual-clip's c (> 1); None: off
 
     @classmethod
     def from_args(cls, args):
@@ -64,6 +72,15 @@ class UpdateConfig:
         tis = args.tis == "on" or (args.tis == "auto" and args.engine == "vllm")
         knobs = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "tis"}
         return cls(**knobs, tis=tis)
+
+    def clip_range(self):
+        """(eps_low, eps_high) of the objective: eq. 1's, GSPO's own, or CISPO's cap (no lower
+        bound)."""
+        if self.policy_loss == "cispo":
+            return math.inf, self.cispo_eps_high
+        if self.ratio_level == "sequence":
+            return self.gspo_eps, self.gspo_eps_high
+        return self.clip_eps, self.clip_eps_high
 
 
 def grpo_update(policy, ref, opt, samples: Samples, advantages, cfg: UpdateConfig, generator):
@@ -84,7 +101,10 @@ def grpo_update(policy, ref, opt, samples: Samples, advantages, cfg: UpdateConfi
     single = cfg.ppo_epochs * cfg.minibatches == 1 and not cfg.tis
     old_logp = None if single else logprobs_in_chunks(policy, batch, everything, cfg.temperature)
     ref_logp = logprobs_in_chunks(ref, batch, everything, cfg.temperature) if cfg.beta > 0 else None
-    is_w = grpo.tis_weights(old_logp, samples.sampler_logp, cfg.tis_cap) if cfg.tis else None
+    is_w = None  # GSPO: one weight per output, as its ratio (grpo.tis_weights with the mask)
+    if cfg.tis:
+        is_w = grpo.tis_weights(old_logp, samples.sampler_logp, cfg.tis_cap,
+                                mask if cfg.ratio_level == "sequence" else None)
     rows = dict(old_logp=old_logp, ref_logp=ref_logp, advantages=advantages, mask=mask,
                 is_weights=is_w)  # each (B, ...): what a micro-batch picks its rows of
     stats, losses, norms, skipped = UpdateStats(mask.device), [], [], 0
@@ -116,8 +136,10 @@ def micro_batch_loss(policy, samples, rows, normalizer, cfg, stats, idx):
     """eq. 1-2 on the rows idx: their share of the mini-batch's loss (divided by its normaliser).
     rows: the per-row tensors of the whole rollout (None where a term is off)."""
     picked = {k: None if v is None else v[idx] for k, v in rows.items()}
-    terms = LossTerms(**picked, normalizer=normalizer, eps_low=cfg.clip_eps,
-                      eps_high=cfg.clip_eps_high, beta=cfg.beta, loss_type=cfg.loss_type)
+    eps_low, eps_high = cfg.clip_range()
+    terms = LossTerms(**picked, normalizer=normalizer, eps_low=eps_low, eps_high=eps_high,
+                      beta=cfg.beta, loss_type=cfg.loss_type, policy_loss=cfg.policy_loss,
+                      ratio_level=cfg.ratio_level, dual_clip=cfg.dual_clip)
     out = policy_loss(policy, samples.batch.select(idx), cfg.temperature, terms)
     stats.add(out.metrics, out.entropy * picked["mask"], out.logp, samples.sampler_logp[idx],
               samples.sampled_mask[idx])
@@ -173,6 +195,15 @@ class LossTerms:
     eps_high: float | None = None
     beta: float = 0.0
     loss_type: str = "grpo"
+    policy_loss: str = "clip"
+    ratio_level: str = "token"
+    dual_clip: float | None = None
+
+    @property
+    def fused(self) -> bool:
+        """Does grpo_kernels.linear_grpo_loss compute this objective? The paper's per-token clip
+        and its aggregations; the others take the kernels' log-probs and grpo.grpo_loss."""
+        return (self.policy_loss, self.ratio_level, self.dual_clip) == ("clip", "token", None)
 
 
 @dataclass
@@ -257,10 +288,11 @@ def completion_grpo_loss(model, batch: Batch, temperature, terms: LossTerms) -> 
     """The trainer's GRPO loss (grpo.grpo_loss, eq. 1-2) of the batch's completions. On CUDA in one
     pass from the hidden states (grpo_kernels.linear_grpo_loss, with each token's weight from
     grpo.token_weights): the logits are never held, nor recomputed for the backward; elsewhere the
-    reference path, completion_logprobs then grpo.grpo_loss."""
+    reference path, completion_logprobs then grpo.grpo_loss. GSPO, CISPO and dual-clip take that
+    path on CUDA too: its log-probs come from the kernels (grpo_kernels.logprobs_from_hidden)."""
     T, old_logp, ref_logp = terms, terms.old_logp, terms.ref_logp
     A, mask = terms.advantages, terms.mask  # (B,), (B, C)
-    if grpo_kernels.fast(model.lm_head.weight):
+    if grpo_kernels.fast(model.lm_head.weight) and T.fused:
         h = forward_rows(model, batch)[:, batch.R - 1:-1]  # (B, C, d): states predicting each token
         weights = grpo.token_weights(mask, T.loss_type, T.normalizer)
         if T.is_weights is not None:  # grpo_loss's per-token factor, as a weight of the fused loss
@@ -275,5 +307,6 @@ def completion_grpo_loss(model, batch: Batch, temperature, terms: LossTerms) -> 
     logp, entropy = completion_logprobs(model, batch, temperature, entropy=True)
     old = logp.detach() if old_logp is None else old_logp
     loss, metrics = grpo.grpo_loss(logp, old, ref_logp, A, mask, T.eps_low, T.eps_high, T.beta,
-                                   T.loss_type, T.normalizer, T.is_weights)
+                                   T.loss_type, T.normalizer, T.is_weights, T.policy_loss,
+                                   T.ratio_level, T.dual_clip)
     return PolicyOutput(logp.detach(), entropy, loss, metrics)

@@ -15,6 +15,7 @@ rule_reward      eq. 4: reward_rule = reward_acc + reward_format.
 countdown_reward the answer uses each given number once and equals the target (ast, never eval).
 code_reward      the share of test cases the answer's program passes (engines/sandbox.py).
 language_reward  eq. 7: the share of the thought's words in the target language.
+overlong_reward  DAPO's soft overlong punishment, by the completion's length in tokens.
 
 Model output is untrusted: any failure scores 0, no answer can hang or crash the trainer
 (accuracy_reward says how). Model-based rewards (eq. 5, 6, 8) follow the same convention:
@@ -339,8 +340,34 @@ def language_reward(prompts, completions, language=None, **fields) -> list:
     return out
 
 
+def overlong_reward(prompts, completions, completion_tokens, max_len=None, buffer=None,
+                    **fields) -> list[float]:
+    """
+    DAPO's soft overlong punishment (arXiv 2503.14476, R_length), from each completion's length |y|
+    in tokens (the rollout's completion_tokens field), L_max = max_len, L_cache = buffer:
+        0                                    |y| <= L_max - L_cache
+        ((L_max - L_cache) - |y|) / L_cache  L_max - L_cache < |y| <= L_max
+        -1                                   L_max < |y|
+    DAPO adds it to the accuracy reward (`--rewards accuracy:1,overlong:1`). train.py binds
+    max_len and buffer: --overlong_max (default --max_new_tokens, which no completion exceeds) and
+    --overlong_buffer (default a fifth of it: DAPO's 4096 of 20480).
+    """
+    if max_len is None:
+        raise ValueError("overlong_reward needs max_len (train.py binds --overlong_max)")
+    buffer = max_len // 5 if buffer is None else buffer
+    out = []
+    for n in completion_tokens:
+        if n <= max_len - buffer:
+            out.append(0.0)
+        elif n <= max_len:
+            out.append(((max_len - buffer) - n) / buffer)
+        else:
+            out.append(-1.0)
+    return out
+
+
 REWARDS = {"accuracy": accuracy_reward, "format": format_reward, "language": language_reward,
-           "countdown": countdown_reward, "code": code_reward}
+           "countdown": countdown_reward, "code": code_reward, "overlong": overlong_reward}
 
 
 def parse_rewards(spec: str, extra=None) -> list:

@@ -10,7 +10,8 @@ reward function may decline an output (None): its score is NaN, and grpo.group_a
 that output out. The sampler is sample.generate, or with --engine vllm engines/vllm_engine.py's,
 which keeps its contract; with --max_tool_calls the rollout is multi-turn over either, the policy
 calling a Python interpreter inside its thought (engines/tools.py). Left out: scoring while
-decoding goes on (the rewards run when the whole batch has stopped).
+decoding goes on (the rewards run when the whole batch has stopped). `select` and `concat` cut
+rollouts into groups and join them into one (train.py's dynamic sampling).
 
     python -m pytest tests/test_evaluate.py
 """
@@ -22,6 +23,7 @@ from functools import partial
 
 import torch
 
+from batch import pack
 from engines import tools
 from rewards import accuracy_reward, format_reward
 from sample import Samples, generate
@@ -56,6 +58,8 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
     texts = [tok.decode([t for t in ids if t not in eos]) for ids in completions]
     prompts = [p for p in prompts for _ in range(G)]
     fields = {k: [p.get(k) for p in problems for _ in range(G)] for k in problems[0]}
+    # each completion's length in tokens (a tool's output included): rewards.overlong_reward's
+    fields["completion_tokens"] = samples.batch.completion_mask.sum(1).long().tolist()
     scores = {}
     always = [("accuracy", correct), ("format", format_reward)]  # logged whatever the reward
     for name, fn in [(n, f) for n, f, _ in reward_fns] + always:
@@ -66,6 +70,53 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
                                  f"completions")
             scores[name] = torch.tensor([math.nan if x is None else float(x) for x in r])
     return Rollout(samples, texts, scores)
+
+
+def select(ro: Rollout, rows) -> Rollout:
+    """The rows `rows` of a rollout (whole groups: train.py's dynamic sampling), in the same
+    layout. A tool's seconds stay the whole rollout's: the time was spent."""
+    s, idx = ro.samples, torch.as_tensor(rows, dtype=torch.long)
+    stats = s.tool_stats and {**s.tool_stats, "calls": s.tool_stats["calls"][idx],
+                              "errors": s.tool_stats["errors"][idx]}
+    dev = idx.to(s.batch.rows.device)
+    samples = Samples(s.batch.select(dev), s.sampler_logp[dev], s.truncated[dev],
+                      None if s.tool_mask is None else s.tool_mask[dev], stats)
+    return Rollout(samples, [ro.texts[i] for i in idx.tolist()],
+                   {k: v[idx] for k, v in ro.scores.items()})
+
+
+def concat(parts: list[Rollout], pad: int) -> Rollout:
+    """Several rollouts as one (train.py's dynamic sampling): their rows laid out afresh together
+    (batch.pack: the prefix common to all), the per-token tensors right-padded to the new width.
+    Positions count valid tokens, so every token keeps its position and what it attends to."""
+    if len(parts) == 1:
+        return parts[0]
+    prompts, completions = [], []
+    for ro in parts:
+        b = ro.samples.batch
+        for ids, valid in zip(b.rows.tolist(), b.valid.tolist()):
+            kept = [t for t, v in zip(ids, valid) if v]
+            n_prompt = sum(valid[:b.R])
+            prompts.append(b.prefix.tolist() + kept[:n_prompt])
+            completions.append(kept[n_prompt:])
+    batch = pack(prompts, completions, pad, parts[0].samples.batch.rows.device)
+    C = batch.rows.size(1) - batch.R
+
+    def cat(name, fill):  # a (b, C_part) tensor of each part -> (B, C); past C: padding only
+        xs = [getattr(ro.samples, name)[:, :C] for ro in parts]
+        return torch.cat([torch.cat([x, x.new_full((x.size(0), C - x.size(1)), fill)], 1)
+                          for x in xs])
+
+    stats = None
+    if parts[0].samples.tool_stats is not None:
+        stats = {k: torch.cat([ro.samples.tool_stats[k] for ro in parts]) for k in ("calls",
+                                                                                   "errors")}
+        stats["seconds"] = sum(ro.samples.tool_stats["seconds"] for ro in parts)
+    samples = Samples(batch, cat("sampler_logp", 0.0),
+                      torch.cat([ro.samples.truncated for ro in parts]),
+                      None if stats is None else cat("tool_mask", False), stats)
+    return Rollout(samples, [t for ro in parts for t in ro.texts],
+                   {k: torch.cat([ro.scores[k] for ro in parts]) for k in parts[0].scores})
 
 
 def rollouts(model, tok, problems, G, args, generator, temperature, top_p, reward_fns=(),

@@ -47,10 +47,10 @@ from pretrain import base_model, cache_path
 from r1.reward_model import PreferenceReward
 from reflection import reflects
 from rewards import parse_rewards
-from rollout import rollout
+from rollout import concat, rollout, select
 from tasks import make_task
 from template import chat_format
-from train_args import parse_args, parser
+from train_args import parse_args, parser, reward_table
 
 
 def main(argv=None):
@@ -89,7 +89,8 @@ class GRPORun:
         model, ckpt = self.starting_policy(device)
         self.model = model
         # None: sample.generate on model itself; else a vLLM engine holding model's weights
-        self.engine = make_engine(args, model, self.tok, device, args.seed + rank)
+        self.seed = args.seed if args.rl_seed is None else args.rl_seed  # RL's own streams
+        self.engine = make_engine(args, model, self.tok, device, self.seed + rank)
         ref_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         ref_state = ckpt and ckpt.get("ref")
         self.ref = None if args.beta == 0 else reference(model, ref_dtype, args.fsdp, ref_state)
@@ -102,10 +103,11 @@ class GRPORun:
         rm = None
         if args.reward_model:  # the preference reward's model, loaded once
             rm = {"preference": PreferenceReward(args.reward_model, device)}
-        self.reward_fns = parse_rewards(args.rewards, rm)  # [(name, fn, weight)]: eq. 4's terms
-        self.questions = random.Random(f"rl-{args.seed}")
-        self.shuffle = torch.Generator().manual_seed(args.seed)
-        self.sampling = torch.Generator(device).manual_seed(args.seed + rank)  # per rank
+        # [(name, fn, weight)]: eq. 4's terms
+        self.reward_fns = parse_rewards(args.rewards, reward_table(args, rm))
+        self.questions = random.Random(f"rl-{self.seed}")
+        self.shuffle = torch.Generator().manual_seed(self.seed)
+        self.sampling = torch.Generator(device).manual_seed(self.seed + rank)  # per rank
         self.sync = dist.all_done if args.fsdp else None  # FSDP: every decode step is a collective
         if ckpt is not None:
             self.restore_streams(ckpt)
@@ -132,7 +134,7 @@ class GRPORun:
         sampling streams are new ones."""
         if runner.restore_random(ckpt["random"], *self.streams()):
             return
-        self.sampling.manual_seed(self.args.seed + self.rank + 7919 * (self.start - 1))
+        self.sampling.manual_seed(self.seed + self.rank + 7919 * (self.start - 1))
         n = len(ckpt["random"]["own"]["sampling"])
         dist.print0(f"note: the checkpoint was written by {n} processes, not {self.world}: "
                     f"sampling streams are re-seeded, so this run is not the uninterrupted one bit "
@@ -160,13 +162,16 @@ class GRPORun:
     def step(self, step):
         """One GRPO step: a rollout, its rewards and advantages, the update, the log; an evaluation
         every --eval_every steps. --max_skips non-finite steps in a row end the run."""
-        args, t0 = self.args, time.time()
-        ro = self.rollout()                                     # this rank's B = q x G rows
-        rewards = sum(w * ro.scores[k] for k, _, w in self.reward_fns)  # (B,) eq. 4; NaN: declined
+        args, t0, dyn = self.args, time.time(), {}
+        if args.dynamic_sampling:  # DAPO: only groups whose rewards differ
+            ro, dyn = self.informative_rollout()
+        else:
+            ro = self.rollout()                                 # this rank's B = q x G rows
+        rewards = self.reward(ro)                               # (B,) eq. 4; NaN: declined
         advantages = grpo.group_advantages(rewards, args.group_size, args.adv_scale)  # (B,) eq. 3
         t_rollout, t0 = time.time() - t0, time.time()
         um = self.update(step, ro.samples, advantages.to(ro.samples.batch.rows.device))  # eq. 1-2
-        rec = self.record(step, ro, rewards, um, t_rollout, time.time() - t0)
+        rec = {**self.record(step, ro, rewards, um, t_rollout, time.time() - t0), **dyn}
         rec["elapsed"] = time.time() - self.t_start
         if step % args.eval_every == 0 or step == args.rl_steps:
             rec.update(self.evaluate(step))
@@ -181,17 +186,55 @@ class GRPORun:
                              f"gradient norm (to step {step}): stopped, the last finite weights "
                              f"are in {self.dir}/ckpt.pt; lower --lr")
 
-    def rollout(self):
+    def rollout(self, questions=None):
         """G outputs per question from the current policy, pi_theta_old, scored: every rank draws
-        the step's questions alike and samples its own block of them -> a rollout.Rollout."""
+        the step's questions (--questions, or `questions`) alike and samples its own block of them
+        -> a rollout.Rollout."""
         args = self.args
         self.model.eval()
-        q = args.questions // self.world
-        problems = self.task.train_problems(self.questions, args.questions)
+        questions = questions or args.questions
+        q = questions // self.world
+        problems = self.task.train_problems(self.questions, questions)
         problems = problems[self.rank * q:(self.rank + 1) * q]
         return rollout(self.model, self.tok, problems, args.group_size, args, self.sampling,
                        args.temperature, reward_fns=self.reward_fns, all_done=self.sync,
                        correct=self.task.correct, engine=self.engine)
+
+    def reward(self, ro):
+        """eq. 4: the weighted sum of the --rewards terms, (B,); NaN where a function declined."""
+        return sum(w * ro.scores[k] for k, _, w in self.reward_fns)
+
+    def informative_rollout(self):
+        """
+        DAPO's dynamic sampling (arXiv 2503.14476: 0 < correct outputs < G): groups whose rewards
+        are all equal (grpo.constant_groups: advantage 0, no gradient) are dropped, more questions
+        are sampled, in at most --dynamic_rounds extra rounds, until every rank has its q =
+        --questions / world informative groups. Each extra round draws (on every rank alike) q'
+        questions per rank, q' the most any rank still lacks; a rank keeps its first q informative
+        groups, so every rank ends with q. When the bound is hit a rank fills up with uninformative
+        groups (advantage 0: they add only the KL term, and count in the loss's divisor), logged as
+        dyn_filled_groups. -> (the Rollout, its log fields).
+        """
+        G, q, t0 = self.args.group_size, self.args.questions // self.world, time.time()
+        ros, kept, spare, seen, zero, t_first = [], [], [], 0, 0, 0.0  # (round, group) pairs
+        while True:
+            missing = max(dist.gather_object(q - len(kept)))  # the most any rank still lacks
+            if missing <= 0 or len(ros) > self.args.dynamic_rounds:
+                break
+            ros.append(self.rollout(None if not ros else missing * self.world))
+            flat = grpo.constant_groups(self.reward(ros[-1]).view(-1, G)).tolist()  # (groups,)
+            kept += [(len(ros) - 1, i) for i, flat_i in enumerate(flat) if not flat_i]
+            spare += [(len(ros) - 1, i) for i, flat_i in enumerate(flat) if flat_i]
+            seen, zero = seen + len(flat), zero + sum(flat)
+            t_first = t_first or time.time() - t0
+        take = sorted((kept + spare)[:q])  # fewer than q informative: the bound was hit
+        parts = [select(ro, [i * G + j for k, i in take if k == r for j in range(G)])
+                 for r, ro in enumerate(ros) if any(k == r for k, _ in take)]
+        seen, zero, filled = dist.all_sum(torch.tensor([seen, zero, max(0, q - len(kept))]))
+        return concat(parts, self.tok.pad), {
+            "dyn_zero_var_groups": (zero / seen).item(), "dyn_rollouts": (seen * G).item(),
+            "dyn_rounds": len(ros), "dyn_filled_groups": filled.item(),
+            "dyn_extra_rollout_s": time.time() - t0 - t_first}
 
     def update(self, step, samples, advantages):
         """eq. 1 on mini-batches of the rollout (grpo_update), then the reference reset every
@@ -279,14 +322,25 @@ def print_step(rec, args, per_step):
                 f"acc {r['accuracy']:.3f} | format {r['format']:.3f} | len {r['length']:5.1f} | "
                 f"reflect {r['reflection']:.2f} | kl {r['kl']:.4f} | clip {r['clip_frac']:.3f} | "
                 f"{r['tokens_per_s']:5.0f} tok/s | rollout {r['rollout_s']:.1f}s "
-                f"train {r['train_s']:.1f}s{tools.describe(r)} | {r['elapsed'] / 60:.1f} min, "
-                f"~{left / 60:.1f} min left")
+                f"train {r['train_s']:.1f}s{tools.describe(r)}{describe_dynamic(r)} | "
+                f"{r['elapsed'] / 60:.1f} min, ~{left / 60:.1f} min left")
     if r["skipped_steps"]:
         dist.print0(f"  warning: {r['skipped_steps']} update(s) skipped: non-finite loss or "
                     f"gradient norm")
+    if r.get("dyn_filled_groups"):
+        dist.print0(f"  warning: dynamic sampling: {r['dyn_filled_groups']:.0f} uninformative "
+                    f"group(s) kept after {args.dynamic_rounds} extra rounds (--dynamic_rounds)")
     if r["truncated"] > 0.5:
         dist.print0(f"  warning: {r['truncated']:.0%} of completions hit "
                     f"--max_new_tokens={args.max_new_tokens} (no reward signal)")
+
+
+def describe_dynamic(r) -> str:
+    """Dynamic sampling's part of the step line ('' without it)."""
+    if "dyn_rounds" not in r:
+        return ""
+    return (f" | dyn {r['dyn_rounds']} rounds, {r['dyn_zero_var_groups']:.2f} zero-var, "
+            f"{r['dyn_rollouts']:.0f} rollouts")
 
 
 if __name__ == "__main__":

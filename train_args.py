@@ -1,7 +1,7 @@
 """
 train.py's command line: its flags, the paper's preset, and every check on them, all before any
 work: a bad flag is one line that names it and the fix (runner.Parser: `prog: error: ...`, exit
-status 2), never a traceback after minutes of training. About 18 of the flags shape GRPO itself
+status 2), never a traceback after minutes of training. About 30 of the flags shape GRPO itself
 (the groups "RL: ..."); the rest choose the task, the starting model, the run's files and the
 evaluation.
 
@@ -12,6 +12,7 @@ evaluation.
 import argparse
 import os
 import random
+from functools import partial
 
 import torch
 
@@ -22,7 +23,7 @@ from engines import tools
 from engines.vllm_engine import add_engine_args, engine_checks, engine_error
 from pretrain import cache_path, longest_document
 from r1.reward_model import PreferenceReward, check_reward_model
-from rewards import parse_rewards
+from rewards import overlong_reward, parse_rewards
 from rollout import longest_prompt
 from tasks import add_task_args, make_task
 from template import CHAT_FLAGS, chat_format
@@ -48,6 +49,9 @@ g.add_argument("--max_skips", type=int, default=5,
                     "non-finite loss or gradient norm")
 g.add_argument("--seed", type=int, default=1337,
                help="seed for the task, the model and the sampling")
+g.add_argument("--rl_seed", type=int, default=None,
+               help="seed of RL's own streams only (questions, mini-batches, sampling), so that "
+                    "runs of several seeds share one base stage and held-out set (default: --seed)")
 g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                help="cpu or cuda")
 g.add_argument("--fsdp", action="store_true",
@@ -99,8 +103,9 @@ g.add_argument("--no_cache", action="store_true",
 g = parser.add_argument_group("RL: rewards and rollouts")
 g.add_argument("--rewards", default=None,
                help="weighted sum of reward functions, name:weight,...: built-ins accuracy, format,"
-                    " language, countdown, code, preference (with --reward_model), or "
-                    "module.function of your own (default: the task's; eq. 4: accuracy:1,format:1)")
+                    " language, countdown, code, overlong (DAPO's), preference (with "
+                    "--reward_model), or module.function of your own (default: the task's; eq. 4: "
+                    "accuracy:1,format:1)")
 g.add_argument("--reward_model", default=None,
                help="a rm.pt of r1/reward_model.py: the `preference` reward scores each output with"
                     " it (eq. 5's model used pointwise, summed as eq. 8)")
@@ -138,6 +143,32 @@ g.add_argument("--micro_batch", type=int, default=0,
                help="rows per forward/backward, gradients accumulated (0: a whole mini-batch)")
 g.add_argument("--mask_truncated", action="store_true",
                help="outputs cut off at --max_new_tokens get no loss")
+g.add_argument("--policy_loss", choices=["clip", "cispo"], default="clip",
+               help="the policy term: eq. 1's clipped surrogate, or CISPO's clipped importance "
+                    "weight, detached, times A log pi (MiniMax-M1: with --loss_type token)")
+g.add_argument("--cispo_eps_high", type=float, default=4.0,
+               help="CISPO: the importance weight is capped at 1 + this (no lower bound)")
+g.add_argument("--ratio_level", choices=["token", "sequence"], default="token",
+               help="sequence: GSPO's ratio, exp(mean of log rho over an output's sampled tokens), "
+                    "clipped per output with --gspo_eps / --gspo_eps_high")
+g.add_argument("--gspo_eps", type=float, default=3e-4,
+               help="GSPO's lower clip epsilon (its paper: 3e-4), in place of --clip_eps")
+g.add_argument("--gspo_eps_high", type=float, default=4e-4,
+               help="GSPO's upper clip epsilon (its paper: 4e-4), in place of --clip_eps_high")
+g.add_argument("--dual_clip", type=float, default=None,
+               help="dual-clip's c > 1 (e.g. 3): for A < 0 the surrogate is bounded below by c A; "
+                    "default off")
+g.add_argument("--dynamic_sampling", action="store_true",
+               help="DAPO: drop groups whose rewards are all equal and sample more questions until "
+                    "the step has --questions informative groups")
+g.add_argument("--dynamic_rounds", type=int, default=4,
+               help="dynamic sampling: at most this many extra rounds per step; then the step is "
+                    "filled up with uninformative groups (advantage 0)")
+g.add_argument("--overlong_max", type=int, default=None,
+               help="the overlong reward's L_max in tokens (DAPO; default --max_new_tokens)")
+g.add_argument("--overlong_buffer", type=int, default=None,
+               help="the overlong reward's L_cache: the punishment ramps from 0 at L_max - L_cache "
+                    "to -1 at L_max (default a fifth of L_max)")
 g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")
 g = parser.add_argument_group("evaluation and logging (evaluation.py)")
 g.add_argument("--eval_every", type=int, default=10,
@@ -236,6 +267,7 @@ def flag_checks(args, world):
         (not a.fsdp or "RANK" in os.environ,
          "--fsdp needs a distributed launch: torchrun --nproc_per_node=N train.py --fsdp"),
         (a.ref_update_every >= 0, "--ref_update_every cannot be negative (0: never)"),
+        *objective_checks(a),
         (a.eval_every >= 1 and a.eval_samples >= 1,
          "--eval_every and --eval_samples must be at least 1"),
         (a.eval_problems >= 1, "--eval_problems must be at least 1"),
@@ -251,6 +283,33 @@ def flag_checks(args, world):
     ]
 
 
+def objective_checks(a):
+    """(ok, message) for the later objectives' flags (grpo.py)."""
+    overlong_max = a.overlong_max or a.max_new_tokens
+    return [
+        (a.policy_loss != "cispo" or (a.ratio_level == "token" and a.dual_clip is None),
+         "--policy_loss cispo has no clipped surrogate: leave out --ratio_level sequence and "
+         "--dual_clip"),
+        (min(a.gspo_eps, a.gspo_eps_high, a.cispo_eps_high) > 0,
+         "--gspo_eps, --gspo_eps_high and --cispo_eps_high must be > 0"),
+        (a.dual_clip is None or a.dual_clip > 1,
+         "--dual_clip must be > 1 (e.g. 3): it bounds the surrogate at c A for A < 0"),
+        (a.dynamic_rounds >= 0, "--dynamic_rounds cannot be negative"),
+        (a.overlong_max is None or a.overlong_max >= 1, "--overlong_max must be at least 1"),
+        (a.overlong_buffer is None or 0 <= a.overlong_buffer <= overlong_max,
+         f"--overlong_buffer must be between 0 and the overlong max length ({overlong_max})"),
+    ]
+
+
+def reward_table(args, rm=None) -> dict:
+    """The built-in rewards bound to this run's flags (rewards.parse_rewards' `extra`): overlong
+    to --overlong_max and --overlong_buffer, preference to its reward model (rm: {"preference":
+    scorer}; the class stands in for it where only names are checked)."""
+    overlong = partial(overlong_reward, max_len=args.overlong_max or args.max_new_tokens,
+                       buffer=args.overlong_buffer)
+    return {"preference": PreferenceReward, **(rm or {}), "overlong": overlong}
+
+
 def check_task(args):
     """The task and its rewards (--rewards defaults to the task's), built once to be checked."""
     try:
@@ -258,7 +317,7 @@ def check_task(args):
         task.train_problems(random.Random(0), 1)  # a file task without --train_file fails here
         args.rewards = args.rewards or task.rewards
         # the class stands in for the scorer here: GRPORun loads the reward model, once
-        fns = parse_rewards(args.rewards, {"preference": PreferenceReward})
+        fns = parse_rewards(args.rewards, reward_table(args))
         uses_rm = "preference" in [name for name, _, _ in fns]
     except ValueError as e:
         message = str(e)  # a task's own flag errors name the flag without its dashes

@@ -1,7 +1,8 @@
 """
 Course exercises: implement the pieces of GRPO yourself, each checked in seconds against the
-project's own code, then train with them. Twelve exercises: ten pieces of GRPO, the finale (ex11:
-the toy run with your functions plugged in) and the tool-output mask (ex12); docs/course.md.
+project's own code, then train with them. Thirteen exercises: ten pieces of GRPO, the finale
+(ex11: the toy run with your functions plugged in), the tool-output mask (ex12) and GSPO's
+sequence-level ratio (ex13); docs/course.md.
 
 Each exercise N is three files named exNN_<name> (the finale, a run to make, has no stub):
     stubs/exNN_<name>.py   what the student gets: the project function's signature, its spec as

@@ -83,6 +83,12 @@ WRONG = {  # exercise -> (a typical wrong answer, words the message must contain
          "        tool += [lp is not None] * len(t)  # the mask inverted: True on what the policy sampled\n"
          "    return ids, logps, tool\n",
          "your tool mask for the row with a call in the middle"),
+    13: ("import torch\n"
+         "def sequence_surrogate(logp, old_logp, advantages, mask, eps_low=3e-4, eps_high=4e-4):\n"
+         "    s = torch.exp((logp - old_logp).mean(1))  # the mean over every column, padding included\n"
+         "    A = advantages\n"
+         "    return torch.min(s * A, s.clamp(1 - eps_low, 1 + eps_high) * A)[:, None].expand_as(logp)\n",
+         "your surrogate for rows with padding after their tokens"),
 }
 EXERCISES = list(WRONG)  # every exercise with a file to write: all but the finale (11)
 
@@ -97,14 +103,14 @@ def write(n, text):
     ex.student_file(n).write_text(text)
 
 
-def test_there_are_eleven_exercises_and_a_finale_each_with_stub_checks_and_hint():
-    assert len(ex.NAMES) == 12
+def test_there_are_twelve_exercises_and_a_finale_each_with_stub_checks_and_hint():
+    assert len(ex.NAMES) == 13
     for n, name in enumerate(ex.NAMES, 1):
         s = ex.spec(n)
         assert (ex.HERE / "hints" / f"{name}.md").is_file()
         assert hasattr(s, "verdict") or (ex.HERE / "stubs" / f"{name}.py").is_file()
         assert s.TITLE and s.EQUATION and s.PROJECT
-    assert set(WRONG) == set(range(1, 13)) - {11}
+    assert set(WRONG) == set(range(1, 14)) - {11}
 
 
 @pytest.mark.parametrize("n", EXERCISES)
@@ -137,8 +143,8 @@ def test_cli_start_never_overwrites_and_check_sets_the_exit_status(work, capsys)
     assert main(["check", "2"]) == 1 and "not implemented yet" in capsys.readouterr().out
     write(2, ex.spec(2).REFERENCE + "\n")
     assert main(["check", "2"]) == 0
-    assert main(["check", "13"]) == 2
-    assert capsys.readouterr().err.strip() == "error: there is no exercise 13: they are numbered 1 to 12 (python -m exercises list)"
+    assert main(["check", "14"]) == 2
+    assert capsys.readouterr().err.strip() == "error: there is no exercise 14: they are numbered 1 to 13 (python -m exercises list)"
     assert main(["list"]) == 0 and "grpo.py: kl_k3" in capsys.readouterr().out
     # the entry point itself, once
     r = subprocess.run([sys.executable, "-m", "exercises", "hint", "2"], capture_output=True, text=True)

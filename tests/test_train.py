@@ -41,6 +41,7 @@ def test_reward_rises_and_everything_is_logged(run):
                 "rollout_s", "train_s", "truncated", "zero_var_groups", "grad_norm", "sampler_logp_diff"):
         assert all(key in r for r in steps), key
     assert "eval_accuracy" in log[0] and "eval_accuracy" in log[-1]
+    assert not any(k.startswith("dyn_") for r in log for k in r)  # dynamic sampling's: only when on
     first, last = steps[:5], steps[-5:]
     mean = lambda rs: sum(r["reward"] for r in rs) / len(rs)
     assert mean(last) > mean(first) + 0.1, (mean(first), mean(last))
@@ -95,6 +96,14 @@ def test_sample_and_eval_clis_read_the_checkpoint(run, capsys):
     (["--eval_problems", "500"], "--eval_problems 500: the held-out set has 200 problems"),
     (["--rewards", "accuracy:1,acc:1"], "--rewards: unknown reward 'acc'"),
     (["--fsdp"], "--fsdp needs a distributed launch"),
+    (["--policy_loss", "cispo", "--ratio_level", "sequence"], "--policy_loss cispo has no clipped surrogate"),
+    (["--policy_loss", "cispo", "--dual_clip", "3"], "--policy_loss cispo has no clipped surrogate"),
+    (["--dual_clip", "1"], "--dual_clip must be > 1"),
+    (["--gspo_eps", "0"], "--gspo_eps, --gspo_eps_high and --cispo_eps_high must be > 0"),
+    (["--ratio_level", "group"], "invalid choice: 'group'"),
+    (["--dynamic_rounds", "-1"], "--dynamic_rounds cannot be negative"),
+    (["--overlong_buffer", "200"], "--overlong_buffer must be between 0 and the overlong max length (128)"),
+    (["--overlong_max", "0"], "--overlong_max must be at least 1"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -157,11 +166,19 @@ def test_micro_batches_give_the_same_update_as_one_batch(loss_type):
     assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-6) and m1["kl"] == pytest.approx(m2["kl"], abs=1e-6)
 
 
-@pytest.mark.parametrize("minibatches", ["1", "2"])
-def test_kernel_path_gives_the_same_update_as_the_reference(minibatches, monkeypatch):
+OBJECTIVES = {  # the later objectives: on CUDA they take the kernels' log-probs, then grpo.grpo_loss
+    "gspo": ["--ratio_level", "sequence", "--gspo_eps", "0.01", "--gspo_eps_high", "0.02", "--tis", "on"],
+    "cispo": ["--policy_loss", "cispo", "--loss_type", "token", "--cispo_eps_high", "0.05"],
+    "dual_clip": ["--dual_clip", "1.5", "--loss_type", "dr_grpo"],
+}
+
+
+@pytest.mark.parametrize("minibatches, objective", [("1", None), ("2", None), *(("2", o) for o in OBJECTIVES)])
+def test_kernel_path_gives_the_same_update_as_the_reference(minibatches, objective, monkeypatch):
     # what CUDA runs (the GRPO loss fused with the output layer, its gradient computed in the
-    # forward: grpo_kernels.linear_grpo_loss) against the reference path on the same device; on a CPU
-    # the kernels run under Triton's interpreter (grpo_kernels.USE = "always").
+    # forward: grpo_kernels.linear_grpo_loss; for GSPO, CISPO and dual-clip the kernels' log-probs,
+    # grpo_kernels.logprobs_from_hidden, then grpo.grpo_loss) against the reference path on the same
+    # device; on a CPU the kernels run under Triton's interpreter (grpo_kernels.USE = "always").
     # 1 mini-batch: on-policy, old_logp=None; 2: the second mini-batch sees a moved policy
     import copy
     import torch
@@ -170,15 +187,34 @@ def test_kernel_path_gives_the_same_update_as_the_reference(minibatches, monkeyp
     model, out, A = small_rollout(device=device)
     ref = copy.deepcopy(model).requires_grad_(False)
     models, metrics = {}, {}
+    flags = ["--beta", "0.1", "--minibatches", minibatches, *OBJECTIVES.get(objective, [])]
     for use in ("never", kernel_use):
         monkeypatch.setattr(grpo_kernels, "USE", use)
         models[use] = copy.deepcopy(model)
-        metrics[use] = update(models[use], out, A, ["--beta", "0.1", "--minibatches", minibatches], ref=ref, lr=3.0)
-    for p, q in zip(models["never"].parameters(), models[kernel_use].parameters()):
+        metrics[use] = update(models[use], out, A, flags, ref=ref, lr=3.0)
+    moved = 0.0
+    for p, q, p0 in zip(models["never"].parameters(), models[kernel_use].parameters(), model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
+        moved += (p - p0).abs().sum().item()
+    assert moved > 0
     for k in ("loss", "kl", "ratio", "clip_frac", "entropy", "grad_norm"):
         assert metrics[kernel_use][k] == pytest.approx(metrics["never"][k], abs=1e-5), k
     assert (metrics["never"]["clip_frac"] > 0) == (minibatches == "2")  # the moved policy is clipped
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_micro_batches_give_the_same_update_for_the_later_objectives(objective):
+    import copy
+    import torch
+    model, out, A = small_rollout()
+    flags = ["--beta", "0.1", "--grad_clip", "0", "--minibatches", "2", *OBJECTIVES[objective]]
+    ref = copy.deepcopy(model).requires_grad_(False)
+    whole, parts = copy.deepcopy(model), copy.deepcopy(model)
+    m1 = update(whole, out, A, flags, ref=ref, lr=3.0)
+    m2 = update(parts, out, A, flags + ["--micro_batch", "3"], ref=ref, lr=3.0)
+    for p, q in zip(whole.parameters(), parts.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+    assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-6)
 
 
 def test_sampler_and_trainer_agree_and_minibatches_move_the_ratio():

@@ -122,6 +122,21 @@ def test_the_engine_samples_the_trained_weights_after_each_sync(toy):
     assert (completion_logprobs(model, out.batch) - out.sampler_logp).abs().max() > 1e-2
 
 
+def test_dynamic_samplings_rounds_from_the_engine_merge_into_one_rollout(toy):
+    # train.py's dynamic sampling (rollout.select, rollout.concat) on the engine's rollouts: the
+    # trainer's log-probs of the merged rows are still the engine's
+    from rollout import concat, rollout, select
+    model, tok, engine = toy
+    engine.sync(model.state_dict())
+    args = train.parse_args(["--max_new_tokens", "12", "--engine", "vllm"])
+    ros = [rollout(model, tok, [{"prompt": q, "answer": "1"} for q in qs], 2, args, torch.Generator().manual_seed(s),
+                   1.0, engine=engine) for s, qs in ((0, ["Compute 1 + 2", "Compute 3 + 4"]), (1, ["Compute 55 + 66"]))]
+    merged = concat([select(ros[0], [2, 3]), ros[1]], tok.pad).samples
+    assert merged.batch.rows.size(0) == 4
+    gap = (completion_logprobs(model, merged.batch) - merged.sampler_logp).abs() * merged.batch.completion_mask
+    assert gap.max() < TOL
+
+
 def test_sync_clears_the_prefix_cache(toy):
     # the same prompt before and after a sync: with the prefix cache kept, the second generation
     # would reuse the prompt's keys and values from the old weights
