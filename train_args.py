@@ -276,9 +276,10 @@ def flag_checks(args, world):
         (a.log_samples >= 0, "--log_samples cannot be negative"),
         (a.save_every >= 0, "--save_every cannot be negative (0: only at the end)"),
         (a.max_skips >= 1, "--max_skips must be at least 1"),
-        (not (a.init and a.init.startswith("hf:")
+        (not (a.init and a.init.startswith(("hf:", "gguf:"))
               and a.tokenizer != parser.get_default("tokenizer")),
-         "--tokenizer: an --init hf:DIR model brings its own tokenizer; leave --tokenizer out"),
+         "--tokenizer: an --init hf:DIR or gguf:FILE model brings its own tokenizer; leave "
+         "--tokenizer out"),
         *engine_checks(a, a.device),
     ]
 

@@ -290,6 +290,7 @@ BAD = [  # argv, the flag the one line must name, and a part of its message
     (["--init", "hf:{tmp}"], "--init hf:{tmp}", "config.json"),
     (["--init", "{tmp}/none.pt"], "--init {tmp}/none.pt", "no such checkpoint"),
     (["--init", "hf:{tmp}", "--tokenizer", "gpt2"], "--tokenizer", "brings its own tokenizer"),
+    (["--init", "gguf:{tmp}/m.gguf", "--tokenizer", "gpt2"], "--tokenizer", "brings its own tokenizer"),
     (["--task", "gsm8k"], "--test_file", "reads its held-out problems from a file"),
     (["--task", "linear"], "--task linear", "no base corpus"),
     (["--task", "nope"], "--task", "invalid choice"),
