@@ -141,7 +141,8 @@ parser = Parser(description="Held-out pass@1, pass@k and cons@k of a checkpoint.
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--ckpt", required=True,
                     help="out/<run>/ckpt.pt (its task flags are the defaults of the task group), "
-                         "or hf:DIR, a local Hugging Face model directory")
+                         "or hf:DIR, a local Hugging Face model directory, or gguf:FILE, a "
+                         "llama.cpp file")
 g = parser.add_argument_group("evaluation")
 g.add_argument("--eval_problems", type=int, default=100,
                help="the first this many held-out problems (0 or more than there are: all)")

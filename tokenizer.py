@@ -186,8 +186,9 @@ class HFTokenizer(Tokenizer):
     model's). Its eos ends a completion (and generation_config.json's other eos ids); the R1 tags
     are several tokens each unless its vocabulary has them. An NFC normalizer (Qwen2's) is applied
     in `encode`; a bos that a post-processor would add is not prepended (Llama's
-    <|begin_of_text|>: the llama3 chat format writes it; R1-Distill's <｜begin▁of▁sentence｜>: R1's
-    chat format is not one of template.CHAT's, so nothing writes it)."""
+    <|begin_of_text|>: the llama3 chat format writes it; R1-Distill's
+    <｜begin▁of▁sentence｜>: R1's chat format is not one of template.CHAT's, so nothing writes
+    it)."""
 
     def __init__(self, path: str):
         path = os.path.abspath(path)
