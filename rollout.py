@@ -43,7 +43,7 @@ def rollout(model, tok, problems, G, args, generator, temperature, top_p=1.0, re
     """Sample G completions per problem and score them with reward_fns, and with `correct` (logged
     as accuracy) and format_reward -> a Rollout; rows i*G..i*G+G-1 answer problems[i]. engine: an
     engines.vllm_engine.VLLMEngine holding model's weights, or None for sample.generate on model."""
-    prompts = [render_prompt(p["prompt"], tok.chat) for p in problems]
+    prompts = [render_prompt(p["prompt"], tok.chat, p.get("shots", ())) for p in problems]
     sample = partial(generate, model) if engine is None else engine.generate  # the same contract
     # multi-turn: the interpreter inside the thought (CLIs without tools lack the flag)
     if getattr(args, "max_tool_calls", 0):

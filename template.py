@@ -6,6 +6,7 @@ base corpus, is rendered here, so the sampler, the trainer and the data agree on
 A base model reads Table 1 as plain text and continues after "Assistant:". An instruct model
 expects its chat format: the instruction becomes the system message, the question the user's
 turn, and the assistant's turn is opened (what its tokenizer's own chat template renders).
+Worked examples (`--shots`, tasks/shots.py) go before the question as earlier exchanges.
 The tokenizer carries which one its model wants (`tok.chat`: None for Table 1, or a key of CHAT);
 the `--chat` flag of every CLI picks another (`chat_format`). Left out: rendering a tokenizer's
 own Jinja chat template (the two formats here are written out; an instruct model of another
@@ -39,6 +40,14 @@ CHAT = {
                "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
                "<|start_header_id|>assistant<|end_header_id|>\n\n"),
 }
+# a worked example (tasks/shots.py) is an earlier exchange, inserted where the question's turn
+# starts (USER): a user turn and the assistant's whole answer
+USER = {None: " User:", "chatml": "<|im_start|>user\n", "llama3": "<|start_header_id|>user"}
+SHOT = {None: " User: {prompt}. Assistant: {completion}",
+        "chatml": ("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+                   "{completion}<|im_end|>\n"),
+        "llama3": ("<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\n{completion}<|eot_id|>")}
 # a tool call (ToRL's format): the policy writes `open`, code, `close`; the interpreter's output
 # comes back as `output`. close ends in a newline, so the output block starts a piece of its own
 # for any tokenizer
@@ -48,15 +57,22 @@ TOOL = dict(open="```python\n", close="\n```\n", output="```output\n{}\n```\n")
 CHAT_FLAGS = ["auto", "none", *CHAT]
 
 
-def render_prompt(question: str, chat: str | None = None) -> str:
+def render_prompt(question: str, chat: str | None = None, shots=()) -> str:
     """The R1-Zero prompt for a question: Table 1's template for a base model (chat=None), or the
-    same instruction and question in an instruct model's chat format ("chatml", "llama3")."""
+    same instruction and question in an instruct model's chat format ("chatml", "llama3"); shots,
+    worked examples [(question, completion)], go before the question as earlier exchanges."""
     if chat is None:
-        return TEMPLATE.format(prompt=question)
-    if chat not in CHAT:
+        text = TEMPLATE.format(prompt=question)
+    elif chat in CHAT:
+        text = CHAT[chat].format(system=SYSTEM, prompt=question)
+    else:
         raise ValueError(f"unknown chat format '{chat}': use one of {', '.join(CHAT)} "
                          f"(or none for the R1-Zero template)")
-    return CHAT[chat].format(system=SYSTEM, prompt=question)
+    if not shots:
+        return text
+    i = text.index(USER[chat])  # where the question's turn starts: the examples go before it
+    examples = "".join(SHOT[chat].format(prompt=q, completion=c) for q, c in shots)
+    return text[:i] + examples + text[i:]
 
 
 def chat_format(flag: str, own: str | None) -> str | None:

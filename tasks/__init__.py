@@ -33,6 +33,7 @@ from tasks.files import GSM8KTask, JsonlTask, MathTask
 from tasks.linear import LinearTask
 from tasks.multiply import MultiplyTask
 from tasks.rg import RGTask
+from tasks.shots import WithShots, load_shots
 
 
 class Registry(dict):
@@ -101,10 +102,15 @@ def add_task_args(parser) -> list[str]:
                    help="rg:NAME: the dataset's config as key=value pairs, typed as its config "
                         "dataclass types them, e.g. \"min_terms=2,max_terms=3\" (a list: "
                         "operators=+,-); size=N: the training set's size (default 10000)")
+    g.add_argument("--shots", default=None, metavar="FILE",
+                   help="worked examples shown before every question, as earlier turns: a JSONL "
+                        "of {\"prompt\", \"completion\"} (tasks/shots.py; for a small instruct "
+                        "model that never writes the answer tags unprompted)")
     return [a.dest for a in g._group_actions]
 
 
 def make_task(args, log=print):
     """The task of --task and its flags; ValueError (tasks.files.TaskError among them) for bad
     input."""
-    return TASKS[args.task].from_args(args, log=log)
+    task = TASKS[args.task].from_args(args, log=log)
+    return WithShots(task, load_shots(args.shots)) if args.shots else task

@@ -30,7 +30,7 @@ from sample import generate  # noqa: E402
 from template import render_prompt  # noqa: E402
 from test_hf import make_dir, train_tokenizer  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
-from engines.vllm_engine import VLLMEngine  # noqa: E402
+from engines.vllm_engine import VLLMEngine, memory_args  # noqa: E402
 
 # fp32 on both sides; the two differ in kernels and reduction order only (vLLM's CPU attention and
 # fused norms against SDPA and ours): measured, the sampled tokens' log-probs agree to ~2e-6;
@@ -219,3 +219,35 @@ def test_engine_flags_are_one_line_errors(capsys):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_a_gguf_runs_export_greedy_decodes_as_ours_in_the_engine(tmp_path):
+    """A short train.py run from a GGUF (a llama of Q8_0 weights with SmolLM2's digit-splitting
+    tokenizer), `python checkpoint.py export`, and vLLM itself loading the exported directory (no
+    VLLMEngine in between): its greedy tokens are our sampler's on the trained checkpoint. Last in
+    the module: its engine is the only one alive."""
+    from vllm import LLM, SamplingParams
+    from test_gguf import hf_model, train_bpe, write_gguf
+    hf_tok = train_bpe("smollm")
+    path = write_gguf(str(tmp_path / "tiny.gguf"), hf_model("llama", hf_tok.get_vocab_size(), True, heads=2, kv=1),
+                      hf_tok, "llama", "Q8_0", "smollm")
+    train.main(["--init", f"gguf:{path}", "--out_dir", str(tmp_path / "out"), "--run_name", "g", "--rl_steps", "2",
+                "--questions", "2", "--group_size", "4", "--max_new_tokens", "12", "--eval_problems", "2",
+                "--eval_samples", "1", "--n_test", "4", "--lr", "1e-2", "--no_plot", "--device", "cpu",
+                "--rewards", "test_vllm.length_reward:1"])
+    ckpt, out = str(tmp_path / "out" / "g" / "ckpt.pt"), str(tmp_path / "export")
+    checkpoint.main(["export", ckpt, out])
+    model, tok = checkpoint.load_checkpoint(ckpt)
+    prompts = [tok.encode(render_prompt(q, tok.chat)) for q in ("Compute 1 + 2", "Compute 82 + 97 in 3 steps")]
+    ours = generate(model, prompts, 1, 16, tok.stop_ids, tok.pad, temperature=0.0)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as engines/vllm_engine.py runs it
+    llm = LLM(out, dtype="float32", seed=0, enforce_eager=True, max_model_len=model.config.block_size,
+              **memory_args(torch.device("cpu"), MEMORY))
+    try:
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                            SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)
+    finally:
+        del llm
+        gc.collect()
+    for row, n, o in zip(ours.batch.completions.tolist(), ours.batch.completion_mask.sum(1).int().tolist(), outs):
+        assert row[:n] == list(o.outputs[0].token_ids)
