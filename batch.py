@@ -11,10 +11,11 @@ log-probs of exactly those tokens, so both must lay them out alike (`pack`):
 
 Positions count valid tokens only, so a row's tokens sit at the same positions whatever the
 padding, and the sampler and the trainer see identical attention inputs. SFT, the base stage and
-the reward model lay their documents out the same way. What is left out: packing several short
-documents into one row.
+the reward model lay their documents out the same way. `Batch.trim` drops the columns no row of a
+batch uses (the trainer's micro-batches); the base stage packs several documents to a row
+(pretrain.py), each attending only to itself.
 
-    python -m pytest tests/test_sample.py
+    python -m pytest tests/test_sample.py tests/test_trim.py
 """
 
 from dataclasses import dataclass
@@ -41,14 +42,28 @@ class Batch:
         """The rows idx (a mini- or micro-batch), with the same prefix and layout."""
         return Batch(self.prefix, self.rows[idx], self.valid[idx], self.R)
 
+    def trim(self):
+        """The same rows without the columns no row uses: the prompt columns before the longest
+        prompt rest and the completion columns after the longest completion (one completion
+        column kept at least). Positions count valid tokens and padding is never attended to, so
+        each kept token sees what it saw before: the same states on fewer columns. A micro-batch
+        of rows of alike lengths (grpo_update) so skips the padding the rollout's longest row
+        set. One host sync."""
+        R, S = self.R, self.valid.size(1)
+        used = self.valid.any(0)                                     # (R + C,) some row uses it
+        col = torch.arange(S, device=used.device)                    # (R + C,)
+        lo = torch.where(used, col, R).min()                         # first used column, <= R
+        hi = torch.where(used, col + 1, R + 1).max()                 # past the last used, > R
+        lo, hi = torch.stack([lo, hi]).tolist()
+        hi = min(hi, S)
+        return Batch(self.prefix, self.rows[:, lo:hi], self.valid[:, lo:hi], R - lo)
+
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, device="cpu") -> Batch:
     """Lay out prompts and their completions (lists of token ids) as described above."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    P = 0  # longest common prefix, leaving each row at least one prompt token of its own
-    while P < min(map(len, prompts)) - 1 and all(p[P] == prompts[0][P] for p in prompts):
-        P += 1
+    P = shared_prefix(prompts)
     rests = [p[P:] for p in prompts]
     R, C = max(map(len, rests)), max(map(len, completions))
     rows = torch.full((len(prompts), R + C), pad, dtype=torch.long)
@@ -80,3 +95,12 @@ def forward_rows(model, batch: Batch):
     past = model(batch.prefix[None])[1] if P else None
     pos, mask = positions_and_mask(P, batch.valid)
     return model(batch.rows, pos, mask, past)[0]
+
+
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """P, the length of `pack`'s shared prefix: the longest common to every prompt that leaves each
+    at least one token of its own (pretrain.py's packed rows share it the same way)."""
+    P = 0
+    while P < min(map(len, prompts)) - 1 and all(p[P] == prompts[0][P] for p in prompts):
+        P += 1
+    return P

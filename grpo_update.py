@@ -10,20 +10,20 @@ with no loss (Samples.sampled_mask). GSPO's per-output ratio, CISPO and dual-cli
 bracket (grpo.policy_term: --ratio_level, --policy_loss, --dual_clip; UpdateConfig.clip_range).
 The rollout is trained on for --ppo_epochs passes of --minibatches random mini-batches, one
 optimiser step each (runner.optimizer_step), gradients accumulated over micro-batches of
---micro_batch rows; every micro-batch divides by the whole mini-batch's normaliser, summed over
-ranks, so neither micro-batching nor the world size changes the update. pi_theta_old's log-probs
-are recomputed once before the first step, except for a single step, whose own detached log-probs
-are pi_theta_old's (rho = 1). pi_ref is a frozen copy of the policy, reset every
---ref_update_every steps (none with --beta 0).
+--micro_batch rows (0: MICRO_ROWS) of alike lengths, each trimmed to its longest (Batch.trim),
+each divided by the whole mini-batch's normaliser summed over ranks: neither micro-batching nor
+the world size changes the update. pi_theta_old's log-probs are recomputed once before the first
+step, except for a single step, whose own detached log-probs are pi_theta_old's (rho = 1); pi_ref
+is a frozen copy of the policy, reset every --ref_update_every steps (none with --beta 0).
 
 `Policy` is the module DDP / FSDP wrap: its forward is either job, log-probs (policy_logprobs) or
-the loss (policy_loss). On CUDA the loss comes from the hidden states through
-grpo_kernels/fused_linear.py and the (B, C, V) logits never exist. When vLLM samples, --tis weights
-each token by min(pi_theta_old / pi_sampler, --tis_cap) (grpo.tis_weights); the sampler/trainer gap
-is logged either way (sampler_logp_diff: ~1e-7 with the own sampler). Left out: a value model (GRPO
-has none), an entropy bonus. docs/one-step.md walks one step with its shapes.
+the loss (policy_loss); on CUDA the loss comes from the hidden states (grpo_kernels/fused_linear.py:
+the (B, C, V) logits never exist). When vLLM samples, --tis weights each token by
+min(pi_theta_old / pi_sampler, --tis_cap) (grpo.tis_weights); the sampler/trainer gap is logged
+either way (sampler_logp_diff: ~1e-7 with the own sampler). Left out: a value model, an entropy
+bonus. docs/one-step.md walks one step with its shapes.
 
-    python -m pytest tests/test_train.py -k update
+    python -m pytest tests/test_trim.py && python -m pytest tests/test_train.py -k update
 """
 
 import copy
@@ -34,6 +34,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import dist
 import grpo
@@ -41,6 +42,13 @@ import grpo_kernels
 import runner
 from batch import Batch, forward_rows
 from sample import Samples
+
+# --micro_batch 0: rows per micro-batch (a mini-batch's, if fewer). A fixed count, not a token
+# budget: every rank then runs as many forwards (FSDP gathers the weights in each). At the defaults
+# (128 rows, completions of 20-128 tokens, a CPU) tests/bench_update.py measured 8 to 32 rows
+# within 10% of each other, ~1.8x the untrimmed update; fewer rows waste less padding, more
+# rows keep a GPU busy
+MICRO_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,7 @@ class UpdateConfig:
     max_new_tokens: int = 128           # dr_grpo's constant divisor
     ppo_epochs: int = 1                 # passes over the rollout
     minibatches: int = 1                # optimiser steps per pass
-    micro_batch: int = 0                # rows per forward / backward (0: a whole mini-batch)
+    micro_batch: int = 0                # rows per forward / backward (0: MICRO_ROWS)
     mask_truncated: bool = False        # outputs cut off at max_new_tokens get no loss
     grad_clip: float = 1.0              # max gradient norm (0: off)
     tis: bool = False                   # weight tokens by min(pi_theta_old / pi_sampler, tis_cap)
@@ -65,12 +73,16 @@ class UpdateConfig:
     gspo_eps_high: float = 4e-4         # ... and clip_eps_high
     cispo_eps_high: float = 4.0         # CISPO's weight cap is 1 + this (no lower bound)
     dual_clip: float | None = None      # dual-clip's c (> 1); None: off
+    # micro-batches of rows of alike lengths, each trimmed (Batch.trim); False: the reference, each
+    # as wide as the rollout, in the mini-batch's order, micro_batch 0 a whole mini-batch (tests)
+    trim: bool = True
 
     @classmethod
     def from_args(cls, args):
-        """--tis auto is on exactly when another engine samples."""
+        """--tis auto is on exactly when another engine samples; trimming is always on."""
         tis = args.tis == "on" or (args.tis == "auto" and args.engine == "vllm")
-        knobs = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "tis"}
+        knobs = {f.name: getattr(args, f.name) for f in fields(cls)
+                 if f.name not in ("tis", "trim")}
         return cls(**knobs, tis=tis)
 
     def clip_range(self):
@@ -94,13 +106,19 @@ def grpo_update(policy, ref, opt, samples: Samples, advantages, cfg: UpdateConfi
     if cfg.mask_truncated:
         mask = mask * ~samples.truncated[:, None]                   # cut-off outputs get no loss
     B = mask.size(0)
-    micro = cfg.micro_batch or B // cfg.minibatches
-    everything = torch.arange(B).split(micro)
+    micro = cfg.micro_batch or (min(MICRO_ROWS, B // cfg.minibatches) if cfg.trim
+                                else B // cfg.minibatches)
+    # (B,) on the CPU: what micro-batches are sorted by, so that each is as wide as its own longest
+    split = partial(micro_batches, lengths=batch.completion_mask.sum(1).cpu(), size=micro,
+                    by_length=cfg.trim)
+    everything = split(torch.arange(B))
     # pi_theta_old (unless a single step is its own and no importance weight needs it) and pi_ref,
     # before the first update
     single = cfg.ppo_epochs * cfg.minibatches == 1 and not cfg.tis
-    old_logp = None if single else logprobs_in_chunks(policy, batch, everything, cfg.temperature)
-    ref_logp = logprobs_in_chunks(ref, batch, everything, cfg.temperature) if cfg.beta > 0 else None
+    old_logp = None if single else logprobs_in_chunks(policy, batch, everything, cfg.temperature,
+                                                      cfg.trim)
+    ref_logp = (logprobs_in_chunks(ref, batch, everything, cfg.temperature, cfg.trim)
+                if cfg.beta > 0 else None)
     is_w = None  # GSPO: one weight per output, as its ratio (grpo.tis_weights with the mask)
     if cfg.tis:
         is_w = grpo.tis_weights(old_logp, samples.sampler_logp, cfg.tis_cap,
@@ -113,8 +131,9 @@ def grpo_update(policy, ref, opt, samples: Samples, advantages, cfg: UpdateConfi
         for mb in torch.randperm(B, generator=generator).chunk(cfg.minibatches):
             norm = dist.all_sum(grpo.loss_normalizer(cfg.loss_type, mask[mb], cfg.max_new_tokens))
             loss_of = partial(micro_batch_loss, policy, samples, rows, norm, cfg, stats)
-            loss, grad_norm, stepped = runner.optimizer_step(policy, opt, mb.split(micro), loss_of,
+            loss, grad_norm, stepped = runner.optimizer_step(policy, opt, split(mb), loss_of,
                                                              cfg.grad_clip)
+            stats.first_step = False  # the policy has moved: the sampler gap is measured no more
             if stepped:
                 losses.append(loss), norms.append(grad_norm)
             else:
@@ -132,51 +151,78 @@ def tis_stats(is_w, mask) -> dict:
     return {"tis_mean": w.mean().item(), "tis_min": w.min().item(), "tis_max": w.max().item()}
 
 
+def micro_batches(rows, lengths, size, by_length=True):
+    """A mini-batch's rows (n,) as micro-batches of `size` rows: by_length, sorted by completion
+    length (lengths (B,), on the CPU), longest first, so that each micro-batch, trimmed, is as wide
+    as its own longest row; else in the mini-batch's order (the reference). Every rank has as many
+    rows, so as many micro-batches: FSDP gathers the weights in each forward, on all ranks."""
+    if by_length:
+        rows = rows[lengths[rows].argsort(descending=True, stable=True)]  # (n,)
+    return rows.split(size)
+
+
 def micro_batch_loss(policy, samples, rows, normalizer, cfg, stats, idx):
     """eq. 1-2 on the rows idx: their share of the mini-batch's loss (divided by its normaliser).
-    rows: the per-row tensors of the whole rollout (None where a term is off)."""
-    picked = {k: None if v is None else v[idx] for k, v in rows.items()}
+    rows: the per-row tensors of the whole rollout (None where a term is off), each (B, C) one cut
+    to the micro-batch's trimmed width c: the columns cut are padding in every row picked."""
+    batch = samples.batch.select(idx)
+    batch = batch.trim() if cfg.trim else batch
+    c = batch.completions.size(1)
+    pick = lambda v: v[idx] if v.dim() == 1 else v[idx, :c]  # noqa: E731  (b,) or (b, c)
+    picked = {k: None if v is None else pick(v) for k, v in rows.items()}
     eps_low, eps_high = cfg.clip_range()
     terms = LossTerms(**picked, normalizer=normalizer, eps_low=eps_low, eps_high=eps_high,
                       beta=cfg.beta, loss_type=cfg.loss_type, policy_loss=cfg.policy_loss,
                       ratio_level=cfg.ratio_level, dual_clip=cfg.dual_clip)
-    out = policy_loss(policy, samples.batch.select(idx), cfg.temperature, terms)
-    stats.add(out.metrics, out.entropy * picked["mask"], out.logp, samples.sampler_logp[idx],
-              samples.sampled_mask[idx])
+    out = policy_loss(policy, batch, cfg.temperature, terms)
+    stats.add(out.metrics, out.entropy * picked["mask"], out.logp, pick(samples.sampler_logp),
+              pick(samples.sampled_mask))
     return out.loss
 
 
 class UpdateStats:
     """What the update logs, summed on the device over micro-batches (no host sync for each), then
     over ranks: the KL, the ratio, the clip fractions and the entropy per token, and how far the
-    sampler's log-probs are from the trainer's on the first micro-batch, mean and max (the same
-    model, the same temperature, the same tokens: with the own sampler they agree to ~1e-7)."""
+    sampler's log-probs are from the trainer's over the first optimiser step's rows (the policy
+    has not moved yet), mean and max (the same model, the same temperature, the same tokens: with
+    the own sampler they agree to ~1e-7)."""
 
     NAMES = ("kl", "ratio", "clip_low", "clip_high", "entropy", "tokens")
 
     def __init__(self, device):
-        self.sums, self.diff = torch.zeros(len(self.NAMES), device=device), None
+        self.sums = torch.zeros(len(self.NAMES), device=device)
+        self.gap = torch.zeros(3, device=device)  # sum |gap|, its tokens, max |gap|
+        self.first_step = True                    # grpo_update: False after the first step
 
     def add(self, m, entropy, logp, sampler_logp, valid):
         n = m["tokens"]  # grpo_metrics are means over this micro-batch's tokens: back to sums
         self.sums += torch.stack([m["kl"] * n, m["ratio"] * n, m["clip_low"] * n,
                                   m["clip_high"] * n, entropy.sum(), n])
-        if self.diff is None:
-            gap = (logp - sampler_logp).abs() * valid
-            self.diff = torch.stack([gap.sum() / valid.sum().clamp(min=1), gap.max()])  # mean, max
+        if self.first_step:
+            gap = (logp - sampler_logp).abs() * valid  # (b, c)
+            self.gap = torch.stack([self.gap[0] + gap.sum(), self.gap[1] + valid.sum(),
+                                    torch.maximum(self.gap[2], gap.max())])
 
     def means(self) -> dict:
-        sums = dist.all_sum(torch.cat([self.sums, self.diff[:1] / dist.world()])).tolist()
+        mean_gap = self.gap[:1] / self.gap[1].clamp(min=1)  # (1,) this rank's
+        sums = dist.all_sum(torch.cat([self.sums, mean_gap / dist.world()])).tolist()
         m = {k: v / max(sums[-2], 1) for k, v in zip(self.NAMES[:-1], sums)}
-        gap_max = max(x.item() for x in dist.gather_object(self.diff[1].cpu()))
+        gap_max = max(x.item() for x in dist.gather_object(self.gap[2].cpu()))
         return {"clip_frac": m["clip_low"] + m["clip_high"], **m, "sampler_logp_diff": sums[-1],
                 "sampler_logp_diff_max": gap_max}
 
 
 @torch.no_grad()
-def logprobs_in_chunks(policy, batch, rows, temperature):
-    """The log-probs (B, C) of the batch's completions, computed rows at a time (no gradient)."""
-    return torch.cat([policy_logprobs(policy, batch.select(idx), temperature) for idx in rows])
+def logprobs_in_chunks(policy, batch, parts, temperature, trim=True):
+    """The log-probs (B, C) of the batch's completions, 0 on padding, computed rows `parts` (a
+    list of (b,) row indices) at a time, each part trimmed (Batch.trim) unless trim=False: no
+    gradient."""
+    C, pieces = batch.completions.size(1), []
+    for idx in parts:
+        part = batch.select(idx)
+        lp = policy_logprobs(policy, part.trim() if trim else part, temperature)  # (b, c)
+        pieces.append(F.pad(lp, (0, C - lp.size(1))))  # (b, C): the columns cut were padding
+    return torch.cat(pieces)[torch.cat(parts).argsort()]  # (B, C): the rows in the batch's order
 
 
 # -----------------------------------------------------------------------------

@@ -6,10 +6,11 @@ anywhere: the sampler and the trainer must compute the same log-probs for the sa
 ratio is pi_theta / pi_theta_old of the same sequence).
 
 forward(idx, pos, mask, past) returns the final hidden states and the key/value cache. `past` is
-either a KV cache being decoded (a preallocated KVCache written in place: inference only) or a
-prompt prefix shared by the whole batch, run once with batch 1: per-layer (k, v) tensors that the
-rows' keys are concatenated to, so gradients flow through it. That is how the sampler and the
-trainer (batch.py) avoid paying for the R1-Zero template once per row. The output layer is
+a KV cache being decoded (a preallocated KVCache written in place: inference only), or a prompt
+prefix shared by the whole batch, run once with batch 1: per-layer (k, v) tensors that the rows'
+keys are concatenated to, so gradients flow through it (the trainer, batch.py), or, to decode,
+both: a PrefixedCache holds the prefix's keys once, broadcast over the rows' own KVCaches
+(prefix_attention). So neither pays for the R1-Zero template once per row. The output layer is
 separate (`lm_head`) so that callers compute logits only where they need them.
 
 Presets: `tiny` trains on a laptop CPU (`nano` is r1/pipeline.py's distillation student); the
@@ -128,6 +129,52 @@ class KVCache:
         return self.k[:, :, :self.n], self.v[:, :, :self.n]
 
 
+class PrefixedCache:
+    """
+    One layer's past for decoding after a prefix that every row shares (the R1-Zero template): the
+    prefix's keys and values held once, k, v (1, Hkv, P, hd), broadcast over the rows, and each
+    row's own in `rows`, a KVCache (None: the prompt rows' prefill, which returns their own keys
+    and values). Copied into every row's cache, the prefix would be read B times per decode step.
+    Inference only. A mask given with it covers the rows' own keys: every query sees the prefix.
+    """
+
+    def __init__(self, k, v, rows=None):
+        self.k, self.v, self.rows = k, v, rows
+
+    @property
+    def n(self):  # positions before the next token's column: the prefix's, then the row's own
+        return self.k.size(2) + (0 if self.rows is None else self.rows.n)
+
+
+def prefix_attention(q, k, v, pk, pv, mask):
+    """
+    softmax(q [pk; k]^T / sqrt(hd)) [pv; v], one softmax over both parts: the keys and values of a
+    shared prefix, pk, pv (1, Hkv, P, hd), then each row's own, k, v (B, Hkv, S, hd), for queries
+    q (B, H, T, hd) that see the whole prefix and, of their own keys, those mask (B, 1, T, S)
+    allows (None: all).
+    The prefix's two products fold the B rows into one matrix (one GEMM against keys read once)
+    where an expanded copy would be B small products. Equal to F.scaled_dot_product_attention over
+    the concatenated keys up to fp32 rounding (tests/test_sample.py); the matmuls run in q's dtype
+    and the softmax in fp32, as transformers' eager attention (SDPA's kernels keep scores in fp32).
+    """
+    B, H, T, hd = q.shape
+    Hkv, P, S = pk.size(1), pk.size(2), k.size(2)
+    gT = H // Hkv * T  # a kv head's queries: its H / Hkv query heads x T positions
+    q = q.reshape(B, Hkv, gT, hd)  # query head h reads kv head h // (H / Hkv), as enable_gqa
+    # prefix: (Hkv, B * gT, hd) @ (Hkv, hd, P) -> (B, Hkv, gT, P)
+    s_pre = (q.transpose(0, 1).reshape(Hkv, B * gT, hd) @ pk[0].transpose(-1, -2))
+    s_pre = s_pre.view(Hkv, B, gT, P).transpose(0, 1)
+    s_own = q @ k.transpose(-1, -2)  # (B, Hkv, gT, S)
+    if mask is not None:  # (B, 1, T, S) -> (B, 1, 1, T, S), over the g query heads of a kv head
+        s_own = s_own.view(B, Hkv, gT // T, T, S).masked_fill(~mask[:, :, None], float("-inf"))
+        s_own = s_own.view(B, Hkv, gT, S)
+    a = (torch.cat([s_pre, s_own], -1) * hd ** -0.5).softmax(-1, dtype=torch.float32).type_as(v)
+    a_pre, a_own = a.split([P, S], -1)  # (B, Hkv, gT, P), (B, Hkv, gT, S)
+    y_pre = a_pre.transpose(0, 1).reshape(Hkv, B * gT, P) @ pv[0]  # (Hkv, B * gT, hd)
+    y = y_pre.view(Hkv, B, gT, hd).transpose(0, 1) + a_own @ v  # (B, Hkv, gT, hd)
+    return y.reshape(B, H, T, hd)
+
+
 class Attention(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
@@ -150,18 +197,25 @@ class Attention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, Hkv, T, hd)
         v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if isinstance(past, KVCache):
-            k, v = past.extend(k, v)  # (B, Hkv, P+T, hd)
-        elif past is not None:
-            # a shared prefix has batch 1: broadcast it to the B rows that follow it
-            pk, pv = past
-            k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)  # (B, Hkv, P+T, hd)
-            v = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           is_causal=mask is None and past is None,
-                                           enable_gqa=self.n_kv_head != self.n_head)
-        return (self.o(y.transpose(1, 2).reshape(B, T, -1)),  # (B, T, H*hd) -> (B, T, C)
-                past if isinstance(past, KVCache) else (k, v))
+        if isinstance(past, PrefixedCache):  # the sampler's: the prefix held once
+            if past.rows is not None:
+                k, v = past.rows.extend(k, v)  # (B, Hkv, S, hd): the rows' own keys so far
+            y = prefix_attention(q, k, v, past.k, past.v, mask)
+            kv = (k, v) if past.rows is None else past
+        else:
+            if isinstance(past, KVCache):
+                k, v = past.extend(k, v)  # (B, Hkv, P+T, hd)
+            elif past is not None:
+                # a shared prefix has batch 1: broadcast it to the B rows that follow it
+                pk, pv = past
+                k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)  # (B, Hkv, P+T, hd)
+                v = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               is_causal=mask is None and past is None,
+                                               enable_gqa=self.n_kv_head != self.n_head)
+            kv = past if isinstance(past, KVCache) else (k, v)
+        # (B, H, T, hd) -> (B, T, H*hd) -> (B, T, C); H*hd spelled out: T may be 0 (no prefix)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)), kv
 
 
 class MLP(nn.Module):
@@ -224,11 +278,14 @@ class Transformer(nn.Module):
         """
         idx (B, T) tokens; pos (B, T) their positions (default: following the past); mask
         (B, 1, T, P+T) bool, True where a query may attend to a key, over the P past keys and
-        the T new ones (default: causal); past: per-layer (k, v) from an earlier call, or KVCaches.
-        Returns the final hidden states (B, T, C) and the cache extended with these tokens.
+        the T new ones (default: causal); past: per-layer (k, v) from an earlier call, KVCaches,
+        or PrefixedCaches (whose mask leaves the prefix out: (B, 1, T, S), the rows' own keys).
+        Returns the final hidden states (B, T, C) and the cache extended with these tokens (after
+        PrefixedCaches without rows: the rows' own (k, v)).
         """
         B, T = idx.shape
-        P = 0 if past is None else past[0].n if isinstance(past[0], KVCache) else past[0][0].size(2)
+        P = (0 if past is None else past[0].n if isinstance(past[0], (KVCache, PrefixedCache))
+             else past[0][0].size(2))
         if P + T > self.config.block_size:
             raise ValueError(f"sequence of {P + T} tokens is longer than the model's context "
                              f"(block_size={self.config.block_size})")
@@ -244,7 +301,7 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             layer_past = None if past is None else past[i]
             # a KVCache is written in place: never re-run
-            if recompute and not isinstance(layer_past, KVCache):
+            if recompute and not isinstance(layer_past, (KVCache, PrefixedCache)):
                 x, kv = checkpoint(block, x, cos, sin, mask, layer_past, use_reentrant=False)
             else:
                 x, kv = block(x, cos, sin, mask, layer_past)

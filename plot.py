@@ -14,12 +14,16 @@ import os
 import sys
 import time
 
-import matplotlib
+from runner import Parser, atomic_write, read_jsonl
 
-matplotlib.use("Agg")  # no display needed
-import matplotlib.pyplot as plt  # noqa: E402
 
-from runner import Parser, atomic_write, read_jsonl  # noqa: E402
+def pyplot():
+    """matplotlib.pyplot, imported when a figure is first drawn: ~0.3 s of start-up that a run
+    which draws none (train.py --help, --no_plot) does not pay."""
+    import matplotlib  # heavy, and only for drawing: not on the import path of train.py
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def read_log(run_dir):
@@ -61,7 +65,7 @@ def plot_run(run_dir):
                     [("tool_share", "train, per step"), ("eval_tool_share", "held-out")]),
                    ("tool_acc", "accuracy: calling vs not (train)", [("acc_tool", "calls"),
                                                                      ("acc_no_tool", "no call")])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.75 * len(panels), 4.2))
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(4.75 * len(panels), 4.2))
     for ax, (_, title, keys) in zip(axes, panels):
         for key, label in keys:
             x, y = series(records, key)
@@ -85,7 +89,7 @@ def plot_run(run_dir):
 def plot_runs(runs, keys, n, path):
     """The first n RL steps of several runs side by side, one panel per key of their logs (e.g.
     reward_accuracy, format); runs: (run directory, label) pairs."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     for run_dir, label in runs:
         log = [r for r in read_log(run_dir) if "reward" in r][:n]
         for ax, key in zip(axes[0], keys):
@@ -99,7 +103,7 @@ def plot_runs(runs, keys, n, path):
 def save(fig, path):
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 

@@ -11,9 +11,12 @@ itself), then in the corpus's mixture, where problems asked as RL asks them are 
 short guesses and sometimes by long answers. The result can reason but rarely does: what GRPO
 needs to have a signal.
 
-The model is cached under <out_dir>/cache/, keyed by every flag it depends on, so a second run
-reuses it. What is simplified: one process, a fixed curriculum, no data loader (documents are
-generated on the fly from a seed).
+Documents are packed several to a row, attention kept inside each (a block-diagonal causal mask,
+each document at the positions it has alone): every token's loss is that of one document per
+padded row (`lm_loss_padded`, the reference) to fp32 rounding, and no step pays for padding but at
+rows' ends. The model is cached under <out_dir>/cache/, keyed by every flag it depends on, so a
+second run reuses it. What is simplified: one process, a fixed curriculum, no data loader
+(documents are generated on the fly from a seed).
 
     python train.py --rl_steps 0       # trains (or reuses) the base model only
 """
@@ -26,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from batch import forward_rows, pack
+from batch import forward_rows, pack, shared_prefix
 from checkpoint import load_checkpoint, save_checkpoint
 from model import make_model
 from runner import lr_at
@@ -37,10 +40,33 @@ BASE_FLAGS = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model"
               "base_batch", "base_lr", "template_frac"]
 
 
-def lm_loss(model, tok, packs, device):
+def lm_loss(model, tok, packs, device, width=None):
     """Next-token loss, averaged over tokens, on documents (prompt, completion) in several packs; in
     each pack, every token after the pack's shared prefix counts (for templated documents the
-    prefix is the template: the same in every document, and run once per batch)."""
+    prefix is the template: the same in every document, and run once per batch). The documents
+    are packed several to a row (`pack_documents`, `document_mask`), so no step pays for padding
+    but at rows' ends: each token's loss is `lm_loss_padded`'s to fp32 rounding."""
+    total, count = 0.0, 0
+    for docs in packs:
+        prompts = [tok.encode(p) for p, _ in docs]
+        P = shared_prefix(prompts)
+        seqs = [p[P:] + tok.encode(c) + [tok.eot] for p, (_, c) in zip(prompts, docs)]
+        rows, seg, pos = (t.to(device) for t in pack_documents(seqs, tok.pad, width))  # (N, W)
+        prefix = torch.tensor(prompts[0][:P], dtype=torch.long, device=device)  # (P,)
+        past = model(prefix[None])[1] if P else None
+        h = model(rows, P + pos, document_mask(P, seg), past)[0]  # (N, W, d)
+        # a token is a target when the one before it is of its document: never a row's next
+        # document, nor padding, nor a document's first token (as in the padded layout)
+        keep = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] >= 0)  # (N, W-1)
+        logits = model.lm_head(h[:, :-1][keep])  # (K, V): only where a token is predicted
+        total = total + F.cross_entropy(logits, rows[:, 1:][keep], reduction="sum")
+        count += int(keep.sum())
+    return total / count
+
+
+def lm_loss_padded(model, tok, packs, device):
+    """The plain reference of `lm_loss`: each document in a row of its own (batch.pack), padded to
+    the pack's longest."""
     total, count = 0.0, 0
     for docs in packs:
         batch = pack([tok.encode(p) for p, _ in docs], [tok.encode(c) + [tok.eot] for _, c in docs],
@@ -50,6 +76,49 @@ def lm_loss(model, tok, packs, device):
         total = total + F.cross_entropy(logits[keep], targets[keep], reduction="sum")
         count += int(keep.sum())
     return total / count
+
+
+def pack_documents(seqs, pad, width=None):
+    """Token lists laid out several to a row of `width` columns (default: the longest list), first
+    fit, longest first -> rows (N, W) of tokens, seg (N, W): the index in seqs of the document
+    each column holds (-1 on padding), pos (N, W): each token's index in its document (0 on
+    padding): a document sits at the positions it would have alone."""
+    # wider rows would pack tighter, but a row's masked attention is dense, P+W keys for each of
+    # its W queries: at the default sizes, rows twice the longest document were slower on a CPU
+    # than the padded layout in the curriculum's first two phases
+    W = width or max(map(len, seqs))
+    if max(map(len, seqs)) > W:
+        raise ValueError(f"a document of {max(map(len, seqs))} tokens is wider than a row ({W})")
+    bins, room = [], []  # each row's document indices, and its free columns
+    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):  # stable: ties in draw order
+        r = next((r for r, free in enumerate(room) if free >= len(seqs[i])), len(bins))
+        if r == len(bins):  # fits no row: a new one
+            bins.append([])
+            room.append(W)
+        bins[r].append(i)
+        room[r] -= len(seqs[i])
+    rows = torch.full((len(bins), W), pad, dtype=torch.long)     # (N, W)
+    seg = torch.full((len(bins), W), -1, dtype=torch.long)       # (N, W)
+    pos = torch.zeros(len(bins), W, dtype=torch.long)            # (N, W)
+    for r, docs in enumerate(bins):
+        at = 0
+        for i in docs:
+            L = len(seqs[i])
+            rows[r, at:at + L], seg[r, at:at + L] = torch.tensor(seqs[i], dtype=torch.long), i
+            pos[r, at:at + L] = torch.arange(L)
+            at += L
+    return rows, seg, pos
+
+
+def document_mask(P: int, seg: torch.Tensor):
+    """Attention mask (N, 1, W, P+W) of packed rows after a P-token prefix: each query sees the
+    prefix and the earlier tokens of its own document (block-diagonal causal), so a document's
+    states are those it has alone; also itself, so that a padding query is never fully masked."""
+    N, W = seg.shape
+    causal = torch.ones(W, W, dtype=torch.bool, device=seg.device).tril()  # (W, W)
+    eye = torch.eye(W, dtype=torch.bool, device=seg.device)               # (W, W)
+    keys = (causal & (seg[:, :, None] == seg[:, None, :])) | eye          # (N, W, W)
+    return torch.cat([keys.new_ones(N, W, P), keys], dim=-1)[:, None]    # (N, 1, W, P+W)
 
 
 def cache_path(args):
@@ -73,11 +142,28 @@ def base_model(args, tok, task, device, log=print, stop=None):
         f"{args.base_batch} documents")
     opt = torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95),
                             weight_decay=0.1)
-    # a curriculum in three phases. 1: the skill, on short textbook documents. Then half of each
-    # step's documents are templated (a pack of their own: they share the template): 2: long
-    # answers only (attempts and rechecks), which carries the skill over to the template's
-    # context; 3: the style mixture of the corpus, which teaches the model to rarely use it when
-    # asked plainly
+    t0 = time.time()
+    for step, packs in enumerate(curriculum(args, task)):
+        if stop is not None and stop.name:
+            raise SystemExit(f"stopped by {stop.name} in the base stage at step "
+                             f"{step}/{args.base_steps}: nothing to resume (it is cached only when "
+                             f"done); the same command starts it again")
+        loss = lm_loss(model, tok, packs, device)
+        base_step(model, opt, loss, step, args)
+        if step % 50 == 0 or step == args.base_steps - 1:
+            log(f"base {step:4d}/{args.base_steps} | loss {loss.item():.3f} | "
+                f"{time.time() - t0:5.1f}s")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir)
+    return model.eval()
+
+
+def curriculum(args, task):
+    """Each step's packs of documents, drawn in order from the task's seeded streams."""
+    # three phases. 1: the skill, on short textbook documents. Then half of each step's documents
+    # are templated (a pack of their own: they share the template): 2: long answers only
+    # (attempts and rechecks), which carries the skill over to the template's context; 3: the
+    # style mixture of the corpus, which teaches the model to rarely use it when asked plainly
     n_template, half = round(args.template_frac * args.base_steps), args.base_batch // 2
     start_2, start_3 = args.base_steps - n_template, args.base_steps - n_template // 2
     textbook = iter(task.textbook(args.base_steps * args.base_batch, seed=args.seed))
@@ -85,33 +171,24 @@ def base_model(args, tok, task, device, log=print, stop=None):
                                  style_weights=(0, 0.3, 0.7)))
     corpus = iter(task.corpus((args.base_steps - start_3) * half, seed=args.seed))
     take = lambda it, k: [next(it) for _ in range(k)]  # noqa: E731
-    t0 = time.time()
     for step in range(args.base_steps):
-        if stop is not None and stop.name:
-            raise SystemExit(f"stopped by {stop.name} in the base stage at step "
-                             f"{step}/{args.base_steps}: nothing to resume (it is cached only when "
-                             f"done); the same command starts it again")
         if step < start_2:
-            packs = [take(textbook, args.base_batch)]
+            yield [take(textbook, args.base_batch)]
         else:
-            packs = [take(textbook, args.base_batch - half),
-                     take(long_only if step < start_3 else corpus, half)]
-        loss = lm_loss(model, tok, packs, device)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.base_steps, args.base_lr,
-                            warmup=max(1, args.base_steps // 20))
-        # one process (under torchrun, rank 0 while the others wait): a plain step, not the
-        # collective runner.optimizer_step of the RL and SFT stages
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == args.base_steps - 1:
-            log(f"base {step:4d}/{args.base_steps} | loss {loss.item():.3f} | "
-                f"{time.time() - t0:5.1f}s")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir)
-    return model.eval()
+            yield [take(textbook, args.base_batch - half),
+                   take(long_only if step < start_3 else corpus, half)]
+
+
+def base_step(model, opt, loss, step, args):
+    """One optimiser step of the base stage on its loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, args.base_steps, args.base_lr, warmup=max(1, args.base_steps // 20))
+    # one process (under torchrun, rank 0 while the others wait): a plain step, not the
+    # collective runner.optimizer_step of the RL and SFT stages
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def longest_document(task, tok):

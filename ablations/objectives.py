@@ -20,7 +20,7 @@ import shutil
 import statistics
 import sys
 
-from plot import plt, read_log, save, smooth
+from plot import pyplot, read_log, save, smooth
 import train_args
 from r1.jobs import Job, run_jobs
 from runner import Parser
@@ -92,6 +92,7 @@ def table(a, logs) -> str:
 def figure(logs, path):
     """Held-out pass@1 (mean over seeds, the band their range), train accuracy and mean length per
     step (mean over seeds, 5-step mean), one line per objective."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for c, (name, runs) in enumerate(logs.items()):
         color, label = f"C{c}", OBJECTIVES[name][0]

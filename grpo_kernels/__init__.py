@@ -9,10 +9,12 @@ PyTorch reference.
                      (N, V) logits never exist in memory at once
 
 A leaf: each kernel imports only torch and triton, and takes what the paper's equations give
-(each token's weight in eq. 1's sums, grpo.token_weights) from its caller. What the project
-calls: `token_logprobs` (from logits, for the sampler: sample.py), `logprobs_from_hidden` (from
-hidden states: the old policy's and the reference model's log-probs, and SFT's) and
-`linear_grpo_loss` (the trainer's loss on CUDA: grpo_update.py). The benchmark, eager against
+(each token's weight in eq. 1's sums, grpo.token_weights) from its caller. A kernel's module (and
+triton, ~0.2 s) is imported when the kernel is first used (`kernel`); the references
+(reference.py) are torch only, so a CPU run never imports triton. What the project calls:
+`token_logprobs` (from logits, for the sampler: sample.py), `logprobs_from_hidden` (from hidden
+states: the old policy's and the reference model's log-probs, and SFT's) and `linear_grpo_loss`
+(the trainer's loss on CUDA: grpo_update.py). The benchmark, eager against
 torch.compile against these kernels (and Liger-Kernel when installed), is
 tests/bench_kernels.py. `grpo_kernels.USE` says where the kernels are taken:
 "cuda" (the default) on CUDA tensors and the references on a CPU; "never" (train.py
@@ -22,12 +24,29 @@ use it to run the sampler and the trainer through the kernels on a CPU).
     TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py    # conftest.py sets it without a GPU
 """
 
-from grpo_kernels.fused_linear import linear_grpo_loss, linear_token_logprobs
-from grpo_kernels.grpo_loss import fused_grpo_loss
-from grpo_kernels.logprob import (token_entropy, token_entropy_triton, token_logprobs_reference,
-                                  token_logprobs_triton)
+import importlib
+
+from grpo_kernels.reference import token_entropy, token_logprobs_reference
 
 USE = "cuda"
+# each kernel's module under grpo_kernels/: all import triton, so they load on first use
+KERNELS = {"token_logprobs_triton": "logprob", "token_entropy_triton": "logprob",
+           "fused_grpo_loss": "grpo_loss", "linear_token_logprobs": "fused_linear",
+           "linear_grpo_loss": "fused_linear"}
+
+
+def kernel(name):
+    """The kernel `name` of KERNELS, its module imported on first use (then found directly)."""
+    if name not in globals():
+        globals()[name] = getattr(importlib.import_module(f"grpo_kernels.{KERNELS[name]}"), name)
+    return globals()[name]
+
+
+def __getattr__(name):
+    """`grpo_kernels.NAME`, `from grpo_kernels import NAME`: a kernel not imported yet (PEP 562)."""
+    if name in KERNELS:
+        return kernel(name)
+    raise AttributeError(f"module 'grpo_kernels' has no attribute {name!r}")
 
 
 def fast(t) -> bool:
@@ -38,7 +57,7 @@ def fast(t) -> bool:
 def token_logprobs(logits, targets, temperature=1.0):
     """log pi(targets) (...) in fp32 from logits (..., V), always <= 0."""
     if fast(logits):
-        return token_logprobs_triton(logits, targets, temperature)
+        return kernel("token_logprobs_triton")(logits, targets, temperature)
     return token_logprobs_reference(logits, targets, temperature)
 
 
@@ -46,7 +65,8 @@ def logprobs_from_hidden(h, weight, targets, temperature=1.0, with_entropy=False
     """log pi(targets) from hidden states h (..., d) and the output weight (V, d): on CUDA without
     ever holding the (N, V) logits; on a CPU through the logits and the reference."""
     if fast(h):
-        return linear_token_logprobs(h, weight, targets, temperature, with_entropy=with_entropy)
+        return kernel("linear_token_logprobs")(h, weight, targets, temperature,
+                                               with_entropy=with_entropy)
     logits = h @ weight.t()
     logp = token_logprobs_reference(logits, targets, temperature)
     return (logp, token_entropy(logits, temperature)) if with_entropy else logp

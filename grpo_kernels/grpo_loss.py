@@ -1,7 +1,7 @@
 """
 The GRPO loss of eq. 1-2 computed from logits in one fused pass: log-prob, ratio, clipping, k3 KL
 and masking per token, with the gradient of the logits written in one more pass. The reference
-is grpo.grpo_loss applied to grpo_kernels.logprob.token_logprobs_reference; tests compare the
+is grpo.grpo_loss applied to grpo_kernels.reference.token_logprobs_reference; tests compare the
 two, gradients included. Like every kernel here it imports only torch and triton: the caller
 passes what grpo.py computes (each token's weight in eq. 1's sums).
 

@@ -1,6 +1,7 @@
 """
 Per-token log-probs of chosen tokens, the quantity every term of GRPO (eq. 1-3) is built from:
-a fused Triton kernel and, beside it, the plain PyTorch reference it is tested against.
+a fused Triton kernel, and the plain PyTorch reference it is tested against (reference.py,
+re-exported here: torch only, so that a CPU run, which takes it, never imports triton).
 
     log pi(y) = z_y / T - logsumexp(z / T)          z: one row of logits, T: temperature
     H         = logsumexp(z / T) - sum_j softmax_j(z / T) z_j / T      (entropy, for logging)
@@ -27,27 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-
-# -----------------------------------------------------------------------------
-# the plain PyTorch reference
-
-def token_logprobs_reference(logits, targets, temperature=1.0):
-    """logits (..., V), targets (...) int -> log-probs (...) in fp32, always <= 0."""
-    z = logits.float() / temperature
-    # shift by the row max before both terms: with logits of 1e4, z_y - logsumexp(z) would subtract
-    # two numbers near 1e4 and keep only fp32's ~1e-3 absolute precision
-    z = z - z.max(dim=-1, keepdim=True).values
-    return z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
-
-
-@torch.no_grad()
-def token_entropy(logits, temperature=1.0):
-    """Entropy (...) of the temperature-scaled distribution, for logging only."""
-    z = logits.float() / temperature
-    # as above: logits of 1e4 would cost ~1e-3 of precision
-    z = z - z.max(dim=-1, keepdim=True).values
-    logp = z - torch.logsumexp(z, dim=-1, keepdim=True)
-    return -(logp.exp() * logp).sum(-1)
+# the plain PyTorch references, in a module of their own that a CPU run imports without triton
+from grpo_kernels.reference import token_entropy, token_logprobs_reference  # noqa: F401
 
 
 # -----------------------------------------------------------------------------

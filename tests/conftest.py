@@ -4,15 +4,15 @@ import sys
 import pytest
 import torch
 
-from tiny_runs import DDP, torchrun_train
-
-# no GPU: run the Triton kernels under Triton's interpreter, on CPU tensors (read when the
-# kernels are defined, so before anything imports grpo_kernels/)
+# no GPU: run the Triton kernels under Triton's interpreter, on CPU tensors (read when a kernel's
+# module is imported: on its first use, grpo_kernels.kernel)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 torch.set_flush_denormal(True)
+
+from tiny_runs import DDP, torchrun_train  # after the path: it imports the project (r1.jobs)
 
 
 @pytest.fixture(scope="session")

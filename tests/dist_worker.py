@@ -18,12 +18,14 @@ import train  # noqa: E402
 from grpo_update import UpdateConfig, grpo_update, reference, wrap_policy  # noqa: E402
 from model import Transformer, ModelConfig  # noqa: E402
 from sample import Samples, generate  # noqa: E402
+from tiny_runs import thread_share  # noqa: E402
 
 
 def main():
     out_path, flags = sys.argv[1], sys.argv[2:]
     args = train.parse_args(["--questions", "4", "--group_size", "4", "--max_new_tokens", "10", "--device", "cpu"] + flags)
     rank, world, _ = dist.setup("cpu")
+    torch.set_num_threads(thread_share(world))  # the workers run at once: each its share of the cores
     update(args, rank, world, out_path)
     dist.cleanup()  # after update() returned: its models are gone
 

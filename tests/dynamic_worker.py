@@ -19,6 +19,7 @@ import train  # noqa: E402
 from batch import pack  # noqa: E402
 from rollout import Rollout  # noqa: E402
 from sample import Samples  # noqa: E402
+from tiny_runs import thread_share  # noqa: E402
 
 G, QUESTIONS, PAD = 2, 4, 0
 # per rank, for each round, which of its groups are informative (rewards 0, 1) or not (1, 1):
@@ -55,6 +56,7 @@ def scripted(rank, world):
 
 def main():
     rank, world, _ = dist.setup("cpu")
+    torch.set_num_threads(thread_share(world))  # the workers run at once: each its share of the cores
     ro, log = train.GRPORun.informative_rollout(scripted(rank, world))
     b = ro.samples.batch
     rows = [[t for t, v in zip(r, m) if v] for r, m in zip(b.completions.tolist(), b.valid[:, b.R:].tolist())]

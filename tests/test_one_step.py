@@ -143,6 +143,12 @@ class Trace:
         assert len(calls) == 1, f"{name} ran {len(calls)} times in the step, not once"
         return calls[0]
 
+    def first(self, name, inside=None):
+        """The first call of name: the first micro-batch's, for what runs once for each."""
+        calls = self.find(name, inside)
+        assert calls, f"{name} never ran in the step"
+        return calls[0]
+
 
 def shape(x):
     if torch.is_tensor(x):
@@ -178,7 +184,8 @@ def run_step(out_dir, max_new_tokens=N_TEST):
         return model
 
     traced = [train.GRPORun.step, train.GRPORun.rollout, train.GRPORun.record,
-              GeneratedTask.train_problems, rollout.rollout, sample.generate, sample.sample_next,
+              GeneratedTask.train_problems, rollout.rollout, sample.generate, sample.prefill,
+              sample.sample_next,
               batch.pack, batch.positions_and_mask, batch.forward_rows, Transformer.forward,
               grpo.group_advantages, grpo_update.grpo_update,
               grpo_update.logprobs_in_chunks, grpo_update.completion_logprobs,
@@ -207,9 +214,10 @@ def measured(run, trace, args):
     gen, samples = t.one("generate")
     batch = samples.batch
     c = run.model.config
+    fr = t.find("forward_rows", inside="completion_grpo_loss")  # one for each micro-batch
     sizes = dict(Q=args.questions, G=args.group_size, B=batch.rows.size(0), P=batch.prefix.numel(),
                  R=batch.R, C=batch.completions.size(1), N=args.max_new_tokens, V=c.vocab_size,
-                 d=c.n_embd, L=c.n_layer, H=c.n_head, hd=c.hd)
+                 d=c.n_embd, L=c.n_layer, H=c.n_head, hd=c.hd, b=fr[0][1].size(0))
     fwd = t.find("Transformer.forward", inside="generate")
     (prefix_h, prefix_past), (rows_h, rows_cache), (dec_h, _) = (r for _, r in fwd[:3])
     pack_out = t.one("pack")[1]
@@ -220,15 +228,16 @@ def measured(run, trace, args):
     adv_loc, advantages = t.one("group_advantages")
     upd_loc, _ = t.one("grpo_update")
     ref_loc, ref_logp = t.one("logprobs_in_chunks")
-    fr_out = t.one("forward_rows", inside="completion_grpo_loss")[1]
-    pm2 = t.one("positions_and_mask", inside="completion_grpo_loss")[1]
-    cl_loc, (logp, entropy) = t.one("completion_logprobs", inside="completion_grpo_loss")
-    lh_loc, _ = t.one("logprobs_from_hidden", inside="completion_grpo_loss")
-    gl_loc, (loss, _) = t.one("grpo_loss")
-    cs_loc, surrogate = t.one("clipped_surrogate")
-    kl = t.find("kl_k3", inside="grpo_loss")[0][1]
+    # the first micro-batch's: it holds the longest completion (grpo_update.micro_batches)
+    fr_out = fr[0][1]
+    pm2 = t.first("positions_and_mask", inside="completion_grpo_loss")[1]
+    cl_loc, (logp, entropy) = t.first("completion_logprobs", inside="completion_grpo_loss")
+    lh_loc, _ = t.first("logprobs_from_hidden", inside="completion_grpo_loss")
+    gl_loc, (loss, _) = t.first("grpo_loss")
+    cs_loc, surrogate = t.first("clipped_surrogate")
+    kl = t.first("kl_k3", inside="grpo_loss")[1]
     norm = t.one("loss_normalizer")[1]
-    weights = t.one("token_weights")[1]
+    weights = t.first("token_weights")[1]
     total, grad_norm, stepped = t.one("optimizer_step")[1]
     rec_loc, rec = t.one("GRPORun.record")
     shapes = {
@@ -238,7 +247,7 @@ def measured(run, trace, args):
         "prefill_pos": pos, "prefill_mask": mask,
         "prefix_h": prefix_h, "prefix_k": prefix_past[0][0],
         "rows_h": rows_h, "rows_k": rows_cache[0][0],
-        "KVCache.k": gen["cache"][0].k,
+        "KVCache.k": t.one("prefill")[1][0][0].rows.k,
         "logits": nxt_loc["logits"], "next_tok": nxt_tok, "next_logp": nxt_logp,
         "decode_h": dec_h, "decode_mask": fwd[2][0]["mask"], "done": gen["done"],
         "samples.batch.prefix": batch.prefix, "samples.batch.rows": batch.rows,
@@ -258,7 +267,7 @@ def measured(run, trace, args):
     }
     facts = dict(stepped=stepped, norm=norm, rec=rec, old_is_none=upd_loc["old_logp"] is None,
                  ref_grad=ref_logp.requires_grad, logp_grad=gl_loc["logp"].requires_grad,
-                 by_ref=ref_loc["policy"] is run.ref,
+                 by_ref=ref_loc["policy"] is run.ref, widths=[r.size(1) for _, r in fr],
                  n_decode=len(fwd) - 2, samples=samples, ro=ro, opt=run.opt)
     return sizes, {k: shape(v) for k, v in shapes.items()}, facts
 
@@ -293,6 +302,7 @@ def test_numbers_on_the_page_are_its_shapes_at_the_defaults():
 
 
 def test_sizes_on_the_page_are_the_defaults(step):
+    from grpo_update import MICRO_ROWS
     from model import PRESETS
     from tokenizer import get_tokenizer
     from train_args import parse_args
@@ -302,12 +312,12 @@ def test_sizes_on_the_page_are_the_defaults(step):
     defaults = dict(Q=args.questions, G=args.group_size, B=args.questions * args.group_size,
                     N=args.max_new_tokens, C=args.max_new_tokens, P=sizes["P"], R=sizes["R"],
                     V=get_tokenizer("aha").vocab_size, d=tiny["n_embd"], L=tiny["n_layer"],
-                    H=tiny["n_head"], hd=tiny["n_embd"] // tiny["n_head"])
+                    H=tiny["n_head"], hd=tiny["n_embd"] // tiny["n_head"], b=MICRO_ROWS)
     assert {s: v for s, (v, _) in page.items()} == defaults
     assert [s for s, (_, bound) in page.items() if bound] == ["C"]  # C <= N
     assert sizes["C"] < sizes["N"] and sizes["V"] == defaults["V"]  # the test's C, N differ
-    assert {k: sizes[k] for k in ("Q", "G", "B", "d", "L", "H", "hd")} == {
-        k: defaults[k] for k in ("Q", "G", "B", "d", "L", "H", "hd")}
+    assert {k: sizes[k] for k in ("Q", "G", "B", "d", "L", "H", "hd", "b")} == {
+        k: defaults[k] for k in ("Q", "G", "B", "d", "L", "H", "hd", "b")}
 
 
 def test_what_the_page_says_of_the_step(step):
@@ -316,10 +326,14 @@ def test_what_the_page_says_of_the_step(step):
     assert facts["norm"] == B                        # loss_type grpo: the number of outputs
     assert facts["old_is_none"]                      # one step per rollout: rho = 1
     assert facts["by_ref"] and not facts["ref_grad"] and facts["logp_grad"]
-    # decode forwards, after the two prefills: C - 1 when every row stopped, else C (the last,
-    # after the N-th token, for logits nobody samples)
+    # B / b micro-batches, each trimmed to its longest row: the first, with the longest
+    # completion, R + C wide, the later ones narrower
+    widths = facts["widths"]
+    assert len(widths) == B // sizes["b"] and widths[0] == sizes["R"] + C
+    assert widths == sorted(widths, reverse=True) and widths[-1] < widths[0]
+    # decode forwards, after the two prefills: C - 1 (none after the last token drawn)
     samples = facts["samples"]
-    assert facts["n_decode"] == C - int(bool((~samples.truncated).all()))
+    assert facts["n_decode"] == C - 1
     assert samples.batch.valid[:, sizes["R"] - 1].all()  # every row's last prompt token: R - 1
     assert not samples.batch.valid[:, -1].all()          # completions of several lengths
     ro = facts["ro"]

@@ -19,6 +19,7 @@ from batch import pack
 from checkpoint import save_checkpoint
 from model import make_model
 from tasks import AdditionTask
+from tiny_runs import thread_share
 from tokenizer import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,7 +133,8 @@ def test_torchrun_two_processes_make_the_same_updates(files):
                                      "--batch", "8", "--micro_batch", "2", "--lr", "3e-3"]
     sft.main(argv + ["--out_dir", out, "--run_name", "one"])
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "r1.sft",
-                          *argv, "--out_dir", out, "--run_name", "two"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+                          *argv, "--out_dir", out, "--run_name", "two"], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "OMP_NUM_THREADS": str(thread_share(2))})
     assert res.returncode == 0, res.stderr
     one, two = (read_log(os.path.join(out, r)) for r in ("one", "two"))
     assert len(one) == len(two) == 6

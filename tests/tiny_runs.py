@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+from r1.jobs import cores
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiny: seconds per run. 2 mini-batches (the shuffler draws), a reference reset at step 3, beta > 0
 TINY = ["--base_steps", "10", "--base_batch", "4", "--questions", "2", "--group_size", "4", "--max_new_tokens", "24",
@@ -22,9 +24,19 @@ def wandb_offline(tmp):
             "WANDB_CACHE_DIR": str(tmp / "wandb-cache"), "WANDB_DATA_DIR": str(tmp / "wandb-data")}
 
 
+def thread_share(n_procs):
+    """Threads for each of n_procs processes that run at once: the cores this process may use
+    (r1.jobs.cores) split among them, never more than OMP_NUM_THREADS allows. torchrun sets
+    OMP_NUM_THREADS=1 only where it is unset: a test run under OMP_NUM_THREADS=2 on 2 cores would
+    start 2 workers of 2 threads each, 4 threads on 2 cores."""
+    allowed = int(os.environ.get("OMP_NUM_THREADS") or 0) or cores()
+    return max(1, min(allowed, cores() // n_procs))
+
+
 def torchrun_train(flags, tmp=None):
     """train.py under a 2-process torchrun (W&B offline under tmp when given) -> its stdout; fails the test if it fails."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK") and not k.startswith("WANDB_")}
+    env["OMP_NUM_THREADS"] = str(thread_share(2))  # its 2 workers share the cores
     res = subprocess.run([*TORCHRUN, "train.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**env, **(wandb_offline(tmp) if tmp else {})})
     assert res.returncode == 0, res.stdout + res.stderr

@@ -1,0 +1,121 @@
+"""
+Benchmark of one GRPO update (grpo_update.grpo_update) at the default toy settings: the reference,
+every micro-batch as wide as the rollout (UpdateConfig trim=False: --micro_batch 0 is one forward
+over the whole mini-batch), against micro-batches of rows sorted by length, each trimmed to its
+own longest row (Batch.trim; --micro_batch 0 is grpo_update.MICRO_ROWS rows).
+
+The rollout is the default run's shape: 16 questions x G 8 in the R1-Zero template (P 81, R 8),
+completions of 20-128 random tokens (128 = --max_new_tokens: some are cut off), the `tiny` model
+(the cached base model of `python train.py` when out/cache holds it, else a fresh one), a
+reference model (--beta 0.01), AdamW at the run's settings. Every variant starts from the same
+weights and optimiser state, the variants interleaved within each repeat (ABBA order), so that a
+load that drifts weighs on all alike; train_s is the median over the repeats, the speed-up the
+median of each repeat's untrimmed / trimmed. Printed first, the bound: how many fewer (row,
+column) cells the trimmed micro-batches run (the linear layers' share of the work). The weights
+after each variant are compared with the reference's (max |diff|): a fast number is never a
+wrong one.
+Nothing here is a test: read the ratios.
+
+    OMP_NUM_THREADS=1 python tests/bench_update.py --threads 1
+    python tests/bench_update.py --threads 2 --micro 0,8,16,32,64    # the trimmed path per size
+"""
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import grpo  # noqa: E402
+import grpo_update  # noqa: E402
+from batch import pack  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
+from grpo_update import Policy, UpdateConfig, completion_logprobs, reference  # noqa: E402
+from model import make_model  # noqa: E402
+from pretrain import cache_path  # noqa: E402
+from sample import Samples  # noqa: E402
+from template import render_prompt  # noqa: E402
+from tokenizer import get_tokenizer  # noqa: E402
+from train_args import parse_args  # noqa: E402
+
+
+def default_rollout(args, seed=0):
+    """(model, Samples, advantages (B,)) shaped like a step of the default run."""
+    tok, g = get_tokenizer(args.tokenizer), torch.Generator().manual_seed(seed)
+    path = cache_path(args)
+    if os.path.isfile(path):
+        model = load_checkpoint(path)[0]
+    else:
+        torch.manual_seed(seed)
+        model = make_model(args.model, tok.vocab_size)
+    Q, G, N = args.questions, args.group_size, args.max_new_tokens
+    ab = torch.randint(10, 100, (Q, 2), generator=g).tolist()
+    prompts = [tok.encode(render_prompt(f"Compute {a} + {b}")) for a, b in ab for _ in range(G)]
+    lengths = torch.randint(20, N + 1, (Q * G,), generator=g)  # (B,) spread 20..N
+    lengths[0] = N                                             # one cut off: C = N
+    comps = [torch.randint(0, tok.vocab_size, (n,), generator=g).tolist() for n in lengths]
+    batch = pack(prompts, comps, tok.pad)
+    with torch.no_grad():
+        sampler_logp = completion_logprobs(model, batch, args.temperature)  # (B, C)
+    rewards = torch.randint(0, 3, (Q * G,), generator=g).float()          # (B,) 0, 1 or 2
+    samples = Samples(batch, sampler_logp, lengths == N)
+    return model, samples, grpo.group_advantages(rewards, G)
+
+
+def one_update(model, samples, A, cfg, args):
+    """-> (seconds of grpo_update, the model after) from a copy of model and a fresh optimiser."""
+    net = copy.deepcopy(model).train()
+    ref = reference(model, torch.float32, False) if cfg.beta > 0 else None
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    t = time.perf_counter()
+    grpo_update.grpo_update(Policy(net), ref, opt, samples, A, cfg, torch.Generator().manual_seed(0))
+    return time.perf_counter() - t, net
+
+
+def main():
+    p = argparse.ArgumentParser(description="one GRPO update: untrimmed against trimmed")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--micro", default="0", help="comma-separated --micro_batch values, trimmed")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    args = parse_args([])
+    model, samples, A = default_rollout(args)
+    C = samples.batch.completions.size(1)
+    lengths = samples.batch.completion_mask.sum(1)
+    print(f"threads {a.threads} | B {lengths.numel()} | C {C} | completion lengths "
+          f"{int(lengths.min())}-{int(lengths.max())}, mean {lengths.mean():.1f} | "
+          f"{'cached base model' if os.path.isfile(cache_path(args)) else 'fresh tiny model'}")
+    R, B = samples.batch.R, lengths.numel()
+    for m in a.micro.split(","):  # the bound: how many fewer (row, column) cells are run
+        size = int(m) or min(grpo_update.MICRO_ROWS, B // args.minibatches)
+        cells = sum(len(p) * (R + int(lengths[p].max()))
+                    for p in grpo_update.micro_batches(torch.arange(B), lengths, size))
+        print(f"micro {m}: (row, column) cells {B * (R + C)} untrimmed, {cells} trimmed: "
+              f"{B * (R + C) / cells:.2f}x fewer")
+    base = UpdateConfig.from_args(args)
+    variants = {"untrimmed": replace(base, trim=False)}
+    for m in a.micro.split(","):
+        variants[f"trimmed, micro {m}"] = replace(base, micro_batch=int(m))
+    one_update(model, samples, A, base, args)  # warm-up
+    times, nets = {k: [] for k in variants}, {}
+    for r in range(a.repeats):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):  # ABBA
+            s, nets[name] = one_update(model, samples, A, variants[name], args)
+            times[name].append(s)
+    for name, ts in times.items():
+        diff = max((p - q).abs().max().item() for p, q in
+                   zip(nets[name].parameters(), nets["untrimmed"].parameters()))
+        # speed-up: the median over repeats of untrimmed / this, both timed in the same repeat
+        ratio = statistics.median(u / t for u, t in zip(times["untrimmed"], ts))
+        print(f"{name:22s} train_s {statistics.median(ts):6.3f} (min {min(ts):.3f}) | "
+              f"{ratio:4.2f}x | weights max |diff| {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
