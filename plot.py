@@ -10,6 +10,7 @@ against R1-Zero). Left out: the trackers (TensorBoard, W&B): log.jsonl is the so
     python plot.py out/<run> --follow   # redraws it every 10 s while the run goes on (Ctrl-C ends)
 """
 
+import json
 import os
 import sys
 import time
@@ -41,6 +42,15 @@ def read_log(run_dir):
 def series(records, key):
     pts = [(r["step"], r[key]) for r in records if key in r]
     return [s for s, _ in pts], [v for _, v in pts]
+
+
+def run_task(run_dir) -> str:
+    """The run's --task, from its args.json (the toy's, addition, when there is none)."""
+    path, task = os.path.join(run_dir, "args.json"), "addition"
+    if os.path.isfile(path):
+        with open(path) as f:
+            task = json.load(f).get("task", task)
+    return "the toy task" if task == "addition" else task
 
 
 def smooth(values, k=5):
@@ -82,7 +92,7 @@ def plot_run(run_dir):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # a panel the log has no values for stays empty
             ax.legend(fontsize=8)
-    fig.suptitle(f"GRPO on the toy task: {os.path.basename(os.path.normpath(run_dir))}")
+    fig.suptitle(f"GRPO on {run_task(run_dir)}: {os.path.basename(os.path.normpath(run_dir))}")
     return save(fig, os.path.join(run_dir, "curves.png"))
 
 
