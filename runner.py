@@ -318,6 +318,10 @@ def optimizer_step(module, opt, parts, loss_of, grad_clip):
     stepped = math.isfinite(total) and math.isfinite(grad_norm)
     if stepped:
         opt.step()
+        # autocast caches the bf16 cast of each fp32 leaf weight until the outermost autocast
+        # region exits, and session() holds one region for the whole stage: without this every
+        # later forward would keep using the weights as first cast (the base model's)
+        torch.clear_autocast_cache()
     opt.zero_grad(set_to_none=True)
     return total, grad_norm, stepped
 

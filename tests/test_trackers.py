@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -49,15 +50,23 @@ def tensorboard_scalars(run_dir):
     return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}, ea
 
 
-def wandb_runs(run_dir):
+def wandb_runs(run_dir, wait=30.0):
     """[(run id, [records])] of each W&B run directory in run_dir, oldest first: its .wandb log read by
-    wandb-core, the reader `wandb leet inspect --json` runs (called directly: the CLI's start-up is seconds)."""
+    wandb-core, the reader `wandb leet inspect --json` runs (called directly: the CLI's start-up is seconds).
+    W&B's service writes the offline log on its own; on a loaded machine it can lag the run's finish(), so a
+    log without its history yet is read again, for up to `wait` seconds."""
     out = []
     for path in sorted(glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))):
-        res = subprocess.run([get_core_path(), "leet", "inspect", "--no-observability", "--json", "--run-file", path,
-                              os.path.join(run_dir, "wandb")], capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, res.stderr
-        out.append((os.path.basename(path)[len("run-"):-len(".wandb")], [json.loads(line) for line in res.stdout.splitlines()]))
+        deadline = time.time() + wait
+        while True:
+            res = subprocess.run([get_core_path(), "leet", "inspect", "--no-observability", "--json", "--run-file",
+                                  path, os.path.join(run_dir, "wandb")], capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stderr
+            records = [json.loads(line) for line in res.stdout.splitlines()]
+            if any(r["type"] == "history" for r in records) or time.time() > deadline:
+                break
+            time.sleep(1)
+        out.append((os.path.basename(path)[len("run-"):-len(".wandb")], records))
     return out
 
 
