@@ -14,7 +14,8 @@ import pytest
 
 from batch import pack
 from template import SYSTEM, TEMPLATE, render_prompt
-from tasks import add_task_args, make_task
+from tasks import make_task
+from test_tasks import args_for
 from tokenizer import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,14 +51,6 @@ def test_table_1_with_examples_and_without():
     assert render_prompt("Compute 5 + 6") == TEMPLATE.format(prompt="Compute 5 + 6")
     text = render_prompt("Compute 5 + 6", None, SHOTS[:1])
     assert text == SYSTEM + f" User: {q}. Assistant: {c}" + " User: Compute 5 + 6. Assistant:"
-
-
-def args_for(argv):
-    import argparse
-    parser = argparse.ArgumentParser()
-    add_task_args(parser)
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
 
 
 def write(path, lines):
