@@ -33,6 +33,7 @@ import signal
 import threading
 import time
 
+import numpy
 import torch
 
 import dist
@@ -287,6 +288,9 @@ def session(device, dtype="fp32"):
     an error: that rank exits and torchrun ends the others. Models must be gone by the end
     (dist.cleanup)."""
     rank, world, device = dist.setup(device)
+    # numpy (imported by torch) computes each float type's smallest subnormal once, on first use,
+    # and warns that it is zero if denormals are flushed by then (matplotlib's import uses it)
+    numpy.finfo(numpy.float32), numpy.finfo(numpy.float64)
     torch.set_flush_denormal(True)
     precision = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=dtype == "bf16")
     try:
