@@ -2,7 +2,8 @@
 Benchmark of one GRPO update (grpo_update.grpo_update) at the default toy settings: the reference,
 every micro-batch as wide as the rollout (UpdateConfig trim=False: --micro_batch 0 is one forward
 over the whole mini-batch), against micro-batches of rows sorted by length, each trimmed to its
-own longest row (Batch.trim; --micro_batch 0 is grpo_update.MICRO_ROWS rows).
+own longest row (Batch.trim; --micro_batch 0 cuts B / grpo_update.MICRO_ROWS of them where the
+fewest cells are run, grpo_update.balanced_micro_batches; N > 0 is N rows each).
 
 The rollout is the default run's shape: 16 questions x G 8 in the R1-Zero template (P 81, R 8),
 completions of 20-128 random tokens (128 = --max_new_tokens: some are cut off), the `tiny` model
@@ -93,11 +94,12 @@ def main():
           f"{'cached base model' if os.path.isfile(cache_path(args)) else 'fresh tiny model'}")
     R, B = samples.batch.R, lengths.numel()
     for m in a.micro.split(","):  # the bound: how many fewer (row, column) cells are run
-        size = int(m) or min(grpo_update.MICRO_ROWS, B // args.minibatches)
-        cells = sum(len(p) * (R + int(lengths[p].max()))
-                    for p in grpo_update.micro_batches(torch.arange(B), lengths, size))
-        print(f"micro {m}: (row, column) cells {B * (R + C)} untrimmed, {cells} trimmed: "
-              f"{B * (R + C) / cells:.2f}x fewer")
+        parts = (grpo_update.micro_batches(torch.arange(B), lengths, int(m)) if int(m) else
+                 grpo_update.balanced_micro_batches(torch.arange(B), R + lengths,
+                                                    grpo_update.MICRO_ROWS))
+        cells = sum(len(p) * (R + int(lengths[p].max())) for p in parts)
+        print(f"micro {m}: (row, column) cells {B * (R + C)} untrimmed, {cells} trimmed in "
+              f"{len(parts)} micro-batches: {B * (R + C) / cells:.2f}x fewer")
     base = UpdateConfig.from_args(args)
     variants = {"untrimmed": replace(base, trim=False)}
     for m in a.micro.split(","):

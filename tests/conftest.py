@@ -10,9 +10,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-torch.set_flush_denormal(True)
 
-from tiny_runs import DDP, torchrun_train  # after the path: it imports the project (r1.jobs)
+import runner  # noqa: E402  (after the path)
+from tiny_runs import DDP, torchrun_train  # noqa: E402  (it imports the project: r1.jobs)
+
+runner.flush_denormals()  # as runner.session does
 
 
 @pytest.fixture(scope="session")

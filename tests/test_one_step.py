@@ -295,9 +295,10 @@ def test_shapes_on_the_page_are_the_measured_ones(step):
 def test_numbers_on_the_page_are_its_shapes_at_the_defaults():
     text = read_page()
     defaults = {s: v for s, (v, _) in page_sizes(text).items()}
-    for C in (1, 77):  # C is the step's own: the numbers keep it as a symbol
+    for C, b in ((1, 32), (77, 5)):  # the step's own: the numbers keep them as symbols
+        own = {"C": C, "b": b}
         wrong = {k: (sym, num) for k, (sym, num) in page_shapes(text).items()
-                 if evaluate(num, {"C": C}) != evaluate(sym, {**defaults, "C": C})}
+                 if evaluate(num, own) != evaluate(sym, {**defaults, **own})}
         assert not wrong, f"shape at the defaults disagrees with the symbols: {wrong}"
 
 
@@ -314,22 +315,24 @@ def test_sizes_on_the_page_are_the_defaults(step):
                     V=get_tokenizer("aha").vocab_size, d=tiny["n_embd"], L=tiny["n_layer"],
                     H=tiny["n_head"], hd=tiny["n_embd"] // tiny["n_head"], b=MICRO_ROWS)
     assert {s: v for s, (v, _) in page.items()} == defaults
-    assert [s for s, (_, bound) in page.items() if bound] == ["C"]  # C <= N
+    assert [s for s, (_, bound) in page.items() if bound] == ["b", "C"]  # b <= 32, C <= N
     assert sizes["C"] < sizes["N"] and sizes["V"] == defaults["V"]  # the test's C, N differ
-    assert {k: sizes[k] for k in ("Q", "G", "B", "d", "L", "H", "hd", "b")} == {
-        k: defaults[k] for k in ("Q", "G", "B", "d", "L", "H", "hd", "b")}
+    assert sizes["b"] <= MICRO_ROWS  # the first micro-batch: the longest rows
+    assert {k: sizes[k] for k in ("Q", "G", "B", "d", "L", "H", "hd")} == {
+        k: defaults[k] for k in ("Q", "G", "B", "d", "L", "H", "hd")}
 
 
 def test_what_the_page_says_of_the_step(step):
+    from grpo_update import MICRO_ROWS
     sizes, _, facts = step
     B, C = sizes["B"], sizes["C"]
     assert facts["norm"] == B                        # loss_type grpo: the number of outputs
     assert facts["old_is_none"]                      # one step per rollout: rho = 1
     assert facts["by_ref"] and not facts["ref_grad"] and facts["logp_grad"]
-    # B / b micro-batches, each trimmed to its longest row: the first, with the longest
+    # B / MICRO_ROWS micro-batches, each trimmed to its longest row: the first, with the longest
     # completion, R + C wide, the later ones narrower
     widths = facts["widths"]
-    assert len(widths) == B // sizes["b"] and widths[0] == sizes["R"] + C
+    assert len(widths) == B // MICRO_ROWS and widths[0] == sizes["R"] + C
     assert widths == sorted(widths, reverse=True) and widths[-1] < widths[0]
     # decode forwards, after the two prefills: C - 1 (none after the last token drawn)
     samples = facts["samples"]

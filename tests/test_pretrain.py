@@ -21,6 +21,7 @@ if ROOT not in sys.path:  # run as a script
     sys.path.insert(0, ROOT)
 
 import pretrain  # noqa: E402
+import runner  # noqa: E402
 from checkpoint import starting_point  # noqa: E402
 from model import make_model  # noqa: E402
 from tasks import make_task  # noqa: E402
@@ -143,7 +144,7 @@ def test_import_train_loads_neither_matplotlib_nor_triton():
 
 def bench(argv):
     args = parse_args(argv)
-    torch.set_flush_denormal(True)  # as runner.session does
+    runner.flush_denormals()  # as runner.session does
     tok, _ = starting_point(args)
     task = make_task(args, log=lambda s: None)
     torch.manual_seed(args.seed)
