@@ -9,12 +9,13 @@ w_t each token's weight (grpo.token_weights: --loss_type's aggregation); a tool'
 with no loss (Samples.sampled_mask). GSPO's per-output ratio, CISPO and dual-clip replace the
 bracket (grpo.policy_term: --ratio_level, --policy_loss, --dual_clip; UpdateConfig.clip_range).
 The rollout is trained on for --ppo_epochs passes of --minibatches random mini-batches, one
-optimiser step each (runner.optimizer_step), gradients accumulated over micro-batches of
---micro_batch rows (0: MICRO_ROWS) of alike lengths, each trimmed to its longest (Batch.trim),
-each divided by the whole mini-batch's normaliser summed over ranks: neither micro-batching nor
-the world size changes the update. pi_theta_old's log-probs are recomputed once before the first
-step, except for a single step, whose own detached log-probs are pi_theta_old's (rho = 1); pi_ref
-is a frozen copy of the policy, reset every --ref_update_every steps (none with --beta 0).
+optimiser step each (runner.optimizer_step), gradients accumulated over micro-batches of rows of
+alike lengths, each trimmed to its longest (Batch.trim): --micro_batch rows each, or with 0
+ceil(n / MICRO_ROWS) of them cut for the least padding (balanced_micro_batches), each divided by
+the whole mini-batch's normaliser summed over ranks: neither micro-batching nor the world size
+changes the update. pi_theta_old's log-probs are recomputed once before the first step, except
+for a single step, whose own detached log-probs are pi_theta_old's (rho = 1); pi_ref is a frozen
+copy of the policy, reset every --ref_update_every steps (none with --beta 0).
 
 `Policy` is the module DDP / FSDP wrap: its forward is either job, log-probs (policy_logprobs) or
 the loss (policy_loss); on CUDA the loss comes from the hidden states (grpo_kernels/fused_linear.py:

@@ -141,7 +141,8 @@ g.add_argument("--minibatches", type=int, default=1,
 g.add_argument("--ppo_epochs", type=int, default=1, help="passes over each rollout (paper: 1)")
 g.add_argument("--micro_batch", type=int, default=0,
                help="rows per forward/backward, gradients accumulated; rows of alike lengths, "
-                    "each micro-batch trimmed to its longest (0: 16 rows, at most a mini-batch)")
+                    "each micro-batch trimmed to its longest (0: ceil(rows / 32) micro-batches cut "
+                    "for the least padding)")
 g.add_argument("--mask_truncated", action="store_true",
                help="outputs cut off at --max_new_tokens get no loss")
 g.add_argument("--policy_loss", choices=["clip", "cispo"], default="clip",

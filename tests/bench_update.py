@@ -15,10 +15,14 @@ median of each repeat's untrimmed / trimmed. Printed first, the bound: how many 
 column) cells the trimmed micro-batches run (the linear layers' share of the work). The weights
 after each variant are compared with the reference's (max |diff|): a fast number is never a
 wrong one.
+--in_run times the default run's own rollouts instead: at every step of `python train.py`, from
+the run's weights, optimiser and shuffler states, the untrimmed update, then the trimmed one (the
+other way round every other step), then the run's own update; printed: the sums over the run.
 Nothing here is a test: read the ratios.
 
     OMP_NUM_THREADS=1 python tests/bench_update.py --threads 1
     python tests/bench_update.py --threads 2 --micro 0,8,16,32,64    # the trimmed path per size
+    python tests/bench_update.py --threads 2 --in_run                # the default run's rollouts
 """
 
 import argparse
@@ -34,6 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
 import grpo_update  # noqa: E402
+import train  # noqa: E402
 from batch import pack  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from grpo_update import Policy, UpdateConfig, completion_logprobs, reference  # noqa: E402
@@ -78,13 +83,44 @@ def one_update(model, samples, A, cfg, args):
     return time.perf_counter() - t, net
 
 
+def in_run(train_argv):
+    """The default run (train.py with train_argv; its cached base model if out/cache holds it),
+    each step's update timed untrimmed and trimmed from the run's own states first."""
+    times, run_update = {"untrimmed": [], "trimmed": []}, train.GRPORun.update
+
+    def update(run, step, samples, A):
+        for name in (list(times) if step % 2 else list(times)[::-1]):
+            net = copy.deepcopy(run.model).train()
+            opt = torch.optim.AdamW(net.parameters(), lr=run.args.lr, betas=(0.9, 0.99),
+                                    weight_decay=0.0)
+            opt.load_state_dict(copy.deepcopy(run.opt.state_dict()))
+            shuffle = torch.Generator().set_state(run.shuffle.get_state())
+            cfg = replace(run.update_cfg, trim=name == "trimmed")
+            t = time.perf_counter()
+            grpo_update.grpo_update(Policy(net), run.ref, opt, samples, A, cfg, shuffle)
+            times[name].append(time.perf_counter() - t)
+        return run_update(run, step, samples, A)
+
+    train.GRPORun.update = update  # a benchmark's hook: the run itself goes on unchanged
+    train.main(["--run_name", f"bench-update-{int(time.time())}", "--no_plot", *train_argv])
+    u, t = times["untrimmed"], times["trimmed"]
+    print(f"{len(u)} steps of the run | untrimmed train_s {sum(u):.1f} s | trimmed {sum(t):.1f} s "
+          f"| {sum(u) / sum(t):.2f}x (median step {statistics.median(a / b for a, b in zip(u, t)):.2f}x)")
+
+
 def main():
     p = argparse.ArgumentParser(description="one GRPO update: untrimmed against trimmed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--micro", default="0", help="comma-separated --micro_batch values, trimmed")
-    a = p.parse_args()
+    p.add_argument("--in_run", action="store_true",
+                   help="time the default run's own rollouts; other flags are train.py's")
+    a, train_argv = p.parse_known_args()
     torch.set_num_threads(a.threads)
+    if a.in_run:
+        return in_run(train_argv)
+    if train_argv:
+        p.error(f"unrecognized arguments: {' '.join(train_argv)} (train.py's flags need --in_run)")
     args = parse_args([])
     model, samples, A = default_rollout(args)
     C = samples.batch.completions.size(1)
