@@ -47,10 +47,10 @@ from sample import Samples
 
 # --micro_batch 0: a mini-batch of n rows makes ceil(n / MICRO_ROWS) micro-batches, their bounds
 # chosen for the least padding (balanced_micro_batches). A count, not a token budget: every rank
-# then runs as many forwards (FSDP gathers the weights in each). At the defaults (128 rows, the
-# default run's own rollouts, two threads of a CPU) 4 micro-batches measured ~2x the untrimmed
-# update, 8 of 16 rows each ~1.6x: fewer, larger calls pay less per-call overhead; a GPU
-# would take still more rows per call
+# then runs as many forwards (FSDP gathers the weights in each). On the default run's own
+# rollouts (128 rows, two threads of a CPU; tests/bench_update.py --in_run) 4 micro-batches were
+# 1.80x the untrimmed update (1.79-2.19x over three runs), 8 of a fixed 16 rows 1.54x: fewer,
+# larger forwards pay less per call; a GPU would take still more rows per call
 MICRO_ROWS = 32
 
 
