@@ -52,6 +52,7 @@ from sample import Samples
 # 1.80x the untrimmed update (1.79-2.19x over three runs), 8 of a fixed 16 rows 1.54x: fewer,
 # larger forwards pay less per call; a GPU would take still more rows per call
 MICRO_ROWS = 32
+PARTITION_ROWS = 1024  # above, a mini-batch's rows split in fixed sizes (the cut: 0.1 s at 1024)
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,12 @@ def balanced_micro_batches(rows, widths, size):
     widths (B,) on the CPU), longest first, cut where the (row, column) cells run, sum over parts
     of rows x widest, are fewest, no part holding more cells than `size` rows of the widest (the
     memory of a fixed-size split). A dynamic program over the cut points: best[j][i], the fewest
-    cells of the first i rows in j parts, O(k n^2) on the CPU. `partition_brute_force` is its plain
-    reference. E.g. widths 9, 9, 3, 3, 3, 3 in 2 parts: (9, 9) (3, 3, 3, 3), 30 cells, where
-    split(3) runs (9, 9, 3) (3, 3, 3), 36."""
+    cells of the first i rows in j parts, O(k n^2) on the CPU (above PARTITION_ROWS rows, parts of
+    `size` rows). `partition_brute_force` is its plain reference. E.g. widths 9, 9, 3, 3, 3, 3 in
+    2 parts: (9, 9) (3, 3, 3, 3), 30 cells, where split(3) runs (9, 9, 3) (3, 3, 3), 36."""
     rows = rows[widths[rows].argsort(descending=True, stable=True)]  # (n,)
+    if len(rows) > PARTITION_ROWS:  # the program's time grows as n^3 / size: a plain split
+        return rows.split(size)
     return rows.split(cheapest_partition(widths[rows].long(), -(-len(rows) // size), size))
 
 

@@ -149,6 +149,13 @@ def test_balanced_micro_batches_cover_each_row_once_longest_first():
     assert [p.tolist() for p in parts] == [[0, 3], [5, 2, 4, 1]]  # 18 + 12 cells, not 27 + 9
     assert balanced_micro_batches(torch.tensor([6, 7]), widths, 1)[0].tolist() == [6]
 
+
+def test_balanced_micro_batches_past_the_programs_bound_split_in_fixed_sizes(monkeypatch):
+    widths = torch.tensor([9, 3, 3, 9, 3, 3, 50, 1])
+    monkeypatch.setattr(grpo_update, "PARTITION_ROWS", 5)
+    parts = balanced_micro_batches(torch.tensor([5, 0, 3, 2, 4, 1]), widths, 3)
+    assert [p.tolist() for p in parts] == [[0, 3, 5], [2, 4, 1]]
+
 def test_logprobs_in_chunks_trimmed_are_the_whole_batchs():
     model, samples, _ = rollout()
     B = len(LENGTHS)
