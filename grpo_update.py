@@ -66,7 +66,7 @@ class UpdateConfig:
     max_new_tokens: int = 128           # dr_grpo's constant divisor
     ppo_epochs: int = 1                 # passes over the rollout
     minibatches: int = 1                # optimiser steps per pass
-    micro_batch: int = 0                # rows per forward / backward (0: MICRO_ROWS)
+    micro_batch: int = 0                # rows per forward / backward (0: balanced_micro_batches)
     mask_truncated: bool = False        # outputs cut off at max_new_tokens get no loss
     grad_clip: float = 1.0              # max gradient norm (0: off)
     tis: bool = False                   # weight tokens by min(pi_theta_old / pi_sampler, tis_cap)
@@ -174,7 +174,9 @@ def balanced_micro_batches(rows, widths, size):
     memory of a fixed-size split). A dynamic program over the cut points: best[j][i], the fewest
     cells of the first i rows in j parts, O(k n^2) on the CPU (above PARTITION_ROWS rows, parts of
     `size` rows). `partition_brute_force` is its plain reference. E.g. widths 9, 9, 3, 3, 3, 3 in
-    2 parts: (9, 9) (3, 3, 3, 3), 30 cells, where split(3) runs (9, 9, 3) (3, 3, 3), 36."""
+    2 parts: (9, 9) (3, 3, 3, 3), 30 cells, where split(3) runs (9, 9, 3) (3, 3, 3), 36.
+    Simplified: cells are the linear layers' work; attention's, which grows as width x (P +
+    width), and the prompt columns Batch.trim also drops, are left out of the cost."""
     rows = rows[widths[rows].argsort(descending=True, stable=True)]  # (n,)
     if len(rows) > PARTITION_ROWS:  # the program's time grows as n^3 / size: a plain split
         return rows.split(size)
@@ -182,9 +184,12 @@ def balanced_micro_batches(rows, widths, size):
 
 
 def cheapest_partition(w, k, size):
-    """Part sizes of w (n,), sorted descending, cut into k contiguous non-empty parts of fewest
-    sum(len(part) * part[0]), each part's len(part) * part[0] <= size * w[0]."""
+    """Part sizes of w (n >= 1,), sorted descending, cut into k contiguous non-empty parts of
+    fewest sum(len(part) * part[0]), each part's len(part) * part[0] <= size * w[0]; k at most
+    ceil(n / size), so that a split into parts of `size` rows is one such cut."""
     n, k = w.numel(), min(k, w.numel())
+    if n == 0 or k > -(-n // size):
+        raise ValueError(f"{n} rows cannot be cut into {k} parts of at most {size} rows' cells")
     BIG = 2 ** 40  # 'no way': more cells than any rollout has; exact in int64, unlike inf sums
     s, i = torch.arange(n + 1)[:, None], torch.arange(n + 1)[None, :]  # (n+1, 1), (1, n+1)
     cells = (i - s) * torch.cat([w, w.new_zeros(1)])[:, None]  # (n+1, n+1): rows s..i-1 as a part

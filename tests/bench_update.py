@@ -87,8 +87,10 @@ def in_run(train_argv):
     """The default run (train.py with train_argv; its cached base model if out/cache holds it),
     each step's update timed untrimmed and trimmed from the run's own states first."""
     times, run_update = {"untrimmed": [], "trimmed": []}, train.GRPORun.update
+    diffs = []  # each step's max |weight difference| between the two: a fast number is a right one
 
     def update(run, step, samples, A):
+        nets = {}
         for name in (list(times) if step % 2 else list(times)[::-1]):
             net = copy.deepcopy(run.model).train()
             opt = torch.optim.AdamW(net.parameters(), lr=run.args.lr, betas=(0.9, 0.99),
@@ -99,13 +101,17 @@ def in_run(train_argv):
             t = time.perf_counter()
             grpo_update.grpo_update(Policy(net), run.ref, opt, samples, A, cfg, shuffle)
             times[name].append(time.perf_counter() - t)
+            nets[name] = net
+        diffs.append(max((p - q).abs().max().item() for p, q in
+                         zip(nets["trimmed"].parameters(), nets["untrimmed"].parameters())))
         return run_update(run, step, samples, A)
 
     train.GRPORun.update = update  # a benchmark's hook: the run itself goes on unchanged
     train.main(["--run_name", f"bench-update-{int(time.time())}", "--no_plot", *train_argv])
     u, t = times["untrimmed"], times["trimmed"]
     print(f"{len(u)} steps of the run | untrimmed train_s {sum(u):.1f} s | trimmed {sum(t):.1f} s "
-          f"| {sum(u) / sum(t):.2f}x (median step {statistics.median(a / b for a, b in zip(u, t)):.2f}x)")
+          f"| {sum(u) / sum(t):.2f}x (median step {statistics.median(a / b for a, b in zip(u, t)):.2f}x)"
+          f" | weights max |diff| {max(diffs):.1e}")
 
 
 def main():

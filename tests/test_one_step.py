@@ -332,7 +332,7 @@ def test_what_the_page_says_of_the_step(step):
     # B / MICRO_ROWS micro-batches, each trimmed to its longest row: the first, with the longest
     # completion, R + C wide, the later ones narrower
     widths = facts["widths"]
-    assert len(widths) == B // MICRO_ROWS and widths[0] == sizes["R"] + C
+    assert len(widths) == -(-B // MICRO_ROWS) and widths[0] == sizes["R"] + C
     assert widths == sorted(widths, reverse=True) and widths[-1] < widths[0]
     # decode forwards, after the two prefills: C - 1 (none after the last token drawn)
     samples = facts["samples"]

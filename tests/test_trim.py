@@ -124,7 +124,6 @@ def test_micro_batches_sort_by_length_and_cover_each_row_once():
     assert torch.equal(torch.cat(plain), rows)  # the reference: the mini-batch's own order
 
 
-
 def test_cheapest_partition_is_the_brute_forces():
     # every way of cutting, on 400 random cases: the dynamic program finds as few cells, in as
     # many parts as split(size) makes, none over the budget of size rows of the widest
@@ -132,7 +131,7 @@ def test_cheapest_partition_is_the_brute_forces():
     cells = lambda w, p: [n * int(w[sum(p[:j])]) for j, n in enumerate(p)]  # noqa: E731
     for _ in range(400):
         n, size = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (12, 5))
-        w = torch.randint(1, 30, (n,), generator=g).sort(descending=True).values
+        w = torch.randint(0, 30, (n,), generator=g).sort(descending=True).values  # 0: no tokens
         k = -(-n // size)
         fast, plain = cheapest_partition(w, k, size), partition_brute_force(w, k, size)
         assert len(fast) == k and sum(fast) == n and min(fast) >= 1
@@ -140,6 +139,8 @@ def test_cheapest_partition_is_the_brute_forces():
         assert max(cells(w, fast)) <= size * int(w[0])
         equal = [len(p) for p in torch.arange(n).split(size)]
         assert sum(cells(w, fast)) <= sum(cells(w, equal))
+    with pytest.raises(ValueError, match="cannot be cut into 3 parts"):
+        cheapest_partition(torch.tensor([5, 5, 5]), 3, 2)  # more parts than a split of 2 rows
 
 
 def test_balanced_micro_batches_cover_each_row_once_longest_first():
@@ -155,6 +156,7 @@ def test_balanced_micro_batches_past_the_programs_bound_split_in_fixed_sizes(mon
     monkeypatch.setattr(grpo_update, "PARTITION_ROWS", 5)
     parts = balanced_micro_batches(torch.tensor([5, 0, 3, 2, 4, 1]), widths, 3)
     assert [p.tolist() for p in parts] == [[0, 3, 5], [2, 4, 1]]
+
 
 def test_logprobs_in_chunks_trimmed_are_the_whole_batchs():
     model, samples, _ = rollout()
@@ -193,7 +195,7 @@ def test_trimmed_update_is_the_untrimmed_one(loss_type, objective):
 
 @pytest.mark.parametrize("micro_batch", [0, 4])
 def test_default_micro_batches_and_epochs(micro_batch, monkeypatch):
-    # --micro_batch 0 is MICRO_ROWS rows (4 here, so that 16 rows make several micro-batches);
+    # --micro_batch 0 is ceil(16 / MICRO_ROWS) balanced micro-batches (MICRO_ROWS 4 here: several);
     # two epochs of one mini-batch: one pass of pi_theta_old, and the gap over the first step only
     monkeypatch.setattr(grpo_update, "MICRO_ROWS", 4)
     model, samples, A = rollout(seed=1)

@@ -6,7 +6,7 @@ The finale: train with your own functions. When exercises 1-10 pass,
 runs the default toy run (base model, then GRPO) with your advantages, KL, clipped surrogate,
 aggregation, token weights, log-probs, sampler, KV cache, rewards and update in place of the
 project's. It must reach a held-out pass@1 of at least TARGET at its last evaluation, in about
-the default run's time on a CPU (README: ~3 min; the checks add seconds). Then: python -m
+the default run's time on a CPU (README: ~2.5 min; the checks add seconds). Then: python -m
 exercises check 11 (it reads out/ex/log.jsonl; EXERCISES_RUN names another run directory).
 """
 
