@@ -10,12 +10,11 @@ against R1-Zero). Left out: the trackers (TensorBoard, W&B): log.jsonl is the so
     python plot.py out/<run> --follow   # redraws it every 10 s while the run goes on (Ctrl-C ends)
 """
 
-import json
 import os
 import sys
 import time
 
-from runner import Parser, atomic_write, read_jsonl
+from runner import Parser, atomic_write, read_json, read_jsonl
 
 
 def pyplot():
@@ -48,8 +47,7 @@ def run_task(run_dir) -> str:
     """The run's --task, from its args.json (the toy's, addition, when there is none)."""
     path, task = os.path.join(run_dir, "args.json"), "addition"
     if os.path.isfile(path):
-        with open(path) as f:
-            task = json.load(f).get("task", task)
+        task = read_json(path, "the run's flags").get("task", task)
     return "the toy task" if task == "addition" else task
 
 

@@ -33,7 +33,7 @@ import time
 from r1.jobs import Job, cores, run_jobs
 from plot import plot_runs
 from rewards import language_share, thought
-from runner import Parser, read_jsonl
+from runner import Parser, read_json, read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
@@ -229,7 +229,7 @@ def trained_tokens(run_dir):
     """Completion tokens the run trained on, from its log.jsonl: GRPO rows x mean length, or SFT's
     tokens."""
     log = read_jsonl(os.path.join(run_dir, "log.jsonl"))[0]
-    args = json.load(open(os.path.join(run_dir, "args.json")))
+    args = read_json(os.path.join(run_dir, "args.json"), "the stage's flags")
     if "group_size" in args:
         return sum(r["length"] * args["questions"] * args["group_size"]
                    for r in log if "length" in r)
