@@ -37,7 +37,7 @@ from tasks import TASKS
 
 # every flag the base model depends on: the cache key (with its task's own, tasks/'s base_flags)
 BASE_FLAGS = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps",
-              "base_batch", "base_lr", "template_frac"]
+              "base_batch", "base_lr", "template_frac", "base_dtype"]
 
 
 def lm_loss(model, tok, packs, device, width=None):
@@ -139,17 +139,24 @@ def base_model(args, tok, task, device, log=print, stop=None):
     model = make_model(args.model, tok.vocab_size).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"base model: {n_params / 1e6:.2f}M parameters, {args.base_steps} steps x "
-        f"{args.base_batch} documents")
+        f"{args.base_batch} documents, {args.base_dtype} matmuls")
     opt = torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95),
                             weight_decay=0.1)
+    # --base_dtype alone decides, whatever the stage's --dtype around it; the backward and the
+    # optimiser step run outside autocast (a CPU backward inside a region would be autocast too)
+    kind = torch.device(device).type
+    precision = torch.autocast(kind, torch.bfloat16, enabled=args.base_dtype == "bf16")
+    outside = torch.autocast(kind, enabled=False)
     t0 = time.time()
     for step, packs in enumerate(curriculum(args, task)):
         if stop is not None and stop.name:
             raise SystemExit(f"stopped by {stop.name} in the base stage at step "
                              f"{step}/{args.base_steps}: nothing to resume (it is cached only when "
                              f"done); the same command starts it again")
-        loss = lm_loss(model, tok, packs, device)
-        base_step(model, opt, loss, step, args)
+        with precision:
+            loss = lm_loss(model, tok, packs, device)
+        with outside:
+            base_step(model, opt, loss, step, args)
         if step % 50 == 0 or step == args.base_steps - 1:
             log(f"base {step:4d}/{args.base_steps} | loss {loss.item():.3f} | "
                 f"{time.time() - t0:5.1f}s")
@@ -188,6 +195,9 @@ def base_step(model, opt, loss, step, args):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
+    # under an outer autocast region (--dtype bf16) the bf16 casts of the weights are cached until
+    # it exits: without this every step would run the weights as first cast
+    torch.clear_autocast_cache()
     opt.zero_grad(set_to_none=True)
 
 

@@ -277,6 +277,17 @@ def free_memory(device) -> int:
 # -----------------------------------------------------------------------------
 # the steps
 
+def native_bf16(device) -> bool:
+    """Whether bf16 matmuls pay on `device`: a CPU with AVX512-BF16 or AMX, where they ran 2-4x
+    fp32's at the toy's shapes (tests/bench_base.py). Elsewhere a CPU emulates them, slower than
+    fp32; on CUDA the toy's steps are bound by kernel launches, not matmuls (not measured)."""
+    if torch.device(device).type != "cpu":
+        return False
+    # private, but what PyTorch's own CPU dispatch reads; False where a build lacks them
+    has = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731
+    return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
+
+
 def flush_denormals():
     """Denormal floats read as 0 from here on: tiny gradients as denormals make CPU matmuls ~20x
     slower."""
@@ -286,18 +297,28 @@ def flush_denormals():
     torch.set_flush_denormal(True)
 
 
+def cap_kernel_caches(capacity=64):
+    """Keep oneDNN's kernels for at most `capacity` matmul shapes (default 1024). It runs a CPU's
+    bf16 matmuls and compiles a kernel per shape; where shapes change every step (packed documents,
+    rollouts of any length) its caches grew a run by ~1 GB, and a shape rarely comes back. Read on
+    first use: before the first bf16 matmul."""
+    for var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):  # oneDNN's, ideep's
+        os.environ.setdefault(var, str(capacity))
+
+
 @contextlib.contextmanager
 def session(device, dtype="fp32"):
     """Where a training stage runs -> (rank, world size, device, stop): in torchrun's process group
     if there is one (dist.setup), under bf16 autocast with dtype "bf16" (matmuls in bf16;
     parameters and optimiser state stay fp32, as a bf16 weight keeps ~3 significant digits and an
     update of lr ~1e-6 would round away), with denormal floats flushed (tiny gradients as
-    denormals make CPU matmuls ~20x slower), and SIGTERM / SIGINT as a stop request (StopSignal).
-    The group is left at the end, and on a one-line SystemExit (every rank decides alike); not on
-    an error: that rank exits and torchrun ends the others. Models must be gone by the end
-    (dist.cleanup)."""
+    denormals make CPU matmuls ~20x slower) and oneDNN's caches capped (cap_kernel_caches), and
+    SIGTERM / SIGINT as a stop request (StopSignal). The group is left at the end, and on a
+    one-line SystemExit (every rank decides alike); not on an error: that rank exits and torchrun
+    ends the others. Models must be gone by the end (dist.cleanup)."""
     rank, world, device = dist.setup(device)
     flush_denormals()
+    cap_kernel_caches()
     precision = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=dtype == "bf16")
     try:
         with StopSignal() as stop, precision:

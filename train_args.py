@@ -98,6 +98,10 @@ g.add_argument("--template_frac", type=float, default=0.5,
                     "templated: first long answers only, then the style mixture; the rest are "
                     "textbook ones")
 g.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
+g.add_argument("--base_dtype", choices=["auto", "fp32", "bf16"], default="auto",
+               help="the base stage's matmuls: bf16 (autocast; attention, weights and optimiser "
+                    "state stay fp32), fp32, or auto: bf16 on a CPU that multiplies bf16 natively "
+                    "(AVX512-BF16, AMX), else fp32")
 g.add_argument("--no_cache", action="store_true",
                help="retrain the base model even if it is cached")
 g = parser.add_argument_group("RL: rewards and rollouts")
@@ -209,6 +213,8 @@ def validate(args):
     world = dist.launched_world()
     parser.check(flag_checks(args, world))
     parser.check_device(args.device)
+    if args.base_dtype == "auto":  # resolved here: the base model's cache key holds what ran
+        args.base_dtype = "bf16" if runner.native_bf16(args.device) else "fp32"
     task = check_task(args)
     if error := tools.check(args, task):  # resolves --max_tool_calls (the task's by default)
         parser.error(error)

@@ -1,11 +1,17 @@
 """runner.session's one bf16 autocast region over a whole stage: each optimiser step must reach
 the next forward (autocast caches the bf16 cast of every fp32 weight until its outermost region
-exits)."""
+exits), in the RL and SFT steps and in the base stage, whose precision is --base_dtype's alone."""
+
+import contextlib
 
 import torch
 
+import pretrain
 import runner
+from checkpoint import starting_point
 from model import make_model
+from tasks import make_task
+from train_args import parse_args
 
 
 def test_bf16_session_forward_sees_each_optimiser_step():
@@ -26,3 +32,39 @@ def test_bf16_session_forward_sees_each_optimiser_step():
         fresh = model.lm_head(model(idx)[0]).float()
     assert (inside - before).abs().max() > 1e-2
     assert torch.equal(inside, fresh)
+
+
+def base_weights(tmp_path, base_dtype, session_dtype=None):
+    """A 4-step toy base stage's weights, run alone or inside a session of `session_dtype`."""
+    args = parse_args(["--base_steps", "4", "--base_batch", "8", "--seed", "0", "--device", "cpu",
+                       "--base_dtype", base_dtype, "--out_dir", str(tmp_path), "--no_cache"])
+    tok, _ = starting_point(args)
+    task = make_task(args, log=lambda s: None)
+    with contextlib.ExitStack() as stack:
+        if session_dtype:
+            stack.enter_context(runner.session("cpu", session_dtype))
+        model = pretrain.base_model(args, tok, task, "cpu", log=lambda s: None)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_the_base_stage_precision_is_its_own_whatever_the_session(tmp_path):
+    """--base_dtype alone sets the base stage's precision: the same weights alone and inside a bf16
+    session (whose one autocast region must not keep the weights as first cast), and bf16 matmuls
+    give other weights than fp32 ones, close to them."""
+    bf16 = base_weights(tmp_path, "bf16")
+    assert all(torch.equal(bf16[k], w) for k, w in base_weights(tmp_path, "bf16", "bf16").items())
+    fp32 = base_weights(tmp_path, "fp32")
+    assert all(torch.equal(fp32[k], w) for k, w in base_weights(tmp_path, "fp32", "bf16").items())
+    torch.manual_seed(0)
+    init = make_model("tiny", fp32["embed.weight"].size(0)).state_dict()
+    moved = sum((fp32[k] - init[k]).abs().sum() for k in fp32)
+    apart = sum((bf16[k] - fp32[k]).abs().sum() for k in fp32)
+    assert 0 < apart < 0.05 * moved  # 1.4% at these sizes
+
+
+def test_base_dtype_auto_is_resolved_and_keys_the_cache():
+    args = parse_args(["--device", "cpu"])
+    assert args.base_dtype == ("bf16" if runner.native_bf16("cpu") else "fp32")
+    paths = {d: pretrain.cache_path(parse_args(["--base_dtype", d])) for d in ("fp32", "bf16")}
+    assert paths["fp32"] != paths["bf16"]
+    assert not runner.native_bf16("meta")

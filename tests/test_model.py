@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from model import Transformer, ModelConfig, build_model, make_model
+from model import Transformer, ModelConfig, attend, build_model, make_model
 from tokenizer import get_tokenizer
 
 
@@ -105,3 +105,25 @@ def test_build_model_assigns_without_a_copy_and_checks_shapes():
     sd["blocks.1.mlp.up.weight"] = torch.zeros(3, 32)
     with pytest.raises(ValueError, match=r"weight blocks.1.mlp.up.weight has shape \(3, 32\), the config needs \(64, 32\)"):
         build_model(model.config, sd.__getitem__)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attend_under_cpu_autocast_is_fp32_attention(masked):
+    # under a CPU's bf16 autocast, attention runs in fp32 on the projections' bf16 outputs: SDPA's
+    # own result and gradients, in fp32 (autocast would run it, and its backward, in bf16)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 8).bfloat16().requires_grad_() for _ in range(3))
+    mask = torch.rand(2, 1, 6, 6) > 0.3 if masked else None
+    if masked:
+        mask |= torch.eye(6, dtype=torch.bool)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = attend(q, k, v, mask, is_causal=not masked, gqa=False)
+    assert y.dtype == torch.float32
+    y.square().sum().backward()
+    q2, k2, v2 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask,
+                                                           is_causal=not masked)
+    ref.square().sum().backward()
+    assert torch.equal(y, ref)
+    for a, b in [(q, q2), (k, k2), (v, v2)]:
+        assert torch.equal(a.grad, b.grad.bfloat16())

@@ -4,7 +4,7 @@ short base stage learns the same weights. Also: what `import train` loads (no ma
 triton on a CPU run's path).
 
     python -m pytest -q tests/test_pretrain.py
-    python tests/test_pretrain.py --bench [train.py flags]   # s/step padded vs packed, interleaved
+    python tests/test_pretrain.py --bench [train.py flags]   # s/step padded, packed, bf16
 """
 
 import copy
@@ -29,7 +29,8 @@ from train_args import parse_args  # noqa: E402
 
 # 8 steps of 12 documents: phase 1 (textbook) is steps 0-3, phase 2 (long answers) 4-5, phase 3
 # (the corpus's mixture, mostly short guesses) 6-7
-FLAGS = ["--base_steps", "8", "--base_batch", "12", "--seed", "0", "--device", "cpu"]
+FLAGS = ["--base_steps", "8", "--base_batch", "12", "--seed", "0", "--device", "cpu", "--base_dtype",
+         "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -139,26 +140,32 @@ def test_import_train_loads_neither_matplotlib_nor_triton():
 
 
 # -----------------------------------------------------------------------------
-# the benchmark: the base stage twice, from the same weights on the same documents, each step
-# timed padded then packed (or the other way round, every other step)
+# the benchmark: the base stage three times, from the same weights on the same documents, each
+# step timed in each layout and precision (in a rotating order)
+
+VARIANTS = {"padded": (pretrain.lm_loss_padded, False), "packed": (pretrain.lm_loss, False),
+            "packed bf16": (pretrain.lm_loss, True)}
+
 
 def bench(argv):
     args = parse_args(argv)
     runner.flush_denormals()  # as runner.session does
+    runner.cap_kernel_caches()
     tok, _ = starting_point(args)
     task = make_task(args, log=lambda s: None)
     torch.manual_seed(args.seed)
     models = {"padded": make_model(args.model, tok.vocab_size).to(args.device)}
-    models["packed"] = copy.deepcopy(models["padded"])
-    fns = {"padded": pretrain.lm_loss_padded, "packed": pretrain.lm_loss}
+    models.update({k: copy.deepcopy(models["padded"]) for k in VARIANTS if k != "padded"})
     opts = {k: torch.optim.AdamW(m.parameters(), lr=args.base_lr, betas=(0.9, 0.95),
                                  weight_decay=0.1) for k, m in models.items()}
-    secs = {k: [] for k in models}
-    losses = {k: [] for k in models}
+    secs, losses = {k: [] for k in models}, {k: [] for k in models}
+    names = list(VARIANTS)
     for step, packs in enumerate(pretrain.curriculum(args, task)):
-        for k in (["padded", "packed"] if step % 2 == 0 else ["packed", "padded"]):
+        for k in names[step % 3:] + names[:step % 3]:
+            fn, bf16 = VARIANTS[k]
             t0 = time.perf_counter()
-            loss = fns[k](models[k], tok, packs, args.device)
+            with torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=bf16):
+                loss = fn(models[k], tok, packs, args.device)
             pretrain.base_step(models[k], opts[k], loss, step, args)
             secs[k].append(time.perf_counter() - t0)
             losses[k].append(loss.item())
@@ -167,9 +174,9 @@ def bench(argv):
     for name, lo, hi in [("phase 1", 0, start_2), ("phase 2", start_2, start_3),
                          ("phase 3", start_3, args.base_steps), ("all", 0, args.base_steps)]:
         if hi > lo:
-            a, b = (sum(secs[k][lo:hi]) / (hi - lo) for k in ("padded", "packed"))
-            print(f"{name:8s} steps {lo:4d}-{hi - 1:4d}: padded {a:.3f} s/step, packed {b:.3f} "
-                  f"s/step: x{a / b:.2f}")
+            a, b, c = (sum(secs[k][lo:hi]) / (hi - lo) for k in names)
+            print(f"{name:8s} steps {lo:4d}-{hi - 1:4d}: s/step padded {a:.3f}, packed {b:.3f}, "
+                  f"packed bf16 {c:.3f}: packed x{a / b:.2f}, bf16 x{b / c:.2f}")
     for k in models:
         tail = losses[k][-50:]
         print(f"{k}: final loss {losses[k][-1]:.4f}, mean of the last {len(tail)} steps "
