@@ -121,6 +121,18 @@ def document_mask(P: int, seg: torch.Tensor):
     return torch.cat([keys.new_ones(N, W, P), keys], dim=-1)[:, None]    # (N, 1, W, P+W)
 
 
+def native_bf16(device) -> bool:
+    """Whether the base stage's bf16 matmuls pay on `device`: a CPU with AVX512-BF16 or AMX, where
+    they ran 2-4x fp32's at the toy's shapes (its steps 1.27x, tests/test_pretrain.py --bench).
+    Elsewhere a CPU emulates them, slower than fp32; on CUDA the toy's steps are bound by kernel
+    launches, not matmuls (not measured)."""
+    if torch.device(device).type != "cpu":
+        return False
+    # private, but what PyTorch's own CPU dispatch reads; False where a build lacks them
+    has = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731
+    return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
+
+
 def cache_path(args):
     flags = BASE_FLAGS + TASKS[args.task].base_flags
     key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in flags},

@@ -277,20 +277,8 @@ def free_memory(device) -> int:
 # -----------------------------------------------------------------------------
 # the steps
 
-def native_bf16(device) -> bool:
-    """Whether bf16 matmuls pay on `device`: a CPU with AVX512-BF16 or AMX, where they ran 2-4x
-    fp32's at the toy's shapes (tests/bench_base.py). Elsewhere a CPU emulates them, slower than
-    fp32; on CUDA the toy's steps are bound by kernel launches, not matmuls (not measured)."""
-    if torch.device(device).type != "cpu":
-        return False
-    # private, but what PyTorch's own CPU dispatch reads; False where a build lacks them
-    has = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731
-    return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
-
-
 def flush_denormals():
-    """Denormal floats read as 0 from here on: tiny gradients as denormals make CPU matmuls ~20x
-    slower."""
+    """Denormal floats read as 0 from now: as denormals, tiny gradients slow CPU matmuls ~20x."""
     # numpy (imported by torch) computes each float type's smallest subnormal once, on first use,
     # and warns that it is zero if denormals are flushed by then (matplotlib's import uses it)
     numpy.finfo(numpy.float32), numpy.finfo(numpy.float64)
@@ -298,10 +286,8 @@ def flush_denormals():
 
 
 def cap_kernel_caches(capacity=64):
-    """Keep oneDNN's kernels for at most `capacity` matmul shapes (default 1024). It runs a CPU's
-    bf16 matmuls and compiles a kernel per shape; where shapes change every step (packed documents,
-    rollouts of any length) its caches grew a run by ~1 GB, and a shape rarely comes back. Read on
-    first use: before the first bf16 matmul."""
+    """Keep oneDNN's kernels (a CPU's bf16 matmuls) for `capacity` shapes, not 1024: where shapes
+    change every step, they grew a base stage by ~1 GB. Read once, before its first matmul."""
     for var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):  # oneDNN's, ideep's
         os.environ.setdefault(var, str(capacity))
 

@@ -21,7 +21,7 @@ import runner
 from checkpoint import load_checkpoint, memory_error, starting_point
 from engines import tools
 from engines.vllm_engine import add_engine_args, engine_checks, engine_error
-from pretrain import cache_path, longest_document
+from pretrain import cache_path, longest_document, native_bf16
 from r1.reward_model import PreferenceReward, check_reward_model
 from rewards import overlong_reward, parse_rewards
 from rollout import longest_prompt
@@ -214,7 +214,7 @@ def validate(args):
     parser.check(flag_checks(args, world))
     parser.check_device(args.device)
     if args.base_dtype == "auto":  # resolved here: the base model's cache key holds what ran
-        args.base_dtype = "bf16" if runner.native_bf16(args.device) else "fp32"
+        args.base_dtype = "bf16" if native_bf16(args.device) else "fp32"
     task = check_task(args)
     if error := tools.check(args, task):  # resolves --max_tool_calls (the task's by default)
         parser.error(error)

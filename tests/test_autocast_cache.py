@@ -64,7 +64,7 @@ def test_the_base_stage_precision_is_its_own_whatever_the_session(tmp_path):
 
 def test_base_dtype_auto_is_resolved_and_keys_the_cache():
     args = parse_args(["--device", "cpu"])
-    assert args.base_dtype == ("bf16" if runner.native_bf16("cpu") else "fp32")
+    assert args.base_dtype == ("bf16" if pretrain.native_bf16("cpu") else "fp32")
     paths = {d: pretrain.cache_path(parse_args(["--base_dtype", d])) for d in ("fp32", "bf16")}
     assert paths["fp32"] != paths["bf16"]
-    assert not runner.native_bf16("meta")
+    assert not pretrain.native_bf16("meta")
