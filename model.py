@@ -17,11 +17,11 @@ Presets: `tiny` trains on a laptop CPU (`nano` is r1/pipeline.py's distillation 
 others have the shapes of GPT-2 small and Qwen2.5-0.5B / 1.5B (vocabulary size: the tokenizer's).
 Pretrained bases (interop/hf.py) set a config field per difference: `qkv_bias` (Qwen2),
 `head_dim` and `qk_norm` (Qwen3), `rope_scaling` "llama3" (Llama 3.1 / 3.2). In bf16 the norms'
-statistics and the rotary angles stay in fp32, as in Hugging Face's, and on a CPU so does attention
-(`attend`). `build_model` assigns given weights to a model built on the meta device (no second
-copy); `grad_checkpointing = True` recomputes each block in the backward. No disk, no tokenizer
-here: checkpoint.py, interop/hf.py.
-Left out: sliding-window attention, mixture of experts, multi-head latent attention (DeepSeek-V3).
+statistics and the rotary angles stay in fp32, as in Hugging Face's, and on a CPU so does the
+trainer's attention (`attend`; the sampler's `prefix_attention` multiplies in bf16).
+`build_model` assigns given weights to a model built on the meta device (no second copy);
+`grad_checkpointing = True` recomputes each block in the backward. No disk, no tokenizer here
+(checkpoint.py, interop/hf.py). Left out: sliding-window attention, mixture of experts, MLA.
 
     python model.py tiny      # prints the preset's parameter count
 """

@@ -14,10 +14,11 @@ needs to have a signal.
 Documents are packed several to a row, attention kept inside each (a block-diagonal causal mask,
 each document at the positions it has alone): every token's loss is that of one document per
 padded row (`lm_loss_padded`, the reference) to fp32 rounding, and no step pays for padding but at
-rows' ends. On a CPU that multiplies bf16 natively the matmuls run in bf16 (autocast; attention,
-weights and optimiser state in fp32): its steps 1.27x. The model is cached under <out_dir>/cache/,
-keyed by every flag it depends on, so a second run reuses it. What is simplified: one process, a
-fixed curriculum, no data loader (documents are generated on the fly from a seed).
+rows' ends. On a CPU that multiplies bf16 natively the matmuls run in bf16 (--base_dtype;
+autocast, attention, weights and optimiser state in fp32): its steps 1.27x. The model is cached
+under <out_dir>/cache/, keyed by every flag it depends on, so a second run reuses it. What is
+simplified: one process, a fixed curriculum, no data loader (documents are generated on the fly
+from a seed).
 
     python train.py --rl_steps 0       # trains (or reuses) the base model only
 """
@@ -125,8 +126,8 @@ def document_mask(P: int, seg: torch.Tensor):
 def native_bf16(device) -> bool:
     """Whether the base stage's bf16 matmuls pay on `device`: a CPU with AVX512-BF16 or AMX, where
     they ran 2-4x fp32's at the toy's shapes (its steps 1.27x, tests/test_pretrain.py --bench).
-    Elsewhere a CPU emulates them, slower than fp32; on CUDA the toy's steps are bound by kernel
-    launches, not matmuls (not measured)."""
+    Elsewhere fp32: an x86 CPU without them emulates bf16, slower than fp32; an ARM one's bf16 is
+    not measured; on CUDA the toy's steps are bound by kernel launches, not matmuls."""
     if torch.device(device).type != "cpu":
         return False
     # private, but what PyTorch's own CPU dispatch reads; False where a build lacks them
@@ -160,6 +161,8 @@ def base_model(args, tok, task, device, log=print, stop=None):
     kind = torch.device(device).type
     precision = torch.autocast(kind, torch.bfloat16, enabled=args.base_dtype == "bf16")
     outside = torch.autocast(kind, enabled=False)
+    if args.base_dtype not in ("fp32", "bf16"):  # "auto" is resolved by train_args.validate
+        raise ValueError(f"--base_dtype {args.base_dtype}: resolve it first (fp32 or bf16)")
     t0 = time.time()
     for step, packs in enumerate(curriculum(args, task)):
         if stop is not None and stop.name:

@@ -74,8 +74,9 @@ g.add_argument("--init", default=None,
                help="start from hf:DIR (a local Hugging Face model directory: weights and "
                     "tokenizer) or a ckpt.pt of ours; default: train the toy base stage")
 g.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-               help="bf16: forward passes under bf16 autocast with fp32 parameters and optimiser "
-                    "state (the reference model held in bf16); fp32: everything in fp32")
+               help="the RL and SFT steps (the base stage: --base_dtype): bf16: forward passes "
+                    "under bf16 autocast with fp32 parameters and optimiser state (the reference "
+                    "model held in bf16); fp32: everything in fp32")
 g.add_argument("--grad_checkpoint", action="store_true",
                help="recompute each block's activations in the backward (less memory, ~1/3 more "
                     "compute)")
@@ -99,9 +100,9 @@ g.add_argument("--template_frac", type=float, default=0.5,
                     "textbook ones")
 g.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
 g.add_argument("--base_dtype", choices=["auto", "fp32", "bf16"], default="auto",
-               help="the base stage's matmuls: bf16 (autocast; attention, weights and optimiser "
-                    "state stay fp32), fp32, or auto: bf16 on a CPU that multiplies bf16 natively "
-                    "(AVX512-BF16, AMX), else fp32")
+               help="the base stage's matmuls: bf16 (autocast; weights, optimiser state and, on a "
+                    "CPU, attention stay fp32), fp32, or auto: bf16 on a CPU that multiplies bf16 "
+                    "natively (AVX512-BF16, AMX), else fp32")
 g.add_argument("--no_cache", action="store_true",
                help="retrain the base model even if it is cached")
 g = parser.add_argument_group("RL: rewards and rollouts")

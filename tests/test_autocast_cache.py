@@ -3,6 +3,7 @@ the next forward (autocast caches the bf16 cast of every fp32 weight until its o
 exits), in the RL and SFT steps and in the base stage, whose precision is --base_dtype's alone."""
 
 import contextlib
+import os
 
 import torch
 
@@ -63,8 +64,21 @@ def test_the_base_stage_precision_is_its_own_whatever_the_session(tmp_path):
 
 
 def test_base_dtype_auto_is_resolved_and_keys_the_cache():
+    """auto becomes what runs (the key must name the model cached), and each precision has its
+    own cache file."""
     args = parse_args(["--device", "cpu"])
     assert args.base_dtype == ("bf16" if pretrain.native_bf16("cpu") else "fp32")
     paths = {d: pretrain.cache_path(parse_args(["--base_dtype", d])) for d in ("fp32", "bf16")}
     assert paths["fp32"] != paths["bf16"]
     assert not pretrain.native_bf16("meta")
+
+
+def test_a_session_caps_onednns_kernel_caches(monkeypatch):
+    """Before a stage's first matmul, both of oneDNN's per-shape caches are capped (unless the user
+    set them): a bf16 base stage's shapes change every step."""
+    for var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")
+    with runner.session("cpu"):
+        assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+        assert os.environ["LRU_CACHE_CAPACITY"] == "7"

@@ -107,22 +107,23 @@ def test_build_model_assigns_without_a_copy_and_checks_shapes():
         build_model(model.config, sd.__getitem__)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_attend_under_cpu_autocast_is_fp32_attention(masked):
-    # under a CPU's bf16 autocast, attention runs in fp32 on the projections' bf16 outputs: SDPA's
-    # own result and gradients, in fp32 (autocast would run it, and its backward, in bf16)
+@pytest.mark.parametrize("masked, Hkv", [(False, 4), (True, 4), (True, 2)])
+def test_attend_under_cpu_autocast_is_fp32_attention(masked, Hkv):
+    """Under a CPU's bf16 autocast, attention runs in fp32 on the projections' bf16 outputs: SDPA's
+    own result and gradients, in fp32 (autocast would run it, and its backward, in bf16)."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 6, 8).bfloat16().requires_grad_() for _ in range(3))
+    q = torch.randn(2, 4, 6, 8).bfloat16().requires_grad_()
+    k, v = (torch.randn(2, Hkv, 6, 8).bfloat16().requires_grad_() for _ in range(2))
     mask = torch.rand(2, 1, 6, 6) > 0.3 if masked else None
     if masked:
         mask |= torch.eye(6, dtype=torch.bool)
     with torch.autocast("cpu", torch.bfloat16):
-        y = attend(q, k, v, mask, is_causal=not masked, gqa=False)
+        y = attend(q, k, v, mask, is_causal=not masked, gqa=Hkv != 4)
     assert y.dtype == torch.float32
     y.square().sum().backward()
     q2, k2, v2 = (t.detach().float().requires_grad_() for t in (q, k, v))
     ref = torch.nn.functional.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask,
-                                                           is_causal=not masked)
+                                                           is_causal=not masked, enable_gqa=Hkv != 4)
     ref.square().sum().backward()
     assert torch.equal(y, ref)
     for a, b in [(q, q2), (k, k2), (v, v2)]:

@@ -29,8 +29,8 @@ from train_args import parse_args  # noqa: E402
 
 # 8 steps of 12 documents: phase 1 (textbook) is steps 0-3, phase 2 (long answers) 4-5, phase 3
 # (the corpus's mixture, mostly short guesses) 6-7
-FLAGS = ["--base_steps", "8", "--base_batch", "12", "--seed", "0", "--device", "cpu", "--base_dtype",
-         "fp32"]
+FLAGS = ["--base_steps", "8", "--base_batch", "12", "--seed", "0", "--device", "cpu",
+         "--base_dtype", "fp32"]
 
 
 @pytest.fixture(scope="module")
