@@ -154,8 +154,7 @@ def base_model(args, tok, task, device, log=print, stop=None):
     n_params = sum(p.numel() for p in model.parameters())
     log(f"base model: {n_params / 1e6:.2f}M parameters, {args.base_steps} steps x "
         f"{args.base_batch} documents, {args.base_dtype} matmuls")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95),
-                            weight_decay=0.1)
+    opt = base_optimizer(model, args)
     # --base_dtype alone decides, whatever the stage's --dtype around it; the backward and the
     # optimiser step run outside autocast (a CPU backward inside a region would be autocast too)
     kind = torch.device(device).type
@@ -200,6 +199,12 @@ def curriculum(args, task):
         else:
             yield [take(textbook, args.base_batch - half),
                    take(long_only if step < start_3 else corpus, half)]
+
+
+def base_optimizer(model, args):
+    """The base stage's AdamW."""
+    return torch.optim.AdamW(model.parameters(), lr=args.base_lr, betas=(0.9, 0.95),
+                             weight_decay=0.1)
 
 
 def base_step(model, opt, loss, step, args):

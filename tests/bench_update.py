@@ -93,8 +93,8 @@ def in_run(train_argv):
         nets = {}
         for name in (list(times) if step % 2 else list(times)[::-1]):
             net = copy.deepcopy(run.model).train()
-            opt = torch.optim.AdamW(net.parameters(), lr=run.args.lr, betas=(0.9, 0.99),
-                                    weight_decay=0.0)
+            # the run's optimiser: load_state_dict brings its hyperparameters and its moments
+            opt = type(run.opt)(net.parameters())
             opt.load_state_dict(copy.deepcopy(run.opt.state_dict()))
             shuffle = torch.Generator().set_state(run.shuffle.get_state())
             cfg = replace(run.update_cfg, trim=name == "trimmed")

@@ -156,8 +156,7 @@ def bench(argv):
     torch.manual_seed(args.seed)
     models = {"padded": make_model(args.model, tok.vocab_size).to(args.device)}
     models.update({k: copy.deepcopy(models["padded"]) for k in VARIANTS if k != "padded"})
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=args.base_lr, betas=(0.9, 0.95),
-                                 weight_decay=0.1) for k, m in models.items()}
+    opts = {k: pretrain.base_optimizer(m, args) for k, m in models.items()}
     secs, losses = {k: [] for k in models}, {k: [] for k in models}
     names = list(VARIANTS)
     for step, packs in enumerate(pretrain.curriculum(args, task)):
