@@ -96,8 +96,7 @@ class GRPORun:
         self.ref = None if args.beta == 0 else reference(model, ref_dtype, args.fsdp, ref_state)
         self.policy = wrap_policy(model, args.fsdp)
         self.update_cfg = UpdateConfig.from_args(args)
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=args.lr, betas=(0.9, 0.99),
-                                     weight_decay=0.0)
+        self.opt = policy_optimizer(self.policy.parameters(), args)
         if ckpt is not None and ckpt.get("optim") is not None:
             dist.load_optim_state_dict(model, self.opt, ckpt["optim"])
         rm = None
@@ -302,6 +301,11 @@ class GRPORun:
                             state_dict=weights, ref=ref_weights, optim=optim, random=random_state,
                             tokenizer_dir=self.args.tokenizer_dir, step=step, args=vars(self.args),
                             world_size=dist.world())
+
+
+def policy_optimizer(params, args):
+    """The RL stage's AdamW: a constant --lr, no weight decay."""
+    return torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
 
 
 def initial_model(args, tok, task, rank, device, stop=None):

@@ -77,7 +77,7 @@ def one_update(model, samples, A, cfg, args):
     """-> (seconds of grpo_update, the model after) from a copy of model and a fresh optimiser."""
     net = copy.deepcopy(model).train()
     ref = reference(model, torch.float32, False) if cfg.beta > 0 else None
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = train.policy_optimizer(net.parameters(), args)
     t = time.perf_counter()
     grpo_update.grpo_update(Policy(net), ref, opt, samples, A, cfg, torch.Generator().manual_seed(0))
     return time.perf_counter() - t, net
