@@ -145,6 +145,8 @@ def cache_path(args):
 def base_model(args, tok, task, device, log=print, stop=None):
     """The base model for these flags: loaded from the cache, or trained and cached. A stop request
     (runner.StopSignal) ends it at the next step: the base stage is cached only when it is done."""
+    if args.base_dtype not in ("fp32", "bf16"):  # "auto" is resolved by train_args.validate
+        raise ValueError(f"--base_dtype {args.base_dtype}: resolve it first (fp32 or bf16)")
     path = cache_path(args)
     if os.path.isfile(path) and not args.no_cache:
         log(f"base model: reusing {path}")
@@ -160,8 +162,6 @@ def base_model(args, tok, task, device, log=print, stop=None):
     kind = torch.device(device).type
     precision = torch.autocast(kind, torch.bfloat16, enabled=args.base_dtype == "bf16")
     outside = torch.autocast(kind, enabled=False)
-    if args.base_dtype not in ("fp32", "bf16"):  # "auto" is resolved by train_args.validate
-        raise ValueError(f"--base_dtype {args.base_dtype}: resolve it first (fp32 or bf16)")
     t0 = time.time()
     for step, packs in enumerate(curriculum(args, task)):
         if stop is not None and stop.name:

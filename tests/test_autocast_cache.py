@@ -5,6 +5,7 @@ exits), in the RL and SFT steps and in the base stage, whose precision is --base
 import contextlib
 import os
 
+import pytest
 import torch
 
 import pretrain
@@ -72,6 +73,15 @@ def test_base_dtype_auto_is_resolved_and_keys_the_cache():
     assert paths["fp32"] != paths["bf16"]
     assert not pretrain.native_bf16("meta")
 
+
+def test_an_unresolved_base_dtype_is_refused_before_any_work(tmp_path):
+    """base_model called without train_args.validate (a stage of one's own) gets one line, before
+    the cache is read or anything is trained or written."""
+    args = parse_args(["--device", "cpu", "--out_dir", str(tmp_path)])
+    args.base_dtype = "auto"
+    with pytest.raises(ValueError, match="--base_dtype auto: resolve it first"):
+        pretrain.base_model(args, None, None, "cpu")
+    assert list(tmp_path.iterdir()) == []
 
 def test_a_session_caps_onednns_kernel_caches(monkeypatch):
     """Before a stage's first matmul, both of oneDNN's per-shape caches are capped (unless the user
