@@ -49,8 +49,9 @@ from sample import Samples
 # chosen for the least padding (balanced_micro_batches). A count, not a token budget: every rank
 # then runs as many forwards (FSDP gathers the weights in each). On the default run's own
 # rollouts (128 rows, two threads of a CPU; tests/bench_update.py --in_run) 4 micro-batches were
-# 1.78-1.84x the untrimmed update over three runs, 8 of a fixed 16 rows 1.54x: fewer, larger
-# forwards pay less per call; a GPU would take still more rows per call
+# 1.78-1.84x the untrimmed update with an fp32 base model, 1.46-1.53x with a bf16 one (answers
+# alike in length: 1.43x fewer cells), 8 of a fixed 16 rows 1.54x, 2 or 8 balanced ones less:
+# fewer, larger forwards pay less per call; a GPU would take still more rows per call
 MICRO_ROWS = 32
 PARTITION_ROWS = 1024  # above, a mini-batch's rows split in fixed sizes (the cut: 0.1 s at 1024)
 

@@ -17,7 +17,9 @@ after each variant are compared with the reference's (max |diff|): a fast number
 wrong one.
 --in_run times the default run's own rollouts instead: at every step of `python train.py`, from
 the run's weights, optimiser and shuffler states, the untrimmed update, then the trimmed one (the
-other way round every other step), then the run's own update; printed: the sums over the run.
+other way round every other step), then the run's own update; printed: the sums over the run,
+and the cells bound over the run's rollouts (they set it: a run whose answers are alike in length
+leaves little padding to cut).
 Nothing here is a test: read the ratios.
 
     OMP_NUM_THREADS=1 python tests/bench_update.py --threads 1
@@ -83,14 +85,28 @@ def one_update(model, samples, A, cfg, args):
     return time.perf_counter() - t, net
 
 
+def cells(R, lengths, micro=0):
+    """(row, column) cells of an update over completions of `lengths` (B,) after R prompt
+    columns: untrimmed (every row as wide as the longest), and trimmed in the micro-batches that
+    --micro_batch `micro` cuts (0: balanced_micro_batches): the linear layers' work, the bound."""
+    B, C = lengths.numel(), int(lengths.max())
+    parts = (grpo_update.micro_batches(torch.arange(B), lengths, micro) if micro else
+             grpo_update.balanced_micro_batches(torch.arange(B), R + lengths, grpo_update.MICRO_ROWS))
+    return B * (R + C), sum(len(p) * (R + int(lengths[p].max())) for p in parts), len(parts)
+
+
 def in_run(train_argv):
     """The default run (train.py with train_argv; its cached base model if out/cache holds it),
     each step's update timed untrimmed and trimmed from the run's own states first."""
     times, run_update = {"untrimmed": [], "trimmed": []}, train.GRPORun.update
     diffs = []  # each step's max |weight difference| between the two: a fast number is a right one
+    run_cells = [0, 0]  # summed over the steps: untrimmed, trimmed
 
     def update(run, step, samples, A):
-        nets = {}
+        nets, batch = {}, samples.batch
+        # the rollout's own width: a row cut off at --max_new_tokens sets it, or the longest
+        for i, n in enumerate(cells(batch.R, batch.completion_mask.sum(1).long().cpu())[:2]):
+            run_cells[i] += n
         for name in (list(times) if step % 2 else list(times)[::-1]):
             net = copy.deepcopy(run.model).train()
             # the run's optimiser: load_state_dict brings its hyperparameters and its moments
@@ -111,7 +127,8 @@ def in_run(train_argv):
     u, t = times["untrimmed"], times["trimmed"]
     print(f"{len(u)} steps of the run | untrimmed train_s {sum(u):.1f} s | trimmed {sum(t):.1f} s "
           f"| {sum(u) / sum(t):.2f}x (median step {statistics.median(a / b for a, b in zip(u, t)):.2f}x)"
-          f" | weights max |diff| {max(diffs):.1e}")
+          f" | weights max |diff| {max(diffs):.1e} | (row, column) cells {run_cells[0]} -> "
+          f"{run_cells[1]}: {run_cells[0] / run_cells[1]:.2f}x fewer")
 
 
 def main():
@@ -134,14 +151,10 @@ def main():
     print(f"threads {a.threads} | B {lengths.numel()} | C {C} | completion lengths "
           f"{int(lengths.min())}-{int(lengths.max())}, mean {lengths.mean():.1f} | "
           f"{'cached base model' if os.path.isfile(cache_path(args)) else 'fresh tiny model'}")
-    R, B = samples.batch.R, lengths.numel()
     for m in a.micro.split(","):  # the bound: how many fewer (row, column) cells are run
-        parts = (grpo_update.micro_batches(torch.arange(B), lengths, int(m)) if int(m) else
-                 grpo_update.balanced_micro_batches(torch.arange(B), R + lengths,
-                                                    grpo_update.MICRO_ROWS))
-        cells = sum(len(p) * (R + int(lengths[p].max())) for p in parts)
-        print(f"micro {m}: (row, column) cells {B * (R + C)} untrimmed, {cells} trimmed in "
-              f"{len(parts)} micro-batches: {B * (R + C) / cells:.2f}x fewer")
+        whole, trimmed, k = cells(samples.batch.R, lengths.long(), int(m))
+        print(f"micro {m}: (row, column) cells {whole} untrimmed, {trimmed} trimmed in "
+              f"{k} micro-batches: {whole / trimmed:.2f}x fewer")
     base = UpdateConfig.from_args(args)
     variants = {"untrimmed": replace(base, trim=False)}
     for m in a.micro.split(","):
