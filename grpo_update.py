@@ -111,12 +111,7 @@ def grpo_update(policy, ref, opt, samples: Samples, advantages, cfg: UpdateConfi
     if cfg.mask_truncated:
         mask = mask * ~samples.truncated[:, None]                   # cut-off outputs get no loss
     B = mask.size(0)
-    lengths = batch.completion_mask.sum(1).cpu()  # (B,) on the CPU: what micro-batches sort by
-    if cfg.micro_batch or not cfg.trim:  # a fixed size, or the reference: the mini-batch at once
-        size = cfg.micro_batch or B // cfg.minibatches
-        split = partial(micro_batches, lengths=lengths, size=size, by_length=cfg.trim)
-    else:
-        split = partial(balanced_micro_batches, widths=batch.R + lengths, size=MICRO_ROWS)
+    split = row_split(cfg, batch)
     everything = split(torch.arange(B))
     # pi_theta_old (unless a single step is its own and no importance weight needs it) and pi_ref,
     # before the first update
@@ -155,6 +150,17 @@ def tis_stats(is_w, mask) -> dict:
     if not w.numel():
         return {}
     return {"tis_mean": w.mean().item(), "tis_min": w.min().item(), "tis_max": w.max().item()}
+
+
+def row_split(cfg, batch):
+    """rows (n,) of a mini-batch -> its micro-batches, as cfg asks: --micro_batch rows each, the
+    whole mini-batch untrimmed (the reference), or balanced_micro_batches."""
+    B = batch.rows.size(0)
+    lengths = batch.completion_mask.sum(1).cpu()  # (B,) on the CPU: what micro-batches sort by
+    if cfg.micro_batch or not cfg.trim:  # a fixed size, or the reference: the mini-batch at once
+        size = cfg.micro_batch or B // cfg.minibatches
+        return partial(micro_batches, lengths=lengths, size=size, by_length=cfg.trim)
+    return partial(balanced_micro_batches, widths=batch.R + lengths, size=MICRO_ROWS)
 
 
 def micro_batches(rows, lengths, size, by_length=True):

@@ -85,14 +85,13 @@ def one_update(model, samples, A, cfg, args):
     return time.perf_counter() - t, net
 
 
-def cells(R, lengths, micro=0):
-    """(row, column) cells of an update over completions of `lengths` (B,) after R prompt
-    columns: untrimmed (every row as wide as the longest), and trimmed in the micro-batches that
-    --micro_batch `micro` cuts (0: balanced_micro_batches): the linear layers' work, the bound."""
-    B, C = lengths.numel(), int(lengths.max())
-    parts = (grpo_update.micro_batches(torch.arange(B), lengths, micro) if micro else
-             grpo_update.balanced_micro_batches(torch.arange(B), R + lengths, grpo_update.MICRO_ROWS))
-    return B * (R + C), sum(len(p) * (R + int(lengths[p].max())) for p in parts), len(parts)
+def cells(cfg, batch):
+    """(row, column) cells of an update of batch: untrimmed (every row as wide as the batch) and in
+    the micro-batches cfg cuts (grpo_update.row_split), each trimmed to its longest; and their
+    number. The linear layers' work: the bound of the speed-up."""
+    lengths, R, B = batch.completion_mask.sum(1).long().cpu(), batch.R, batch.rows.size(0)
+    parts = grpo_update.row_split(cfg, batch)(torch.arange(B))
+    return B * batch.rows.size(1), sum(len(p) * (R + int(lengths[p].max())) for p in parts), len(parts)
 
 
 def in_run(train_argv):
@@ -103,9 +102,8 @@ def in_run(train_argv):
     run_cells = [0, 0]  # summed over the steps: untrimmed, trimmed
 
     def update(run, step, samples, A):
-        nets, batch = {}, samples.batch
-        # the rollout's own width: a row cut off at --max_new_tokens sets it, or the longest
-        for i, n in enumerate(cells(batch.R, batch.completion_mask.sum(1).long().cpu())[:2]):
+        nets = {}
+        for i, n in enumerate(cells(replace(run.update_cfg, trim=True), samples.batch)[:2]):
             run_cells[i] += n
         for name in (list(times) if step % 2 else list(times)[::-1]):
             net = copy.deepcopy(run.model).train()
@@ -151,11 +149,11 @@ def main():
     print(f"threads {a.threads} | B {lengths.numel()} | C {C} | completion lengths "
           f"{int(lengths.min())}-{int(lengths.max())}, mean {lengths.mean():.1f} | "
           f"{'cached base model' if os.path.isfile(cache_path(args)) else 'fresh tiny model'}")
+    base = UpdateConfig.from_args(args)
     for m in a.micro.split(","):  # the bound: how many fewer (row, column) cells are run
-        whole, trimmed, k = cells(samples.batch.R, lengths.long(), int(m))
+        whole, trimmed, k = cells(replace(base, micro_batch=int(m)), samples.batch)
         print(f"micro {m}: (row, column) cells {whole} untrimmed, {trimmed} trimmed in "
               f"{k} micro-batches: {whole / trimmed:.2f}x fewer")
-    base = UpdateConfig.from_args(args)
     variants = {"untrimmed": replace(base, trim=False)}
     for m in a.micro.split(","):
         variants[f"trimmed, micro {m}"] = replace(base, micro_batch=int(m))
