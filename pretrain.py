@@ -14,7 +14,7 @@ needs to have a signal.
 Documents are packed several to a row, attention kept inside each (a block-diagonal causal mask,
 each document at the positions it has alone): every token's loss is that of one document per
 padded row (`lm_loss_padded`, the reference) to fp32 rounding, and no step pays for padding but at
-rows' ends. On a CPU where bf16 matmuls pay (native_bf16) they run in bf16 (--base_dtype;
+rows' ends. On a CPU that multiplies bf16 natively the matmuls run in bf16 (--base_dtype;
 autocast, attention, weights and optimiser state in fp32): its steps 1.27x. The model is cached
 under <out_dir>/cache/, keyed by every flag it depends on, so a second run reuses it. What is
 simplified: one process, a fixed curriculum, no data loader (documents are generated on the fly
@@ -124,18 +124,17 @@ def document_mask(P: int, seg: torch.Tensor):
 
 
 def native_bf16(device) -> bool:
-    """Whether the base stage's bf16 matmuls pay on `device`: a CPU with AVX512-BF16 and no AMX,
-    where they ran 2-4x fp32's at the toy's shapes (its steps 1.27x on an AMD EPYC,
-    tests/test_pretrain.py --bench). Elsewhere fp32: with AMX (Intel Xeon) a product compiles its
-    kernel for each new shape, 1.5-11 ms, and packed documents change shapes every step: its steps
-    1.02x there, with ~0.25 GB more memory; an x86 CPU without AVX512-BF16 emulates bf16, slower
-    than fp32; an ARM one's bf16 is not measured; on CUDA the toy's steps are bound by kernel
-    launches, not matmuls."""
+    """Whether the base stage's bf16 matmuls pay on `device`: a CPU with AVX512-BF16 or AMX, where
+    they ran 2-4x fp32's at the toy's shapes (its steps 1.27x on an AMD EPYC with AVX512-BF16,
+    tests/test_pretrain.py --bench; on an Intel Xeon with AMX, which compiles a kernel for each
+    new shape, 1.02x at two threads and 1.16x at one). Elsewhere fp32: an x86 CPU without them
+    emulates bf16, slower than fp32; an ARM one's bf16 is not measured; on CUDA the toy's steps
+    are bound by kernel launches, not matmuls."""
     if torch.device(device).type != "cpu":
         return False
     # private, but what PyTorch's own CPU dispatch reads; False where a build lacks them
     has = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731
-    return has("_is_avx512_bf16_supported") and not has("_is_amx_tile_supported")
+    return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
 
 
 def cache_path(args):
