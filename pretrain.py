@@ -127,7 +127,7 @@ def native_bf16(device) -> bool:
     """Whether the base stage's bf16 matmuls pay on `device`: a CPU with AVX512-BF16 or AMX, where
     they ran 2-4x fp32's at the toy's shapes (its steps 1.27x on an AMD EPYC with AVX512-BF16,
     tests/test_pretrain.py --bench; on an Intel Xeon with AMX, which compiles a kernel for each
-    new shape, 1.02x at two threads and 1.16x at one). Elsewhere fp32: an x86 CPU without them
+    new shape, 1.02x at two threads and 1.14x at one). Elsewhere fp32: an x86 CPU without them
     emulates bf16, slower than fp32; an ARM one's bf16 is not measured; on CUDA the toy's steps
     are bound by kernel launches, not matmuls."""
     if torch.device(device).type != "cpu":

@@ -78,7 +78,7 @@ def test_base_dtype_auto_is_resolved_and_keys_the_cache():
                                                         (False, False, False)])
 def test_bf16_base_stage_where_the_cpu_multiplies_bf16(monkeypatch, avx512_bf16, amx, expected):
     """auto's rule over the CPU's flags (this machine has one set of them): bf16 with AVX512-BF16
-    (1.27x on an AMD EPYC) or AMX (1.02-1.16x on an Intel Xeon), fp32 without either (emulated
+    (1.27x on an AMD EPYC) or AMX (1.02-1.14x on an Intel Xeon), fp32 without either (emulated
     bf16)."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
