@@ -103,7 +103,7 @@ def in_run(train_argv):
 
     def update(run, step, samples, A):
         nets = {}
-        for i, n in enumerate(cells(replace(run.update_cfg, trim=True), samples.batch)[:2]):
+        for i, n in enumerate(cells(run.update_cfg, samples.batch)[:2]):  # the run's own split
             run_cells[i] += n
         for name in (list(times) if step % 2 else list(times)[::-1]):
             net = copy.deepcopy(run.model).train()

@@ -94,6 +94,7 @@ def test_an_unresolved_base_dtype_is_refused_before_any_work(tmp_path):
         pretrain.base_model(args, None, None, "cpu")
     assert list(tmp_path.iterdir()) == []
 
+
 def test_a_session_caps_onednns_kernel_caches(monkeypatch):
     """Before a stage's first matmul, both of oneDNN's per-shape caches are capped (unless the user
     set them): a bf16 base stage's shapes change every step."""
