@@ -16,30 +16,40 @@ each document at the positions it has alone): every token's loss is that of one 
 padded row (`lm_loss_padded`, the reference) to fp32 rounding, and no step pays for padding but at
 rows' ends. On a CPU that multiplies bf16 natively the matmuls run in bf16 (--base_dtype;
 autocast, attention, weights and optimiser state in fp32): its steps 1.27x. The model is cached
-under <out_dir>/cache/, keyed by every flag it depends on, so a second run reuses it. What is
-simplified: one process, a fixed curriculum, no data loader (documents are generated on the fly
-from a seed).
+under <out_dir>/cache/, keyed by every flag it depends on, so a second run reuses it. The default
+flags' base model is shipped in weights/ (3.7 MB, trained by this stage in fp32): as R1-Zero
+starts from a given base, the default run starts from it, and --no_cache trains it again (~1.5-2
+min on 2 cores). It records its curriculum's digest and its first losses, which
+tests/test_shipped_base.py checks against this code. What is simplified: one process, a fixed
+curriculum, no data loader (documents are generated on the fly from a seed).
 
-    python train.py --rl_steps 0       # trains (or reuses) the base model only
+    python train.py --rl_steps 0 --no_cache   # trains the base model only
 """
 
+import argparse
+import contextlib
 import hashlib
 import json
 import os
+import platform
+import shutil
 import time
 
 import torch
 import torch.nn.functional as F
 
 from batch import forward_rows, pack, shared_prefix
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, read_header, save_checkpoint
 from model import make_model
-from runner import lr_at
+from runner import atomic_write, lr_at
 from tasks import TASKS
 
 # every flag the base model depends on: the cache key (with its task's own, tasks/'s base_flags)
 BASE_FLAGS = ["seed", "min_digits", "max_digits", "n_test", "tokenizer", "model", "base_steps",
               "base_batch", "base_lr", "template_frac", "base_dtype"]
+# the base models shipped with the code (for the default flags): a second cache, read-only
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+FINGERPRINT = 3  # the first steps' losses a base model records, to tell the code that trained it
 
 
 def lm_loss(model, tok, packs, device, width=None):
@@ -137,22 +147,71 @@ def native_bf16(device) -> bool:
     return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
 
 
+def base_flags(args) -> dict:
+    """The flags the base model depends on, with their values: its cache key."""
+    return {k: getattr(args, k) for k in BASE_FLAGS + TASKS[args.task].base_flags}
+
+
+def cache_key(args) -> str:
+    return hashlib.sha1(json.dumps(base_flags(args), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def cache_path(args):
-    flags = BASE_FLAGS + TASKS[args.task].base_flags
-    key = hashlib.sha1(json.dumps({k: getattr(args, k) for k in flags},
-                                  sort_keys=True).encode()).hexdigest()[:12]
-    return os.path.join(args.out_dir, "cache", f"base-{key}.pt")
+    return os.path.join(args.out_dir, "cache", f"base-{cache_key(args)}.pt")
+
+
+def shipped_path(args):
+    """Where the base model shipped with the code for these flags would be (weights/)."""
+    return os.path.join(SHIPPED, f"base-{cache_key(args)}.pt")
+
+
+def auto_base_dtype(args) -> str:
+    """--base_dtype auto: the precision of the base model shipped for the other flags, where one
+    is (so that the default flags find it on any machine); else bf16 on a CPU that multiplies bf16
+    natively, else fp32."""
+    for dtype in ("fp32", "bf16"):
+        if os.path.isfile(shipped_path(argparse.Namespace(**{**vars(args), "base_dtype": dtype}))):
+            return dtype
+    return "bf16" if native_bf16(args.device) else "fp32"
+
+
+def cached_base(args):
+    """The base model a run with these flags starts from without training one: its cache file, or
+    the shipped one; None when --no_cache or when there is none."""
+    if args.no_cache:
+        return None
+    return next((p for p in (cache_path(args), shipped_path(args)) if os.path.isfile(p)), None)
 
 
 def base_model(args, tok, task, device, log=print, stop=None):
-    """The base model for these flags: loaded from the cache, or trained and cached. A stop request
-    (runner.StopSignal) ends it at the next step: the base stage is cached only when it is done."""
+    """The base model for these flags: loaded from the cache (the shipped one is copied into it),
+    or trained and cached. A stop request (runner.StopSignal) ends it at the next step: the base
+    stage is cached only when it is done."""
     if args.base_dtype not in ("fp32", "bf16"):  # "auto" is resolved by train_args.validate
         raise ValueError(f"--base_dtype {args.base_dtype}: resolve it first (fp32 or bf16)")
-    path = cache_path(args)
-    if os.path.isfile(path) and not args.no_cache:
+    path, found = cache_path(args), cached_base(args)
+    if found == path:
         log(f"base model: reusing {path}")
-        return load_checkpoint(path, device)[0].eval()
+    elif found:  # copied, so that every rank and every later run reads the one cache file
+        record = read_header(found)["recipe"]
+        log(f"base model: the one shipped for these flags ({os.path.relpath(found)}: "
+            f"{record['steps']} steps, trained in {record['seconds']:.0f} s on "
+            f"{record['machine']}; --no_cache trains it again)")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, lambda tmp: shutil.copyfile(found, tmp))
+    else:
+        model, record = pretrain(args, tok, task, device, log, stop)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir,
+                        recipe=record)
+        return model.eval()
+    return load_checkpoint(path, device)[0].eval()
+
+
+def pretrain(args, tok, task, device, log=print, stop=None, steps=None):
+    """Train a base model from the seed: -> (model, its recipe: the flags, a digest of the
+    curriculum's documents, the first steps' losses (what tests/test_shipped_base.py checks a
+    shipped model against), the time and the machine). steps: stop after that many (a test's)."""
     torch.manual_seed(args.seed)
     model = make_model(args.model, tok.vocab_size).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -164,22 +223,40 @@ def base_model(args, tok, task, device, log=print, stop=None):
     kind = torch.device(device).type
     precision = torch.autocast(kind, torch.bfloat16, enabled=args.base_dtype == "bf16")
     outside = torch.autocast(kind, enabled=False)
-    t0 = time.time()
+    t0, digest, losses, done = time.time(), hashlib.sha1(), [], 0
     for step, packs in enumerate(curriculum(args, task)):
         if stop is not None and stop.name:
             raise SystemExit(f"stopped by {stop.name} in the base stage at step "
                              f"{step}/{args.base_steps}: nothing to resume (it is cached only when "
                              f"done); the same command starts it again")
+        digest.update(repr(packs).encode())
+        if steps is not None and step >= steps:
+            continue  # the rest of the documents only for the digest
         with precision:
             loss = lm_loss(model, tok, packs, device)
         with outside:
             base_step(model, opt, loss, step, args)
+        done += 1
+        if step < FINGERPRINT:
+            losses.append(loss.item())
         if step % 50 == 0 or step == args.base_steps - 1:
             log(f"base {step:4d}/{args.base_steps} | loss {loss.item():.3f} | "
                 f"{time.time() - t0:5.1f}s")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir)
-    return model.eval()
+    return model, {"flags": base_flags(args), "steps": done,
+                   "documents": digest.hexdigest(), "first_losses": losses,
+                   "seconds": time.time() - t0, "machine": machine()}
+
+
+def machine() -> str:
+    """The CPU (or GPU) a base model was trained on, for its record: e.g. 'AMD EPYC, 2 threads'."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                        name)
+    return f"{name}, {torch.get_num_threads()} threads"
 
 
 def curriculum(args, task):

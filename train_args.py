@@ -21,7 +21,7 @@ import runner
 from checkpoint import load_checkpoint, memory_error, starting_point
 from engines import tools
 from engines.vllm_engine import add_engine_args, engine_checks, engine_error
-from pretrain import cache_path, longest_document, native_bf16
+from pretrain import auto_base_dtype, cached_base, longest_document
 from r1.reward_model import PreferenceReward, check_reward_model
 from rewards import overlong_reward, parse_rewards
 from rollout import longest_prompt
@@ -215,7 +215,7 @@ def validate(args):
     parser.check(flag_checks(args, world))
     parser.check_device(args.device)
     if args.base_dtype == "auto":  # resolved here: the base model's cache key holds what ran
-        args.base_dtype = "bf16" if native_bf16(args.device) else "fp32"
+        args.base_dtype = auto_base_dtype(args)
     task = check_task(args)
     if error := tools.check(args, task):  # resolves --max_tool_calls (the task's by default)
         parser.error(error)
@@ -364,7 +364,7 @@ def check_lengths(args, task, tok, config):
     if args.reward_model and (error := check_reward_model(args.reward_model, tok, rm_len)):
         parser.error(error)
     trains_base = not args.init and not args.resume
-    if trains_base and (args.no_cache or not os.path.isfile(cache_path(args))):
+    if trains_base and not cached_base(args):
         if (m := longest_document(task, tok)) > block:
             parser.error(f"--task {args.task}: the base corpus's longest document ({m} tokens) "
                          f"exceeds --model {args.model}'s context of {block}: use a smaller "
