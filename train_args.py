@@ -101,10 +101,11 @@ g.add_argument("--template_frac", type=float, default=0.5,
 g.add_argument("--base_lr", type=float, default=3e-3, help="peak learning rate of pretraining")
 g.add_argument("--base_dtype", choices=["auto", "fp32", "bf16"], default="auto",
                help="the base stage's matmuls: bf16 (autocast; weights, optimiser state and, on a "
-                    "CPU, attention stay fp32), fp32, or auto: bf16 on a CPU that multiplies bf16 "
-                    "natively (AVX512-BF16, AMX), else fp32")
+                    "CPU, attention stay fp32), fp32, or auto: the shipped base model's (weights/) "
+                    "where one is shipped for the other flags, else bf16 on a CPU that multiplies "
+                    "bf16 natively (AVX512-BF16, AMX), else fp32")
 g.add_argument("--no_cache", action="store_true",
-               help="retrain the base model even if it is cached")
+               help="train the base model even if it is cached or shipped (weights/)")
 g = parser.add_argument_group("RL: rewards and rollouts")
 g.add_argument("--rewards", default=None,
                help="weighted sum of reward functions, name:weight,...: built-ins accuracy, format,"
