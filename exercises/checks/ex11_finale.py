@@ -3,9 +3,9 @@ The finale: train with your own functions. When exercises 1-10 pass,
 
     python train.py --use_exercises --run_name ex
 
-runs the default toy run (GRPO from the shipped base model) with your advantages, KL, clipped surrogate,
-aggregation, token weights, log-probs, sampler, KV cache, rewards and update in place of the
-project's. It must reach a held-out pass@1 of at least TARGET at its last evaluation, in about
+runs the default toy run (GRPO from the shipped base model) with your advantages, KL, clipped
+surrogate, aggregation, token weights, log-probs, sampler, KV cache, rewards and update in place of
+the project's. It must reach a held-out pass@1 of at least TARGET at its last evaluation, in about
 the default run's time on a CPU (README: ~1.3 min; the checks add seconds). Then: python -m
 exercises check 11 (it reads out/ex/log.jsonl; EXERCISES_RUN names another run directory).
 """
