@@ -45,6 +45,17 @@ def test_the_default_flags_find_the_shipped_base(default):
     assert record["steps"] == args.base_steps
 
 
+def test_auto_precision_is_the_shipped_models_even_where_bf16_would_pay(monkeypatch, tmp_path):
+    """On a CPU that multiplies bf16 natively (its flags monkeypatched: this machine has one set),
+    --base_dtype auto still picks the shipped model's fp32 for the default flags, and bf16 for a
+    base model that is not shipped."""
+    monkeypatch.setattr(pretrain, "native_bf16", lambda device: True)
+    flags = ["--device", "cpu", "--out_dir", str(tmp_path)]
+    assert parse_args(flags).base_dtype == read_header(SHIPPED[0])["recipe"]["flags"]["base_dtype"]
+    assert parse_args(flags + ["--seed", "1"]).base_dtype == "bf16"
+    assert parse_args(flags + ["--base_dtype", "bf16"]).base_dtype == "bf16"
+
+
 def with_flags(args, **changes):
     """A copy of args with some flags changed."""
     args = copy.copy(args)
