@@ -14,14 +14,12 @@ needs to have a signal.
 Documents are packed several to a row, attention kept inside each (a block-diagonal causal mask,
 each document at the positions it has alone): every token's loss is that of one document per
 padded row (`lm_loss_padded`, the reference) to fp32 rounding, and no step pays for padding but at
-rows' ends. On a CPU that multiplies bf16 natively the matmuls run in bf16 (--base_dtype;
-autocast, attention, weights and optimiser state in fp32): its steps 1.27x. The model is cached
-under <out_dir>/cache/, keyed by every flag it depends on, so a second run reuses it. The default
-flags' base model is shipped in weights/ (3.7 MB, trained by this stage in fp32): as R1-Zero
-starts from a given base, the default run starts from it, and --no_cache trains it again (~1.5-2
-min on 2 cores). It records its curriculum's digest and its first losses, which
-tests/test_shipped_base.py checks against this code. What is simplified: one process, a fixed
-curriculum, no data loader (documents are generated on the fly from a seed).
+rows' ends. On a CPU that multiplies bf16 natively a base model not shipped runs its matmuls in
+bf16 (--base_dtype; attention, weights and optimiser state in fp32): its steps 1.27x. The model is
+cached under <out_dir>/cache/, keyed by every flag it depends on. The default flags' model is
+shipped in weights/ (fp32): as R1-Zero starts from a given base, the default run starts from it;
+--no_cache trains it again. Its recipe (curriculum digest, first and final losses) is checked
+against this code by tests/test_shipped_base.py. Simplified: one process, a fixed curriculum.
 
     python train.py --rl_steps 0 --no_cache   # trains the base model only
 """
@@ -32,7 +30,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import time
 
 import torch
@@ -41,7 +38,7 @@ import torch.nn.functional as F
 from batch import forward_rows, pack, shared_prefix
 from checkpoint import load_checkpoint, read_header, save_checkpoint
 from model import make_model
-from runner import atomic_write, lr_at
+from runner import lr_at
 from tasks import TASKS
 
 # every flag the base model depends on: the cache key (with its task's own, tasks/'s base_flags)
@@ -175,37 +172,34 @@ def auto_base_dtype(args) -> str:
     return "bf16" if native_bf16(args.device) else "fp32"
 
 
-def cached_base(args):
-    """The base model a run with these flags starts from without training one: its cache file, or
-    the shipped one; None when --no_cache or when there is none."""
-    if args.no_cache:
-        return None
+def saved_base(args):
+    """The base model file for these flags: its cache file (trained by an earlier run, or by
+    --no_cache), else the shipped one; None when there is neither."""
     return next((p for p in (cache_path(args), shipped_path(args)) if os.path.isfile(p)), None)
 
 
 def base_model(args, tok, task, device, log=print, stop=None):
-    """The base model for these flags: loaded from the cache (the shipped one is copied into it),
-    or trained and cached. A stop request (runner.StopSignal) ends it at the next step: the base
-    stage is cached only when it is done."""
+    """The base model for these flags: loaded from the cache or weights/ (read in place: a run
+    writes nothing for it), or trained and cached. A stop request (runner.StopSignal) ends it at
+    the next step: the base stage is cached only when it is done."""
     if args.base_dtype not in ("fp32", "bf16"):  # "auto" is resolved by train_args.validate
         raise ValueError(f"--base_dtype {args.base_dtype}: resolve it first (fp32 or bf16)")
-    path, found = cache_path(args), cached_base(args)
-    if found == path:
-        log(f"base model: reusing {path}")
-    elif found:  # copied, so that every rank and every later run reads the one cache file
-        record = read_header(found)["recipe"]
+    found = None if args.no_cache else saved_base(args)
+    if found == cache_path(args):
+        log(f"base model: reusing {found}")
+    elif found:
+        record = read_header(found).get("recipe", {})
         log(f"base model: the one shipped for these flags ({os.path.relpath(found)}: "
-            f"{record['steps']} steps, trained in {record['seconds']:.0f} s on "
-            f"{record['machine']}; --no_cache trains it again)")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write(path, lambda tmp: shutil.copyfile(found, tmp))
+            f"{record.get('steps')} steps, trained in {record.get('seconds', 0):.0f} s on "
+            f"{record.get('machine')}; --no_cache trains it again)")
     else:
         model, record = pretrain(args, tok, task, device, log, stop)
+        path = cache_path(args)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir,
                         recipe=record)
         return model.eval()
-    return load_checkpoint(path, device)[0].eval()
+    return load_checkpoint(found, device)[0].eval()
 
 
 def pretrain(args, tok, task, device, log=print, stop=None, steps=None):
@@ -225,6 +219,7 @@ def pretrain(args, tok, task, device, log=print, stop=None, steps=None):
     outside = torch.autocast(kind, enabled=False)
     t0, digest, losses, done = time.time(), hashlib.sha1(), [], 0
     for step, packs in enumerate(curriculum(args, task)):
+        last = packs
         if stop is not None and stop.name:
             raise SystemExit(f"stopped by {stop.name} in the base stage at step "
                              f"{step}/{args.base_steps}: nothing to resume (it is cached only when "
@@ -242,15 +237,18 @@ def pretrain(args, tok, task, device, log=print, stop=None, steps=None):
         if step % 50 == 0 or step == args.base_steps - 1:
             log(f"base {step:4d}/{args.base_steps} | loss {loss.item():.3f} | "
                 f"{time.time() - t0:5.1f}s")
-    return model, {"flags": base_flags(args), "steps": done,
-                   "documents": digest.hexdigest(), "first_losses": losses,
-                   "seconds": time.time() - t0, "machine": machine()}
+    seconds = time.time() - t0
+    with torch.no_grad(), precision:  # the model it made, on the last step's documents
+        final = lm_loss(model, tok, last, device).item()
+    return model, {"flags": base_flags(args), "steps": done, "documents": digest.hexdigest(),
+                   "first_losses": losses, "final_loss": final, "seconds": seconds,
+                   "machine": machine(device)}
 
 
-def machine() -> str:
+def machine(device) -> str:
     """The CPU (or GPU) a base model was trained on, for its record: e.g. 'AMD EPYC, 2 threads'."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:

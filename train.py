@@ -2,13 +2,14 @@
 DeepSeek-R1-Zero in miniature: GRPO on a base model, step by step. This file is the loop; read it
 from `main` down (the flags and their checks are train_args.py).
 
-    python train.py                       # the default toy run: a few minutes on a laptop CPU
+    python train.py                       # the default toy run: ~1.3 min on a laptop CPU
     python train.py --init hf:/models/Qwen2.5-0.5B --task gsm8k --train_file ... --test_file ... \
         --preset r1zero --dtype bf16      # the paper's RL settings on a real model (a GPU)
     torchrun --standalone --nproc_per_node=2 train.py     # the same, in 2 processes (dist.py)
 
-The starting policy is the toy base stage (pretrain.py: a small transformer trained on the task's
-corpus, cached) or --init (hf:DIR, or a ckpt.pt of ours). Then each step:
+The starting policy is the toy base model (pretrain.py: a small transformer trained on the task's
+corpus, cached; the default flags' is shipped in weights/) or --init (hf:DIR, or a ckpt.pt of
+ours). Then each step:
 
     rollout   G = --group_size outputs for each of --questions questions, sampled from the
               current policy pi_theta_old (rollout.py -> sample.py) and scored (rewards.py)
@@ -43,7 +44,7 @@ from evaluation import evaluate, print_eval
 from exercises import plug_in
 from grpo_update import UpdateConfig, grpo_update, reference, reset_reference, wrap_policy
 from plot import plot_run
-from pretrain import base_model, cache_path
+from pretrain import base_model, saved_base
 from r1.reward_model import PreferenceReward
 from reflection import reflects
 from rewards import parse_rewards
@@ -317,7 +318,8 @@ def initial_model(args, tok, task, rank, device, stop=None):
     if rank == 0:
         model = base_model(args, tok, task, device, log=dist.print0, stop=stop)
     dist.barrier()
-    return model if rank == 0 else load_checkpoint(cache_path(args), device)[0]
+    # what rank 0 trained and cached, or found: the cache file, else the shipped one
+    return model if rank == 0 else load_checkpoint(saved_base(args), device)[0]
 
 
 def print_step(rec, args, per_step):

@@ -21,7 +21,7 @@ import runner
 from checkpoint import load_checkpoint, memory_error, starting_point
 from engines import tools
 from engines.vllm_engine import add_engine_args, engine_checks, engine_error
-from pretrain import auto_base_dtype, cached_base, longest_document
+from pretrain import auto_base_dtype, longest_document, saved_base
 from r1.reward_model import PreferenceReward, check_reward_model
 from rewards import overlong_reward, parse_rewards
 from rollout import longest_prompt
@@ -72,7 +72,8 @@ g = parser.add_argument_group("the starting model: a pretrained one (--init), or
                               "stage on a preset")
 g.add_argument("--init", default=None,
                help="start from hf:DIR (a local Hugging Face model directory: weights and "
-                    "tokenizer) or a ckpt.pt of ours; default: train the toy base stage")
+                    "tokenizer) or a ckpt.pt of ours; default: the toy base model (shipped in "
+                    "weights/ for the default flags, else trained and cached)")
 g.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                help="the RL and SFT steps (the base stage: --base_dtype): bf16: forward passes "
                     "under bf16 autocast with fp32 parameters and optimiser state (the reference "
@@ -365,7 +366,7 @@ def check_lengths(args, task, tok, config):
     if args.reward_model and (error := check_reward_model(args.reward_model, tok, rm_len)):
         parser.error(error)
     trains_base = not args.init and not args.resume
-    if trains_base and not cached_base(args):
+    if trains_base and (args.no_cache or not saved_base(args)):
         if (m := longest_document(task, tok)) > block:
             parser.error(f"--task {args.task}: the base corpus's longest document ({m} tokens) "
                          f"exceeds --model {args.model}'s context of {block}: use a smaller "

@@ -7,7 +7,7 @@ fewest cells are run, grpo_update.balanced_micro_batches; N > 0 is N rows each).
 
 The rollout is the default run's shape: 16 questions x G 8 in the R1-Zero template (P 81, R 8),
 completions of 20-128 random tokens (128 = --max_new_tokens: some are cut off), the `tiny` model
-(the cached base model of `python train.py` when out/cache holds it, else a fresh one), a
+(the base model of `python train.py`: out/cache's or the shipped one, else a fresh one), a
 reference model (--beta 0.01), AdamW at the run's settings. Every variant starts from the same
 weights and optimiser state, the variants interleaved within each repeat (ABBA order), so that a
 load that drifts weighs on all alike; train_s is the median over the repeats, the speed-up the
@@ -45,7 +45,7 @@ from batch import pack  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from grpo_update import Policy, UpdateConfig, completion_logprobs, reference  # noqa: E402
 from model import make_model  # noqa: E402
-from pretrain import cache_path  # noqa: E402
+from pretrain import saved_base  # noqa: E402
 from sample import Samples  # noqa: E402
 from template import render_prompt  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
@@ -55,8 +55,8 @@ from train_args import parse_args  # noqa: E402
 def default_rollout(args, seed=0):
     """(model, Samples, advantages (B,)) shaped like a step of the default run."""
     tok, g = get_tokenizer(args.tokenizer), torch.Generator().manual_seed(seed)
-    path = cache_path(args)
-    if os.path.isfile(path):
+    path = saved_base(args)
+    if path:
         model = load_checkpoint(path)[0]
     else:
         torch.manual_seed(seed)
@@ -95,7 +95,7 @@ def cells(cfg, batch):
 
 
 def in_run(train_argv):
-    """The default run (train.py with train_argv; its cached base model if out/cache holds it),
+    """The default run (train.py with train_argv; its cached or shipped base model),
     each step's update timed untrimmed and trimmed from the run's own states first."""
     times, run_update = {"untrimmed": [], "trimmed": []}, train.GRPORun.update
     diffs = []  # each step's max |weight difference| between the two: a fast number is a right one
@@ -148,7 +148,7 @@ def main():
     lengths = samples.batch.completion_mask.sum(1)
     print(f"threads {a.threads} | B {lengths.numel()} | C {C} | completion lengths "
           f"{int(lengths.min())}-{int(lengths.max())}, mean {lengths.mean():.1f} | "
-          f"{'cached base model' if os.path.isfile(cache_path(args)) else 'fresh tiny model'}")
+          f"{'base model ' + saved_base(args) if saved_base(args) else 'fresh tiny model'}")
     base = UpdateConfig.from_args(args)
     for m in a.micro.split(","):  # the bound: how many fewer (row, column) cells are run
         whole, trimmed, k = cells(replace(base, micro_batch=int(m)), samples.batch)

@@ -66,8 +66,9 @@ def test_the_base_stage_precision_is_its_own_whatever_the_session(tmp_path):
 
 def test_base_dtype_auto_is_resolved_and_keys_the_cache():
     """auto becomes what runs (the key must name the model cached), and each precision has its
-    own cache file."""
-    args = parse_args(["--device", "cpu"])
+    own cache file. --seed 1: flags with no shipped model (the default ones take its precision,
+    tests/test_shipped_base.py)."""
+    args = parse_args(["--device", "cpu", "--seed", "1"])
     assert args.base_dtype == ("bf16" if pretrain.native_bf16("cpu") else "fp32")
     paths = {d: pretrain.cache_path(parse_args(["--base_dtype", d])) for d in ("fp32", "bf16")}
     assert paths["fp32"] != paths["bf16"]

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import plot
+import pretrain
 import train
 from checkpoint import load_checkpoint
 from runner import atomic_write
@@ -187,7 +188,7 @@ def test_non_finite_steps_are_skipped_and_too_many_end_the_run(out, monkeypatch,
     run_dir = os.path.join(out, "all-bad")
     assert [r["skipped_steps"] for r in read_log(run_dir)[1:]] == [2, 2]
     ckpt = torch.load(os.path.join(run_dir, "ckpt.pt"), weights_only=True)
-    base = torch.load(train.cache_path(train.parse_args(TINY + ["--out_dir", out])), weights_only=True)
+    base = torch.load(pretrain.cache_path(train.parse_args(TINY + ["--out_dir", out])), weights_only=True)
     assert ckpt["step"] == 2 and all(torch.equal(ckpt["model"][k], base["model"][k]) for k in base["model"])
 
 
