@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from batch import forward_rows, pack, shared_prefix
-from checkpoint import load_checkpoint, read_header, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from model import make_model
 from runner import lr_at
 from tasks import TASKS
@@ -185,27 +185,29 @@ def base_model(args, tok, task, device, log=print, stop=None):
     if args.base_dtype not in ("fp32", "bf16"):  # "auto" is resolved by train_args.validate
         raise ValueError(f"--base_dtype {args.base_dtype}: resolve it first (fp32 or bf16)")
     found = None if args.no_cache else saved_base(args)
-    if found == cache_path(args):
-        log(f"base model: reusing {found}")
-    elif found:
-        record = read_header(found).get("recipe", {})
-        log(f"base model: the one shipped for these flags ({os.path.relpath(found)}: "
-            f"{record.get('steps')} steps, trained in {record.get('seconds', 0):.0f} s on "
-            f"{record.get('machine')}; --no_cache trains it again)")
-    else:
+    if found is None:
         model, record = pretrain(args, tok, task, device, log, stop)
         path = cache_path(args)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_checkpoint(path, model, args.tokenizer, tokenizer_dir=args.tokenizer_dir,
                         recipe=record)
         return model.eval()
-    return load_checkpoint(found, device)[0].eval()
+    model, _, ckpt = load_checkpoint(found, device, full=True)
+    if found == cache_path(args):
+        log(f"base model: reusing {found}")
+    else:
+        record = ckpt.get("recipe", {})
+        log(f"base model: the one shipped for these flags ({os.path.relpath(found)}: "
+            f"{record.get('steps')} steps, trained in {record.get('seconds', 0):.0f} s on "
+            f"{record.get('machine')}; --no_cache trains it again)")
+    return model
 
 
 def pretrain(args, tok, task, device, log=print, stop=None, steps=None):
     """Train a base model from the seed: -> (model, its recipe: the flags, a digest of the
-    curriculum's documents, the first steps' losses (what tests/test_shipped_base.py checks a
-    shipped model against), the time and the machine). steps: stop after that many (a test's)."""
+    curriculum's documents, the first steps' losses and the trained model's loss on the last
+    step's documents (what tests/test_shipped_base.py checks a shipped model against), the time
+    and the machine). steps: train only that many, the documents all digested (a test's)."""
     torch.manual_seed(args.seed)
     model = make_model(args.model, tok.vocab_size).to(device)
     n_params = sum(p.numel() for p in model.parameters())
